@@ -1,0 +1,247 @@
+"""Typed run configuration: one dataclass tree, YAML recipes, dotted command-line overrides.
+
+A run is described by :class:`RunConfig`. Recipes live in ``model_configs/*.yaml`` and
+hold any subset of the tree; command-line overrides use OmegaConf's dotted syntax
+(``grpo.num_generations=8 parallel.tensor_model_parallel_size=2``).
+
+Validation follows OmegaConf structured configs: an unknown key or a value of the wrong
+type raises :class:`ConfigError` whose message names the key and the file (or "command
+line") it came from.
+
+This module imports nothing of the project (DESIGN.md section 2).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, List, Optional, Sequence
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+
+class ConfigError(ValueError):
+    """Raised for an unknown key, a wrong type or an unreadable recipe; names key and source."""
+
+
+@dataclass
+class ModelConfig:
+    """What model to build and how.
+
+    ``hf_path`` is an HF folder or hub name (hub names are only resolved by user-facing
+    CLIs, never in tests). ``megatron_path`` is a Megatron ``dist_checkpointing`` folder to
+    load the weights from (written by ``tools/convert_hf_to_megatron.py``).
+    """
+
+    hf_path: Optional[str] = None
+    megatron_path: Optional[str] = None
+    params_dtype: str = "fp32"  # fp32 | bf16 | fp16
+    transformer_impl: str = "auto"  # auto | local | transformer_engine
+    recompute_granularity: Optional[str] = None  # None | full | selective
+    recompute_method: Optional[str] = None  # uniform | block (with full)
+    recompute_num_layers: Optional[int] = None
+    fp8: Optional[str] = None  # None | e4m3 | hybrid (GPU + TE only)
+    make_vocab_size_divisible_by: int = 128
+    # Tiny-model factory settings, used when ``hf_path`` is "tiny" (CPU demo and tests).
+    tiny_num_layers: int = 2
+    tiny_hidden_size: int = 64
+    tiny_num_attention_heads: int = 4
+    tiny_num_key_value_heads: int = 2
+    tiny_head_dim: int = 32
+    tiny_intermediate_size: int = 128
+    tiny_vocab_size: int = 2048
+    tiny_tie_word_embeddings: bool = False
+
+
+@dataclass
+class ParallelConfig:
+    """Megatron-Core parallel layout. DP size is derived: world / (TP * PP * CP)."""
+
+    tensor_model_parallel_size: int = 1
+    pipeline_model_parallel_size: int = 1
+    virtual_pipeline_model_parallel_size: Optional[int] = None
+    context_parallel_size: int = 1
+    sequence_parallel: bool = False
+    use_distributed_optimizer: bool = True
+    backend: str = "auto"  # auto (nccl with CUDA, gloo without) | nccl | gloo
+    seed: int = 1234
+
+
+@dataclass
+class DataConfig:
+    """Preference data (JSONL written by ``tools/preprocess_data.py``)."""
+
+    train_path: Optional[str] = None
+    val_path: Optional[str] = None
+    max_prompt_tokens: int = 4096
+    shuffle: bool = True
+    seed: int = 42
+
+
+@dataclass
+class RewardConfig:
+    """Per-trajectory reward constants (DESIGN.md 4.1). ``reference`` preset: wrong = -10."""
+
+    correct: float = 0.0
+    wrong: float = -1.0
+    malformed: float = -100.0
+    strict_turn1: bool = False
+
+
+@dataclass
+class JudgeConfig:
+    """Which judge protocol renders prompts and parses verdicts."""
+
+    protocol: str = "brrm"  # brrm | rmr1
+    template_dir: Optional[str] = None  # a folder of template files overriding the shipped wording
+    reward: RewardConfig = field(default_factory=RewardConfig)
+
+
+@dataclass
+class GRPOConfig:
+    """GRPO hyper-parameters (DESIGN.md 4.2; defaults = the BR-RM 8B recipe)."""
+
+    num_prompts_per_step: int = 128
+    num_generations: int = 8
+    global_batch_size: int = 256  # trajectories per optimizer step
+    micro_batch_size: int = 1
+    max_tokens_per_microbatch: Optional[int] = None
+    max_num_steps: int = 1000
+    lr: float = 5e-7
+    min_lr: Optional[float] = None
+    weight_decay: float = 0.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_eps: float = 1e-8
+    lr_warmup_steps: int = 50
+    lr_warmup_init_factor: float = 0.1
+    clip_grad: float = 1.0
+    ratio_clip_low: float = 0.2
+    ratio_clip_high: float = 0.28
+    ratio_clip_c: Optional[float] = None  # dual-clip constant (None = off)
+    kl_coef: float = 0.001
+    kl_type: str = "k3"  # k1 | k3
+    kl_clamp: Optional[float] = 10.0
+    use_leave_one_out_baseline: bool = True
+    normalize_rewards_by_std: bool = True
+    loss_aggregation: str = "token_mean"  # token_mean | seq_mean
+    truncated_importance_sampling: Optional[float] = None  # cap on rollout/train ratio; None = off
+    val_every_n_steps: int = 10
+    val_num_pairs: int = 16
+
+
+@dataclass
+class RolloutConfig:
+    """Generation engine settings."""
+
+    engine: str = "hf"  # hf | vllm
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens_turn1: int = 4096
+    max_new_tokens_turn2: int = 4096
+    max_total_sequence_length: int = 16384
+    tensor_parallel_size: int = 1
+    gpu_memory_utilization: float = 0.6
+    enable_prefix_caching: bool = True
+    colocated: bool = True
+    refit_bucket_size_mb: int = 512
+    refit_check: bool = False
+    seed: int = 0
+
+
+@dataclass
+class CheckpointConfig:
+    """Megatron ``dist_checkpointing`` checkpoints of the training run."""
+
+    save_dir: Optional[str] = None
+    save_every_n_steps: int = 10
+    keep_last_k: int = 3
+    resume: bool = True
+    format: str = "torch_dist"
+
+
+@dataclass
+class LoggingConfig:
+    """Where metrics go."""
+
+    output_dir: str = "outputs/run"
+    tensorboard: bool = True
+    wandb_project: Optional[str] = None
+    log_every_n_steps: int = 1
+
+
+@dataclass
+class RunConfig:
+    """The whole run. ``name`` labels outputs; every section has its own dataclass."""
+
+    name: str = "brrm"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
+    grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+
+def _merge(base, update, source: str):
+    try:
+        return OmegaConf.merge(base, update)
+    except OmegaConfBaseException as exc:  # unknown key, wrong type, bad value
+        key = getattr(exc, "full_key", None) or "?"
+        msg = str(getattr(exc, "msg", exc)).splitlines()[0]
+        raise ConfigError(f"{source}: invalid config key '{key}': {msg}") from None
+
+
+def load_config(path: Optional[str | os.PathLike] = None, overrides: Sequence[str] = ()) -> RunConfig:
+    """Build a :class:`RunConfig` from an optional YAML recipe plus dotted overrides.
+
+    Args:
+        path: YAML file holding any subset of the config tree, or None for defaults.
+        overrides: ``key.sub=value`` strings, applied after the file, in order.
+
+    Returns:
+        A validated :class:`RunConfig` (plain dataclass objects, not OmegaConf nodes).
+
+    Raises:
+        ConfigError: unreadable file, unknown key or wrong value type; the message names
+            the key and the file (or "command line").
+    """
+    cfg = OmegaConf.structured(RunConfig)
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            loaded = OmegaConf.load(path)
+        except Exception as exc:  # YAML syntax error
+            raise ConfigError(f"{path}: cannot parse YAML: {exc}") from None
+        cfg = _merge(cfg, loaded, str(path))
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"command line: override '{item}' must look like key.sub=value")
+        try:
+            dotted = OmegaConf.from_dotlist([item])
+        except OmegaConfBaseException as exc:
+            raise ConfigError(f"command line: cannot parse override '{item}': {exc}") from None
+        cfg = _merge(cfg, dotted, f"command line ('{item}')")
+    return OmegaConf.to_object(cfg)
+
+
+def config_to_dict(cfg: RunConfig) -> dict:
+    """The resolved config as a plain nested dict (JSON/YAML serialisable)."""
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: RunConfig, output_dir: str | os.PathLike) -> Path:
+    """Write the resolved config to ``output_dir/config.yaml`` and return the path."""
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "config.yaml"
+    tmp = path.with_suffix(".yaml.tmp")
+    tmp.write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+    os.replace(tmp, path)
+    return path
