@@ -149,6 +149,9 @@ class RolloutConfig:
     refit_bucket_size_mb: int = 512
     refit_check: bool = False
     seed: int = 0
+    device: str = "auto"  # hf engine: auto (cuda if visible, else cpu) | cpu | cuda | cuda:N
+    dtype: str = "auto"  # auto (hf: fp32 on cpu, bf16 on cuda; vllm: checkpoint dtype) | fp32 | bf16 | fp16
+    max_batch_size: int = 64  # hf engine: rows (prompt x sample) decoded together
 
 
 @dataclass

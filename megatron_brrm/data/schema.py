@@ -1,7 +1,7 @@
 """The one preference-record type every adapter produces and every consumer reads."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Dict, List
 
 VALID_ROLES = ("system", "user", "assistant")

@@ -1,0 +1,224 @@
+"""Evaluate a generative reward model on RewardBench, RM-Bench and RMB with the official scoring.
+
+Usage::
+
+    python evaluation/run.py --bench all --model HF_DIR [--data-dir DIR] [--engine vllm|hf|replay]
+        [--replay FILE] [--output results.json] [--limit N] [--orders single|both] [--seed S]
+        [--max-new-tokens N] [--temperature T] [--top-p P] [--tp N] [--protocol brrm|rmr1]
+
+Writes ``results.json`` (every judged comparison, the score tree, the run config and
+coverage notes), ``<output stem>.table.md`` (the printed table), ``<output stem>.png``
+(the plots) and ``<output stem>.cache.jsonl`` (generations, appended as they finish; a
+rerun with the same settings resumes from it). ``--engine replay --replay FILE`` re-scores
+saved generations without a model. Rules and schemas: ``evaluation/README.md``.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import platform
+import sys
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from evaluation.benchmarks import BENCHMARKS, load_benchmark, select_items  # noqa: E402
+from evaluation.cache import GenerationCache  # noqa: E402
+from evaluation.orders import ORDER_MODES, presentations  # noqa: E402
+from evaluation.records import Judgement  # noqa: E402
+from evaluation.report import format_report, save_png  # noqa: E402
+from evaluation.results import (build_results, index_comparisons, read_raw_records, records_in_order,  # noqa: E402
+                                replay_judgements, write_json_atomic)
+from evaluation.scoring.aggregate import score_benchmark, summary  # noqa: E402
+from megatron_brrm.data.schema import DataError  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULTS = {"protocol": "brrm", "orders": "single", "seed": 42}
+
+
+class UsageError(Exception):
+    """A bad command line; the message says what to change."""
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--bench", default="all", choices=[*BENCHMARKS, "all"], help="benchmark to run (default all)")
+    ap.add_argument("--model", help="HF model folder (required unless --engine replay)")
+    ap.add_argument("--data-dir", type=Path, default=REPO_ROOT / "samples",
+                    help="folder with rewardbench/, rmbench/, rmb/ (default: the repo's samples/)")
+    ap.add_argument("--engine", default="hf", choices=["hf", "vllm", "replay"], help="generation engine (default hf)")
+    ap.add_argument("--replay", type=Path, help="results.json / records JSON(L) to re-score (with --engine replay)")
+    ap.add_argument("--output", type=Path, default=Path("results.json"), help="results file (default results.json)")
+    ap.add_argument("--limit", type=int, help="at most N items per benchmark, spread over its sections")
+    ap.add_argument("--orders", choices=ORDER_MODES, help="single (seeded random order, default) or both orders")
+    ap.add_argument("--seed", type=int, help="order and sampling seed (default 42, as BR-RM's eval)")
+    ap.add_argument("--max-new-tokens", type=int, default=8192, help="generated tokens per turn (default 8192)")
+    ap.add_argument("--max-total-length", type=int, default=16384,
+                    help="prompt + all turns, tokens (default 16384 as BR-RM's eval max_model_len)")
+    ap.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default 1.0 as BR-RM; 0 = greedy)")
+    ap.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling (default 1.0)")
+    ap.add_argument("--tp", type=int, default=1, help="tensor-parallel GPUs for --engine vllm")
+    ap.add_argument("--protocol", choices=["brrm", "rmr1"], help="judge protocol (default brrm)")
+    ap.add_argument("--template-dir", help="folder of judge templates overriding the shipped wording")
+    ap.add_argument("--batch-size", type=int, default=64, help="comparisons per engine call / cache flush (default 64)")
+    ap.add_argument("--device", default="auto", help="HF engine device: auto | cpu | cuda[:k]")
+    ap.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                    help="weights dtype (auto: fp32 on CPU, bf16 on GPU)")
+    ap.add_argument("--gpu-memory-utilization", type=float, default=0.85, help="vLLM memory fraction")
+    ap.add_argument("--name", help="row label in the table and in compare.py (default: the model folder name)")
+    ap.add_argument("--no-png", action="store_true", help="skip the PNG report")
+    ap.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
+    return ap.parse_args(argv)
+
+
+def check_engine_args(args: argparse.Namespace) -> None:
+    """Fail fast (before loading data) when the engine cannot run: no model folder, vLLM without CUDA."""
+    if not args.model:
+        raise UsageError(f"--model HF_DIR is required with --engine {args.engine}")
+    if not (Path(args.model) / "config.json").is_file():
+        raise UsageError(f"--model {args.model}: not an HF model folder (no config.json)")
+    if args.engine == "vllm":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UsageError("--engine vllm needs a CUDA GPU and the gpu extra (pip install -e .[gpu]); "
+                             "on CPU use --engine hf")
+
+
+def make_engine(args: argparse.Namespace):
+    """Build the HF or vLLM engine; raise :class:`UsageError` with the fix when it cannot run here."""
+    import torch
+
+    check_engine_args(args)
+    model = Path(args.model)
+    if args.engine == "vllm":
+        from megatron_brrm.rollout.vllm_engine import VLLMEngine
+
+        dtype = {"auto": "auto", "fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[args.dtype]
+        try:
+            return VLLMEngine(str(model), tensor_parallel_size=args.tp, gpu_memory_utilization=args.gpu_memory_utilization,
+                              enable_prefix_caching=True, seed=args.seed, dtype=dtype,
+                              max_model_len=args.max_total_length, enable_sleep_mode=False)
+        except RuntimeError as exc:
+            raise UsageError(str(exc)) from None
+    from megatron_brrm.rollout.hf_engine import HFEngine
+
+    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+    dtype = dtypes.get(args.dtype) or (torch.float32 if device == "cpu" else torch.bfloat16)
+    return HFEngine(str(model), device=device, dtype=dtype, max_batch_size=max(1, args.batch_size))
+
+
+def resolve_replay_settings(args: argparse.Namespace) -> tuple:
+    """Fill protocol/orders/seed/limit from the replayed file's config where not given on the command line."""
+    if args.replay is None:
+        raise UsageError("--engine replay needs --replay FILE (a results.json or a records JSON/JSONL file)")
+    raw, cfg = read_raw_records(args.replay)
+    for key in ("protocol", "orders", "seed"):
+        if getattr(args, key) is None:
+            setattr(args, key, cfg.get(key, DEFAULTS[key]))
+    if args.limit is None and cfg.get("limit") is not None:
+        args.limit = int(cfg["limit"])
+    if args.template_dir is None:
+        args.template_dir = cfg.get("template_dir")
+    if args.model is None:
+        args.model = cfg.get("model")
+    return raw
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Execute one evaluation run as configured by ``args``; returns the results object.
+
+    Raises:
+        UsageError: bad option combination.
+        DataError: missing or malformed benchmark / replay data.
+    """
+    from megatron_brrm.judge import get_protocol
+
+    if args.engine == "replay":
+        raw = resolve_replay_settings(args)
+    else:
+        check_engine_args(args)
+        raw = None
+    for key, value in DEFAULTS.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if args.max_new_tokens < 1:
+        raise UsageError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    if args.limit is not None and args.limit < 0:
+        raise UsageError(f"--limit must be >= 0, got {args.limit}")
+    protocol = get_protocol(args.protocol, template_dir=args.template_dir)
+    names = list(BENCHMARKS) if args.bench == "all" else [args.bench]
+    data = {name: load_benchmark(name, args.data_dir) for name in names}
+    selected = {name: select_items(d.comparisons, args.limit) for name, d in data.items()}
+    todo_all = [p for name in names for p in presentations(selected[name], args.orders, args.seed)]
+    notes: List[str] = []
+    output = Path(args.output)
+    if args.engine == "replay":
+        everything = index_comparisons([c for name in names for c in selected[name]])
+        judgements, notes = replay_judgements(raw, everything, protocol.parse_verdict, args.seed)
+    else:
+        settings = {"model": str(Path(args.model).resolve()), "protocol": args.protocol,
+                    "template_dir": args.template_dir, "max_new_tokens": args.max_new_tokens,
+                    "max_total_length": args.max_total_length,
+                    "temperature": args.temperature, "top_p": args.top_p, "seed": args.seed}
+        cache = GenerationCache(output.with_name(output.stem + ".cache.jsonl"), settings)
+        judgements, stats = cache.load()
+        todo = [p for p in todo_all if p.key not in judgements]
+        if stats["loaded"]:
+            notes.append(f"resumed: {len(todo_all) - len(todo)} judged orders reused from {cache.path}")
+        if todo:
+            engine = make_engine(args)
+            bar = None
+            if not args.no_progress:
+                from tqdm import tqdm
+
+                bar = tqdm(total=len(todo), desc="judging", unit="cmp")
+            from evaluation.judging import judge_presentations
+
+            judgements.update(judge_presentations(
+                engine, protocol, todo, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                top_p=args.top_p, seed=args.seed, batch_size=args.batch_size,
+                max_total_length=args.max_total_length, cache=cache,
+                progress=bar.update if bar is not None else None))
+            if bar is not None:
+                bar.close()
+    benches = {name: score_benchmark(data[name], selected[name], judgements, args.orders) for name in names}
+    records: List[Judgement] = [j for name in names for j in records_in_order(selected[name], judgements)]
+    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    config.update({"benchmarks": names, "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+                   "python": platform.python_version(),
+                   "name": args.name or (Path(str(args.model)).name if args.model
+                                         else f"replay:{Path(str(args.replay)).stem}")})
+    results = build_results(config, benches, summary(benches), records)
+    results["notes"] = notes
+    if args.orders == "both":
+        results["summary_both_orders"] = summary(benches, "overall_both_orders")
+    return results
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """CLI entry point: run, write the outputs, print the table. Exit 2 on bad input."""
+    args = parse_args(argv)
+    try:
+        results = run(args)
+    except (UsageError, DataError, ValueError) as exc:
+        print(f"evaluation/run.py: error: {exc}", file=sys.stderr)
+        return 2
+    output = Path(args.output)
+    write_json_atomic(output, results)
+    table = format_report(results)
+    output.with_name(output.stem + ".table.md").write_text(table + "\n", encoding="utf-8")
+    written = [str(output), str(output.with_name(output.stem + ".table.md"))]
+    if not args.no_png:
+        written.append(str(save_png(results, output.with_name(output.stem + ".png"))))
+    print(table)
+    print("\nwrote: " + ", ".join(written))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,199 @@
+"""Single-process, bounded-memory io of Megatron ``dist_checkpointing`` (torch_dist) folders.
+
+A torch_dist checkpoint (``megatron.core.dist_checkpointing.save`` with the default
+``TorchDistSaveShardedStrategy``) is a PyTorch Distributed Checkpoint (DCP) folder:
+
+- ``.metadata``: pickled ``torch.distributed.checkpoint.Metadata`` -- for every
+  ShardedTensor *key* the global shape, dtype and the chunks stored, and where each chunk's
+  bytes live (``__<rank>_<n>.distcp`` file, offset, length);
+- ``__*.distcp``: the chunk bytes (one ``torch.save`` record per chunk);
+- ``common.pt``: the non-sharded part of the state dict (``torch.save``);
+- ``metadata.json``: ``{"sharded_backend": "torch_dist", ...}`` (marks a finished save).
+
+Keys are layout-independent: a transformer layer's tensors share one key
+(``decoder.layers.self_attention.linear_qkv.weight``) with a leading layer axis, and TP
+shards are chunks of the global tensor, so a checkpoint saved at one TP/PP loads at any.
+
+:func:`write_dist_checkpoint` writes such a folder from one process *without holding the
+model*: it takes the ShardedTensors of a model built on the ``meta`` device (keys, global
+shapes, offsets, dtypes, no data) and a callback that produces each chunk's data when DCP's
+``FileSystemWriter`` asks for it (``SavePlanner.resolve_data``), one chunk at a time. The
+save plan and the key translation are Megatron's own (``_replace_state_dict_keys_with_sharded_keys``,
+``mcore_to_pyt_state_dict``, ``MCoreSavePlanner``), so the result is what
+``dist_checkpointing.save`` writes. :func:`load_tensors` reads selected global tensors (or one
+layer's slice of a stacked key) with ``dist_checkpointing.load``; DCP reads only the chunks
+that overlap the request.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Tuple
+
+import torch
+
+COMMON_NAME = "common.pt"
+DCP_METADATA_NAME = ".metadata"
+MCORE_METADATA_NAME = "metadata.json"
+
+# Chunk request: (key, global offset incl. prepended axes, chunk sizes, dtype) -> tensor of those sizes.
+ChunkResolver = Callable[[str, Tuple[int, ...], Tuple[int, ...], torch.dtype], torch.Tensor]
+
+
+class DistCheckpointError(ValueError):
+    """A Megatron distributed checkpoint is missing, incomplete or not torch_dist."""
+
+
+def is_dist_checkpoint(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a finished dist_checkpointing folder (has ``metadata.json``)."""
+    return (Path(path) / MCORE_METADATA_NAME).is_file()
+
+
+def resolve_checkpoint_dir(path: str | os.PathLike) -> Path:
+    """The dist checkpoint folder a user means by ``path``.
+
+    Accepts the checkpoint folder itself, or a Megatron-LM style run folder holding
+    ``latest_checkpointed_iteration.txt`` and ``iter_XXXXXXX/`` folders (the latest one is
+    used).
+
+    Raises:
+        DistCheckpointError: nothing loadable there; the message lists what was found.
+    """
+    p = Path(path)
+    if not p.is_dir():
+        raise DistCheckpointError(f"Megatron checkpoint folder not found: {p}")
+    if is_dist_checkpoint(p):
+        return p
+    tracker = p / "latest_checkpointed_iteration.txt"
+    if tracker.is_file():
+        it = tracker.read_text().strip()
+        cand = p / ("release" if it == "release" else f"iter_{int(it):07d}")
+        if is_dist_checkpoint(cand):
+            return cand
+        raise DistCheckpointError(f"{tracker} points at {cand}, which is not a finished dist checkpoint")
+    subs = sorted(d.name for d in p.iterdir() if d.is_dir() and is_dist_checkpoint(d))
+    hint = f"; checkpoints found inside: {', '.join(subs)} (pass one of them)" if subs else ""
+    if (p / DCP_METADATA_NAME).is_file():
+        raise DistCheckpointError(f"{p} has DCP data but no {MCORE_METADATA_NAME}: the save did not finish")
+    raise DistCheckpointError(f"{p} is not a Megatron dist checkpoint (no {MCORE_METADATA_NAME}){hint}")
+
+
+def read_tensor_metadata(ckpt_dir: str | os.PathLike) -> Dict[str, Tuple[Tuple[int, ...], torch.dtype]]:
+    """``{key: (global shape, dtype)}`` for every tensor key of a torch_dist checkpoint.
+
+    Byte entries (ShardedObjects such as ``_extra_state``) are left out. Reads only
+    ``.metadata``.
+
+    Raises:
+        DistCheckpointError: not a torch_dist checkpoint or unreadable metadata.
+    """
+    import json
+
+    from torch.distributed.checkpoint import FileSystemReader, TensorStorageMetadata
+
+    ckpt_dir = Path(ckpt_dir)
+    try:
+        backend = json.loads((ckpt_dir / MCORE_METADATA_NAME).read_text()).get("sharded_backend")
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DistCheckpointError(f"{ckpt_dir / MCORE_METADATA_NAME}: unreadable ({exc})") from None
+    if backend != "torch_dist":
+        raise DistCheckpointError(f"{ckpt_dir}: sharded_backend is {backend!r}; only 'torch_dist' checkpoints are supported")
+    try:
+        md = FileSystemReader(str(ckpt_dir)).read_metadata()
+    except Exception as exc:  # missing/corrupt .metadata
+        raise DistCheckpointError(f"{ckpt_dir / DCP_METADATA_NAME}: cannot read DCP metadata ({exc})") from None
+    out = {}
+    for key, item in md.state_dict_metadata.items():
+        if isinstance(item, TensorStorageMetadata):
+            out[key] = (tuple(int(d) for d in item.size), item.properties.dtype)
+    return out
+
+
+def write_dist_checkpoint(out_dir: str | os.PathLike, sharded_state_dict: dict, resolve: ChunkResolver,
+                          on_chunk: Optional[Callable[[int], None]] = None) -> None:
+    """Write a torch_dist checkpoint whose tensor data comes from ``resolve``, chunk by chunk.
+
+    Must run in a process with ``torch.distributed`` initialised (any world size; only this
+    process writes, with no collectives). ``out_dir`` must exist and be empty.
+
+    Args:
+        out_dir: target folder.
+        sharded_state_dict: a model's ``sharded_state_dict()`` built on the ``meta`` device
+            (ShardedTensor data are meta tensors; factories allowed). Every chunk of every
+            key must be present (a TP=1, PP=1 model's state dict covers the whole model).
+        resolve: ``(key, global_offset, chunk_sizes, dtype) -> tensor`` of exactly
+            ``chunk_sizes`` (including the leading singleton layer axis of stacked keys) and
+            ``dtype``; called once per chunk, in plan order.
+        on_chunk: called with each chunk's byte size after it is resolved (progress).
+
+    Raises:
+        DistCheckpointError: ``resolve`` returned a wrong shape or dtype (names the key).
+    """
+    from megatron.core.dist_checkpointing.core import CheckpointingConfig, save_config
+    from megatron.core.dist_checkpointing.state_dict_utils import save_preprocess
+    from megatron.core.dist_checkpointing.strategies.torch import (
+        MCoreSavePlanner,
+        _replace_state_dict_keys_with_sharded_keys,
+        mcore_to_pyt_state_dict,
+    )
+    from torch.distributed.checkpoint import FileSystemWriter
+    from torch.distributed.checkpoint import save as dcp_save
+    from torch.distributed.checkpoint.planner import WriteItemType
+
+    out_dir = Path(out_dir)
+    sharded, common = save_preprocess(sharded_state_dict, validate_access_integrity=False)
+    grouped, _, _ = _replace_state_dict_keys_with_sharded_keys(sharded, keep_only_main_replica=True)
+    pyt_state_dict = mcore_to_pyt_state_dict(grouped, is_loading=False)
+
+    class _LazyPlanner(MCoreSavePlanner):
+        """Megatron's save planner, with tensor data produced on demand instead of looked up."""
+
+        def resolve_data(self, write_item):
+            if write_item.type == WriteItemType.BYTE_IO:
+                return super().resolve_data(write_item)
+            key = write_item.index.fqn
+            offset = tuple(int(x) for x in write_item.index.offset)
+            sizes = tuple(int(x) for x in write_item.tensor_data.chunk.sizes)
+            dtype = write_item.tensor_data.properties.dtype
+            tensor = resolve(key, offset, sizes, dtype)
+            if tuple(tensor.shape) != sizes or tensor.dtype != dtype:
+                raise DistCheckpointError(f"{key} chunk at {offset}: produced {tuple(tensor.shape)} {tensor.dtype}, "
+                                          f"expected {sizes} {dtype}")
+            if on_chunk is not None:
+                on_chunk(tensor.numel() * tensor.element_size())
+            return tensor
+
+    # One writer thread: chunks are produced and written strictly one at a time.
+    writer = FileSystemWriter(str(out_dir), single_file_per_rank=True, thread_count=1, sync_files=True)
+    dcp_save(pyt_state_dict, storage_writer=writer, no_dist=True,
+             planner=_LazyPlanner(dedup_replicated_tensors=False, flatten_state_dict=False))
+    torch.save(common, out_dir / COMMON_NAME)
+    save_config(CheckpointingConfig("torch_dist", 1), str(out_dir))  # metadata.json last: marks completion
+
+
+def load_tensors(ckpt_dir: str | os.PathLike, requests: Dict[str, Tuple[str, Optional[Tuple[int, int]], Tuple[int, ...], torch.dtype]]
+                 ) -> Dict[str, torch.Tensor]:
+    """Load whole tensors, or one layer of a stacked key, from a torch_dist checkpoint.
+
+    Args:
+        ckpt_dir: the checkpoint folder.
+        requests: ``{name: (key, layer, shape, dtype)}``; ``layer`` is ``(index, num_layers)``
+            for a key with a leading layer axis (``decoder.layers.*``) or None; ``shape`` is
+            the tensor's shape without that axis.
+
+    Returns:
+        ``{name: tensor}`` (CPU, ``dtype``, ``shape``). Only chunks overlapping the requests
+        are read.
+    """
+    from megatron.core import dist_checkpointing
+    from megatron.core.dist_checkpointing.mapping import ShardedTensor
+
+    sharded = {}
+    for name, (key, layer, shape, dtype) in requests.items():
+        data = torch.empty(shape, dtype=dtype)
+        if layer is None:
+            sharded[name] = ShardedTensor.from_rank_offsets(key, data, replica_id=0)
+        else:
+            sharded[name] = ShardedTensor.from_rank_offsets(key, data, (0, layer[0], layer[1]), replica_id=0,
+                                                            prepend_axis_num=1)
+    return dist_checkpointing.load(sharded, str(ckpt_dir), validate_access_integrity=False)

@@ -1,0 +1,330 @@
+"""Losses for GRPO (clipped policy gradient + KL), SFT (masked NLL) and Bradley-Terry.
+
+Conventions shared by every loss here:
+
+* Token tensors are ``[B, T]`` and aligned to **input positions**: ``logprobs[b, t]`` is
+  ``log p(input_ids[b, t] | input_ids[b, :t])`` (position 0 has no prediction and is 0;
+  see :mod:`megatron_brrm.rl.logprobs`). ``loss_mask[b, t] = 1`` exactly on generated
+  tokens, so it lines up with the token ids and with the rollout engine's logprobs.
+* **Global normalisation.** A loss is called once per micro-batch, but is normalised by
+  counts over the *whole global batch* (all micro-batches, all DP ranks), passed in as a
+  :class:`Normalizer`. The sum of the micro-batch losses is then exactly the full-batch
+  loss, whatever the micro-batch split (NeMo-RL ``masked_mean(...,
+  global_normalization_factor)``; the pitfall list in ``reference/rl_stacks.md`` 5.8). The
+  caller (the policy worker) cancels Megatron's per-micro-batch averaging and DDP's
+  DP averaging by multiplying by ``num_microbatches * dp_size``.
+* **Metrics** are returned as a dict of 0-dim float tensors. Keys ending in ``_max`` are
+  reduced with ``max`` across micro-batches and ranks, every other key with ``sum`` (each
+  is already divided by the global count, so the sum is the global mean).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, Mapping, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+
+Metrics = Dict[str, torch.Tensor]
+
+AGGREGATIONS = ("token_mean", "seq_mean")
+KL_TYPES = ("k1", "k3")
+
+
+@dataclass(frozen=True)
+class Normalizer:
+    """Global denominators for one optimizer step.
+
+    Attributes:
+        num_tokens: number of loss-mask tokens in the global batch (all micro-batches, DP ranks).
+        num_seqs: number of sequences with at least one loss-mask token in the global batch.
+    """
+
+    num_tokens: float
+    num_seqs: float
+
+    @staticmethod
+    def local_counts(loss_mask: torch.Tensor) -> torch.Tensor:
+        """float64 ``[2]`` = (tokens, sequences with >= 1 token) of a local ``[B, T]`` mask;
+        sum it over micro-batches and all-reduce it over DP to build the global Normalizer."""
+        m = loss_mask.to(torch.float64)
+        return torch.stack([m.sum(), (m.sum(-1) > 0).to(torch.float64).sum()])
+
+
+@dataclass
+class ClippedPGConfig:
+    """Clipped policy-gradient loss settings (defaults = BR-RM recipe, DESIGN.md 4.2).
+
+    Attributes:
+        ratio_clip_low / ratio_clip_high: ``eps_low`` / ``eps_high`` of the ratio clip
+            ``clip(r, 1 - eps_low, 1 + eps_high)`` (DAPO "clip-higher", arXiv 2503.14476).
+        ratio_clip_c: dual-clip constant ``c > 1`` for negative advantages (Ye et al. 2020,
+            arXiv 1912.09729; verl ``clip_ratio_c``), None = off.
+        kl_coef: ``beta`` of the KL penalty to the reference policy; 0 = off.
+        kl_type: ``k1`` (``log pi - log pi_ref``) or ``k3`` (``exp(d) - 1 - d`` with
+            ``d = log pi_ref - log pi``), Schulman, "Approximating KL divergence" (2020).
+        kl_input_clamp / kl_output_clamp: clamp ``d`` to ``[-a, a]`` and the KL to ``[-b, b]``
+            (NeMo-RL defaults 20 / 10; None = no clamp). Clamped tokens get no KL gradient.
+        truncated_importance_sampling: cap ``C`` of the truncated IS weight
+            ``min(exp(logp_old - logp_rollout), C)`` that corrects the train/rollout mismatch
+            (Yao et al. 2025, "Your efficient RL framework secretly brings you off-policy RL
+            training"; verl/NeMo-RL TIS). None = off.
+        aggregation: ``token_mean`` (sum over all valid tokens / global token count, DAPO)
+            or ``seq_mean`` (per-sequence token mean, summed / global sequence count, GRPO paper).
+    """
+
+    ratio_clip_low: float = 0.2
+    ratio_clip_high: float = 0.28
+    ratio_clip_c: Optional[float] = None
+    kl_coef: float = 0.001
+    kl_type: str = "k3"
+    kl_input_clamp: Optional[float] = 20.0
+    kl_output_clamp: Optional[float] = 10.0
+    truncated_importance_sampling: Optional[float] = None
+    aggregation: str = "token_mean"
+
+    def __post_init__(self):
+        if self.aggregation not in AGGREGATIONS:
+            raise ValueError(f"grpo.loss_aggregation must be one of {AGGREGATIONS}, got {self.aggregation!r}")
+        if self.kl_type not in KL_TYPES:
+            raise ValueError(f"grpo.kl_type must be one of {KL_TYPES}, got {self.kl_type!r}")
+        if self.ratio_clip_c is not None and self.ratio_clip_c <= 1.0:
+            raise ValueError(f"grpo.ratio_clip_c must be > 1 (dual clip), got {self.ratio_clip_c}")
+        if self.ratio_clip_low < 0 or self.ratio_clip_high < 0:
+            raise ValueError("grpo.ratio_clip_low / ratio_clip_high must be >= 0")
+        if self.truncated_importance_sampling is not None and self.truncated_importance_sampling <= 0:
+            raise ValueError("grpo.truncated_importance_sampling must be > 0 or null")
+
+    @classmethod
+    def from_grpo_config(cls, g) -> "ClippedPGConfig":
+        """Build from :class:`megatron_brrm.config.GRPOConfig` (duck-typed)."""
+        return cls(ratio_clip_low=g.ratio_clip_low, ratio_clip_high=g.ratio_clip_high, ratio_clip_c=g.ratio_clip_c,
+                   kl_coef=g.kl_coef, kl_type=g.kl_type, kl_output_clamp=g.kl_clamp,
+                   truncated_importance_sampling=g.truncated_importance_sampling, aggregation=g.loss_aggregation)
+
+
+def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, kl_type: str = "k3",
+               input_clamp: Optional[float] = 20.0, output_clamp: Optional[float] = 10.0) -> torch.Tensor:
+    """Per-token estimate of KL(pi || pi_ref) from sampled-token logprobs (Schulman 2020).
+
+    ``d = ref_logprobs - logprobs`` (clamped to ``[-input_clamp, input_clamp]``);
+    k1 = ``-d``; k3 = ``exp(d) - 1 - d`` (>= 0, unbiased, low variance); the result is
+    clamped to ``[-output_clamp, output_clamp]`` (NeMo-RL ``calculate_kl``).
+
+    Args:
+        logprobs, ref_logprobs: float ``[B, T]``.
+    Returns:
+        float ``[B, T]`` (differentiable w.r.t. ``logprobs``).
+    """
+    d = ref_logprobs - logprobs
+    if input_clamp is not None:
+        d = d.clamp(-input_clamp, input_clamp)
+    if kl_type == "k1":
+        kl = -d
+    elif kl_type == "k3":
+        kl = torch.exp(d) - 1 - d
+    else:
+        raise ValueError(f"kl_type must be one of {KL_TYPES}, got {kl_type!r}")
+    if output_clamp is not None:
+        kl = kl.clamp(-output_clamp, output_clamp)
+    return kl
+
+
+def _aggregate(per_token: torch.Tensor, mask: torch.Tensor, aggregation: str, norm: Normalizer) -> torch.Tensor:
+    if aggregation == "token_mean":
+        return (per_token * mask).sum() / max(float(norm.num_tokens), 1.0)
+    per_seq = (per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)
+    return per_seq.sum() / max(float(norm.num_seqs), 1.0)
+
+
+def _check(name: str, t: Optional[torch.Tensor], shape) -> None:
+    if t is None:
+        raise KeyError(f"loss batch is missing '{name}' (a [B, T] tensor aligned to input positions)")
+    if tuple(t.shape) != tuple(shape):
+        raise ValueError(f"loss batch '{name}' has shape {tuple(t.shape)}, expected {tuple(shape)} like logprobs")
+
+
+def clipped_pg_loss(logprobs: torch.Tensor, batch: Mapping[str, torch.Tensor], cfg: ClippedPGConfig,
+                    norm: Normalizer, entropy: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, Metrics]:
+    """GRPO loss of one micro-batch: clipped surrogate (+ dual clip, TIS) + beta * KL.
+
+    Per token, with ``r = exp(logp - logp_old)`` and advantage ``A`` (PPO, Schulman et al.
+    2017, arXiv 1707.06347; asymmetric clip from DAPO):
+
+        pg = max(-A * r, -A * clip(r, 1 - eps_low, 1 + eps_high))
+        pg = min(pg, -A * c)                     where A < 0 and dual clip is on
+        pg = w * pg, w = min(exp(logp_old - logp_rollout), C).detach()   (TIS, optional)
+        loss_t = pg + beta * KL_t(logp, logp_ref)
+
+    then aggregated over ``loss_mask`` tokens with the global :class:`Normalizer`
+    (``token_mean`` or ``seq_mean``). This matches TRL ``GRPOTrainer`` with
+    ``loss_type="dapo"`` (token_mean), ``epsilon``/``epsilon_high``, ``beta`` and
+    ``vllm_importance_sampling_mode="token_truncate"`` (verified in tests/rl/test_loss.py).
+    The KL term is not importance-weighted (NeMo-RL's optional on-policy-KL weighting is not used).
+
+    Args:
+        logprobs: float ``[B, T]``, current policy logprobs (requires grad).
+        batch: ``loss_mask`` ``[B, T]`` (0/1 or bool, generated tokens); ``advantages``
+            ``[B]`` or ``[B, T]``; ``old_logprobs`` ``[B, T]`` (optional: default
+            ``logprobs.detach()``, i.e. fully on-policy); ``ref_logprobs`` ``[B, T]``
+            (required when ``kl_coef > 0``); ``rollout_logprobs`` ``[B, T]`` (required for TIS;
+            used for the mismatch metric when present).
+        cfg: :class:`ClippedPGConfig`.
+        norm: global counts (:class:`Normalizer`).
+        entropy: optional float ``[B, T]`` exact per-token entropy (for the metric only).
+
+    Returns:
+        ``(loss, metrics)``: a 0-dim loss and metrics (module docstring for reduction):
+        ``loss``, ``policy_loss``, ``kl``, ``clip_fraction`` (tokens whose clip is active:
+        ``r < 1-eps_low, A < 0`` or ``r > 1+eps_high, A > 0``), ``dual_clip_fraction``,
+        ``ratio_mean``, ``ratio_max``, ``approx_entropy`` (``-w' * logp`` with
+        ``w' = exp(logp - logp_rollout)``, the importance-weighted sampled-token estimate of
+        NeMo-RL), ``entropy`` (when given), ``train_rollout_mismatch``
+        (``exp(|logp_rollout - logp_old|)``, NeMo-RL ``token_mult_prob_error``; ~1.0 when
+        trainer and engine agree), ``is_weight_mean`` (TIS).
+
+    Raises:
+        KeyError / ValueError: a required batch key is missing or has the wrong shape.
+    """
+    shape = logprobs.shape
+    mask = batch.get("loss_mask")
+    _check("loss_mask", mask, shape)
+    mask = mask.to(logprobs.dtype)
+    adv = batch.get("advantages")
+    if adv is None:
+        raise KeyError("loss batch is missing 'advantages' ([B] or [B, T])")
+    adv = adv.to(logprobs.dtype)
+    if adv.dim() == 1:
+        adv = adv.unsqueeze(1)
+    old = batch.get("old_logprobs")
+    if old is None:
+        old = logprobs.detach()
+    _check("old_logprobs", old, shape)
+    rollout = batch.get("rollout_logprobs")
+    if rollout is not None:
+        _check("rollout_logprobs", rollout, shape)
+
+    log_ratio = logprobs - old
+    ratio = torch.exp(log_ratio)
+    clipped = ratio.clamp(1.0 - cfg.ratio_clip_low, 1.0 + cfg.ratio_clip_high)
+    pg = torch.maximum(-adv * ratio, -adv * clipped)
+    dual_active = torch.zeros_like(pg, dtype=torch.bool)
+    if cfg.ratio_clip_c is not None:
+        bound = -adv * cfg.ratio_clip_c
+        dual_active = (adv < 0) & (pg > bound)
+        pg = torch.where(adv < 0, torch.minimum(pg, bound), pg)
+    is_weight = None
+    if cfg.truncated_importance_sampling is not None:
+        if rollout is None:
+            raise KeyError("truncated importance sampling needs 'rollout_logprobs' (the engine's logprobs) in the batch")
+        is_weight = torch.exp(old - rollout).clamp(max=cfg.truncated_importance_sampling).detach()
+        pg = pg * is_weight
+    per_token = pg
+    kl = None
+    if cfg.kl_coef != 0.0:
+        ref = batch.get("ref_logprobs")
+        _check("ref_logprobs", ref, shape)
+        kl = kl_penalty(logprobs, ref, cfg.kl_type, cfg.kl_input_clamp, cfg.kl_output_clamp)
+        per_token = pg + cfg.kl_coef * kl
+    loss = _aggregate(per_token, mask, cfg.aggregation, norm)
+
+    with torch.no_grad():
+        ntok = max(float(norm.num_tokens), 1.0)
+        tmean = lambda x: (x.to(logprobs.dtype) * mask).sum() / ntok  # noqa: E731
+        clip_active = ((ratio < 1 - cfg.ratio_clip_low) & (adv < 0)) | ((ratio > 1 + cfg.ratio_clip_high) & (adv > 0))
+        lp = logprobs.detach()
+        behaviour = rollout if rollout is not None else old
+        metrics: Metrics = {
+            "loss": loss.detach().clone(),
+            "policy_loss": _aggregate(pg.detach(), mask, cfg.aggregation, norm),
+            "clip_fraction": tmean(clip_active),
+            "dual_clip_fraction": tmean(dual_active),
+            "ratio_mean": tmean(ratio.detach()),
+            "ratio_max": (ratio.detach() * mask + (mask - 1) * 1e30).max() if mask.numel() else lp.new_zeros(()),
+            "approx_entropy": tmean(-torch.exp(lp - behaviour) * lp),
+        }
+        if kl is not None:
+            metrics["kl"] = tmean(kl.detach())
+        if entropy is not None:
+            metrics["entropy"] = tmean(entropy.detach())
+        if rollout is not None:
+            metrics["train_rollout_mismatch"] = tmean(torch.exp((rollout - old).abs()))
+        if is_weight is not None:
+            metrics["is_weight_mean"] = tmean(is_weight)
+    return loss, metrics
+
+
+def sft_nll_loss(logprobs: torch.Tensor, batch: Mapping[str, torch.Tensor], norm: Normalizer,
+                 aggregation: str = "token_mean") -> Tuple[torch.Tensor, Metrics]:
+    """Masked negative log-likelihood for SFT / distillation of judge traces (RM-R1 style).
+
+    ``loss = sum_{b,t} -logp[b,t] * mask[b,t] / N_tokens`` (token_mean, global count) or the
+    per-sequence token mean summed over sequences / ``N_seqs`` (seq_mean).
+
+    Args:
+        logprobs: float ``[B, T]`` aligned to input positions.
+        batch: ``loss_mask`` ``[B, T]`` (1 on target tokens).
+        norm: global counts.
+        aggregation: ``token_mean`` | ``seq_mean``.
+    Returns:
+        ``(loss, {"loss", "nll", "num_tokens"})``; ``nll`` is the token mean (for perplexity).
+    """
+    if aggregation not in AGGREGATIONS:
+        raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
+    mask = batch.get("loss_mask")
+    _check("loss_mask", mask, logprobs.shape)
+    mask = mask.to(logprobs.dtype)
+    loss = _aggregate(-logprobs, mask, aggregation, norm)
+    with torch.no_grad():
+        nll = (-logprobs.detach() * mask).sum() / max(float(norm.num_tokens), 1.0)
+        metrics = {"loss": loss.detach().clone(), "nll": nll, "num_tokens": mask.sum()}
+    return loss, metrics
+
+
+def bradley_terry_loss(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor,
+                       num_pairs_global: float, margin: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, Metrics]:
+    """Pairwise Bradley-Terry reward-model loss (Bradley & Terry 1952; InstructGPT eq. 1,
+    arXiv 2203.02155): ``sum_i -log sigmoid(r_chosen_i - r_rejected_i - m_i) / N_pairs``.
+
+    Args:
+        chosen_rewards, rejected_rewards: float ``[P]`` scalar rewards of each pair.
+        num_pairs_global: number of pairs in the global batch (all micro-batches, DP ranks).
+        margin: optional float ``[P]`` margin ``m_i`` (Llama-2 RM), default 0.
+    Returns:
+        ``(loss, {"loss", "accuracy", "reward_margin"})``; accuracy = fraction with
+        ``r_chosen > r_rejected``; all sum-reduced (already divided by ``N_pairs``).
+    Raises:
+        ValueError: shapes differ.
+    """
+    if chosen_rewards.shape != rejected_rewards.shape or chosen_rewards.dim() != 1:
+        raise ValueError(f"chosen/rejected rewards must both be [P], got {tuple(chosen_rewards.shape)} "
+                         f"and {tuple(rejected_rewards.shape)}")
+    diff = chosen_rewards - rejected_rewards
+    if margin is not None:
+        diff = diff - margin
+    n = max(float(num_pairs_global), 1.0)
+    loss = -F.logsigmoid(diff).sum() / n
+    with torch.no_grad():
+        raw = (chosen_rewards - rejected_rewards).detach()
+        metrics = {"loss": loss.detach().clone(), "accuracy": (raw > 0).to(raw.dtype).sum() / n,
+                   "reward_margin": raw.sum() / n}
+    return loss, metrics
+
+
+def reduce_metrics(parts) -> Dict[str, float]:
+    """Combine per-micro-batch metric dicts: ``_max`` keys by max, the rest by sum.
+
+    Args:
+        parts: iterable of metric dicts (tensors or floats).
+    Returns:
+        dict of floats.
+    """
+    out: Dict[str, float] = {}
+    for part in parts:
+        for k, v in part.items():
+            v = float(v)
+            if k.endswith("_max"):
+                out[k] = max(out.get(k, float("-inf")), v)
+            else:
+                out[k] = out.get(k, 0.0) + v
+    return out

@@ -1,0 +1,222 @@
+"""Generic Ray actor wrappers: plain ``Impl`` classes made actors by a thin wrapper, and an
+actor that hosts any :class:`~megatron_brrm.rollout.engine.GenerationEngine`.
+
+NeMo-RL keeps its workers as plain classes (``MegatronPolicyWorkerImpl``) and makes them
+Ray actors with a thin ``@ray.remote`` wrapper, because Ray-decorated classes cannot be
+subclassed or called in-process. :func:`make_remote` does that wrapping here; the plain
+class stays usable (and testable) without Ray.
+
+:class:`EngineActor` builds its engine *inside* the actor from a factory callable (the
+engine's weights and, on GPU, its CUDA context never exist in the driver) and forwards
+``generate`` / ``update_weights`` / ``sleep`` / ``wake``. :class:`RemoteEngine` is the
+driver-side handle that implements the same ``GenerationEngine`` interface over it, so
+rollout code treats local and remote engines alike (used for vLLM engines in their own
+actors).
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, Iterable, List, Optional, Sequence, Tuple
+
+import ray
+import torch
+
+from megatron_brrm.rollout.engine import GenerationEngine, GenerationOutput, SamplingParams
+
+
+def make_remote(cls: type, num_cpus: float = 1, num_gpus: float = 0, **options) -> Any:
+    """A Ray actor class for the plain class ``cls`` (``cls`` itself is left unchanged).
+
+    Args:
+        cls: a plain Python class (not already ``@ray.remote``).
+        num_cpus, num_gpus: default resources per actor (a WorkerGroup overrides them with
+            its placement's share).
+        **options: other ``ray.remote`` options (``max_concurrency``, ``runtime_env``, ...).
+
+    Returns:
+        A Ray ``ActorClass``; create actors with ``.remote(...)`` or ``.options(...).remote(...)``.
+
+    Raises:
+        TypeError: ``cls`` is not a class or is already a Ray actor class.
+    """
+    if isinstance(cls, ray.actor.ActorClass):
+        raise TypeError(f"make_remote: {impl_class(cls).__name__} is already a Ray actor class")
+    if not isinstance(cls, type):
+        raise TypeError(f"make_remote: expected a class, got {type(cls).__name__}")
+    return ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=0, max_task_retries=0, **options)(cls)
+
+
+def impl_class(actor_cls: Any) -> type:
+    """The plain class behind ``actor_cls`` (a plain class or a Ray actor class)."""
+    if isinstance(actor_cls, ray.actor.ActorClass):
+        modified = actor_cls.__ray_metadata__.modified_class
+        return getattr(modified, "__ray_actor_class__", modified)
+    return actor_cls
+
+
+def as_actor_class(actor_cls: Any) -> Any:
+    """``actor_cls`` as a Ray actor class (plain classes are wrapped with :func:`make_remote`)."""
+    return actor_cls if isinstance(actor_cls, ray.actor.ActorClass) else make_remote(actor_cls)
+
+
+class EngineActor:
+    """Hosts one generation engine inside a Ray actor.
+
+    Args:
+        engine_factory: zero-argument callable returning a ``GenerationEngine``; it runs in
+            the actor process (so it must be picklable: a module-level function, a class, or a
+            ``functools.partial`` of one). The environment holds ``BRRM_ENGINE_INDEX`` and
+            ``BRRM_ENGINE_BUNDLE_INDICES`` (comma-separated bundle indices of the engine's
+            TP ranks in the current placement group) when created by :func:`create_engine_actors`.
+
+    Raises:
+        TypeError: the factory did not return a GenerationEngine.
+    """
+
+    def __init__(self, engine_factory: Callable[[], GenerationEngine]):
+        engine = engine_factory()
+        if not isinstance(engine, GenerationEngine):
+            raise TypeError(f"EngineActor: the engine factory returned {type(engine).__name__}, "
+                            "not a megatron_brrm.rollout.engine.GenerationEngine")
+        self.engine = engine
+
+    def tokenizer(self):
+        """The engine's tokenizer (pickled to the caller)."""
+        return self.engine.tokenizer
+
+    def generate(self, prompts: List[List[int]], params: SamplingParams) -> List[List[GenerationOutput]]:
+        """``engine.generate``: ``[len(prompts)][params.n]`` outputs."""
+        return self.engine.generate(prompts, params)
+
+    def update_weights(self, named_tensors: Sequence[Tuple[str, torch.Tensor]]) -> int:
+        """Load one bucket of ``(hf_name, full tensor)`` pairs; returns the bytes loaded."""
+        self.engine.update_weights(iter(named_tensors))
+        return int(sum(t.numel() * t.element_size() for _, t in named_tensors))
+
+    def sleep(self) -> None:
+        """``engine.sleep()``."""
+        self.engine.sleep()
+
+    def wake(self) -> None:
+        """``engine.wake()``."""
+        self.engine.wake()
+
+    def call(self, method: str, *args, **kwargs) -> Any:
+        """Call an engine-specific method (e.g. a vLLM worker-extension entry point)."""
+        return getattr(self.engine, method)(*args, **kwargs)
+
+    def placement_info(self) -> dict:
+        """Engine index and bundle indices from the environment, and the process id."""
+        return {"engine_index": int(os.environ.get("BRRM_ENGINE_INDEX", "-1")),
+                "bundle_indices": [int(i) for i in os.environ.get("BRRM_ENGINE_BUNDLE_INDICES", "").split(",") if i],
+                "pid": os.getpid()}
+
+
+class RemoteEngine(GenerationEngine):
+    """Driver-side ``GenerationEngine`` backed by an :class:`EngineActor`.
+
+    Args:
+        handle: the Ray actor handle of an ``EngineActor``.
+        index: engine number (named in errors).
+        timeout_s: per-call timeout in seconds (None: none).
+        bucket_bytes: ``update_weights`` sends the stream in buckets of at most this many
+            bytes (a tensor larger than the bucket goes alone), one actor call per bucket.
+    """
+
+    def __init__(self, handle, index: int = 0, timeout_s: Optional[float] = None, bucket_bytes: int = 512 << 20):
+        self.handle, self.index, self.timeout_s, self.bucket_bytes = handle, index, timeout_s, int(bucket_bytes)
+        self._tokenizer = None
+
+    def _get(self, ref, method: str):
+        from megatron_brrm.workers.worker_group import WorkerError, describe_ray_error
+
+        try:
+            return ray.get(ref, timeout=self.timeout_s)
+        except ray.exceptions.GetTimeoutError:
+            raise WorkerError("generation", self.index, method, f"timed out after {self.timeout_s:g} s") from None
+        except ray.exceptions.RayError as exc:
+            cause, detail = describe_ray_error(exc)
+            raise WorkerError("generation", self.index, method, cause, detail=detail) from exc
+
+    @property
+    def tokenizer(self):
+        """The engine's tokenizer (fetched once)."""
+        if self._tokenizer is None:
+            self._tokenizer = self._get(self.handle.tokenizer.remote(), "tokenizer")
+        return self._tokenizer
+
+    def generate(self, prompts: List[List[int]], params: SamplingParams) -> List[List[GenerationOutput]]:
+        """Forwarded to the actor; see ``GenerationEngine.generate``."""
+        return self._get(self.handle.generate.remote(prompts, params), "generate")
+
+    def update_weights(self, named_tensors: Iterable[Tuple[str, torch.Tensor]]) -> None:
+        """Stream ``(hf_name, tensor)`` pairs to the actor in buckets of ``bucket_bytes``.
+
+        At most one bucket is held in the driver at a time; the call for a bucket is
+        awaited before the next bucket is filled.
+        """
+        bucket: List[Tuple[str, torch.Tensor]] = []
+        size = 0
+        for name, tensor in named_tensors:
+            nbytes = tensor.numel() * tensor.element_size()
+            if bucket and size + nbytes > self.bucket_bytes:
+                self._get(self.handle.update_weights.remote(bucket), "update_weights")
+                bucket, size = [], 0
+            bucket.append((name, tensor))
+            size += nbytes
+        if bucket:
+            self._get(self.handle.update_weights.remote(bucket), "update_weights")
+
+    def sleep(self) -> None:
+        """Forwarded to the actor."""
+        self._get(self.handle.sleep.remote(), "sleep")
+
+    def wake(self) -> None:
+        """Forwarded to the actor."""
+        self._get(self.handle.wake.remote(), "wake")
+
+
+def create_engine_actors(cluster, engine_factory: Callable[[], GenerationEngine], num_engines: Optional[int] = None,
+                         env: Optional[dict] = None, timeout_s: Optional[float] = None,
+                         ready_timeout_s: float = 600.0) -> List[RemoteEngine]:
+    """Start one :class:`EngineActor` per ``cluster.engine_placements`` entry (or the first ``num_engines``).
+
+    Args:
+        cluster: the :class:`megatron_brrm.workers.cluster.Cluster`.
+        engine_factory: see :class:`EngineActor`.
+        num_engines: how many engines (default: every engine placement).
+        env: extra environment variables for the actors.
+        timeout_s: per-call timeout of the returned :class:`RemoteEngine` handles.
+        ready_timeout_s: seconds to wait for every engine's construction.
+
+    Returns:
+        One :class:`RemoteEngine` per engine; ``.handle`` is the Ray actor (kill it with
+        ``ray.kill`` or let ``cluster.shutdown()`` remove its placement group).
+
+    Raises:
+        ValueError: more engines than placements. WorkerError: an engine failed to build.
+    """
+    from megatron_brrm.workers.worker_group import WorkerError, describe_ray_error
+
+    placements = cluster.engine_placements
+    n = len(placements) if num_engines is None else num_engines
+    if not 0 <= n <= len(placements):
+        raise ValueError(f"create_engine_actors: {n} engine(s) asked, the cluster has {len(placements)} engine "
+                         f"placement(s) ({cluster.describe()})")
+    remote_cls = make_remote(EngineActor)
+    handles = []
+    for p in placements[:n]:
+        actor_env = {"BRRM_ENGINE_INDEX": str(p.index), "OMP_NUM_THREADS": "1",
+                     "BRRM_ENGINE_BUNDLE_INDICES": ",".join(str(i) for i in p.bundle_indices)}
+        actor_env.update({k: str(v) for k, v in (env or {}).items()})
+        handles.append(remote_cls.options(**p.actor.actor_options(), runtime_env={"env_vars": actor_env})
+                       .remote(engine_factory))
+    for i, h in enumerate(handles):
+        try:
+            ray.get(h.__ray_ready__.remote(), timeout=ready_timeout_s)
+        except ray.exceptions.RayError as exc:
+            for other in handles:
+                ray.kill(other, no_restart=True)
+            cause, detail = describe_ray_error(exc)
+            raise WorkerError("generation", i, "__init__", cause, placements[i].actor.node_ip, detail) from exc
+    return [RemoteEngine(h, i, timeout_s=timeout_s) for i, h in enumerate(handles)]

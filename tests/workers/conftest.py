@@ -1,0 +1,46 @@
+"""Ray fixtures for the worker tests: one private local Ray instance per test module.
+
+Ray starts in ~5 s here, so a module starts it once and its finalizer always stops it,
+even when a test fails. Actors run with OMP_NUM_THREADS=1 (2-core machine).
+"""
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+RAY_CPUS = 2
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """A private 2-CPU Ray instance (no dashboard, small object store) for the whole module."""
+    import ray
+
+    if ray.is_initialized():  # a previous module's failure must not leak into this one
+        ray.shutdown()
+    ctx = ray.init(address="local", num_cpus=RAY_CPUS, include_dashboard=False,
+                   object_store_memory=128 * 1024 * 1024, log_to_driver=True)
+    try:
+        yield ctx
+    finally:
+        ray.shutdown()
+
+
+def wait_for(predicate, timeout_s: float = 15.0, interval_s: float = 0.1) -> bool:
+    """Poll ``predicate()`` until it is true or ``timeout_s`` passes; returns its last value."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(interval_s)
+
+
+@pytest.fixture
+def wait_until():
+    """The :func:`wait_for` poller (fixtures avoid importing one conftest module from tests)."""
+    return wait_for
