@@ -176,6 +176,25 @@ class LoggingConfig:
 
 
 @dataclass
+class SFTConfig:
+    """Supervised warm start on judge traces (``python -m megatron_brrm.sft``).
+
+    ``traces_path``: JSONL of ``{"messages": [...]}`` conversations (loss on assistant turns).
+    Without it, ``num_synthetic`` format-correct BR-RM traces are built from
+    ``data.train_path`` pairs; ``verdict`` picks their verdicts: ``random`` (teach the
+    format only) or ``label`` (distil correct answers).
+    """
+
+    traces_path: Optional[str] = None
+    num_synthetic: int = 64
+    verdict: str = "random"  # random | label
+    num_steps: int = 20
+    global_batch_size: int = 8
+    lr: float = 1.0e-3
+    output_hf_dir: Optional[str] = None  # default: <logging.output_dir>/sft_hf
+
+
+@dataclass
 class RunConfig:
     """The whole run. ``name`` labels outputs; every section has its own dataclass."""
 
@@ -188,6 +207,7 @@ class RunConfig:
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
 
 
 def _merge(base, update, source: str):

@@ -109,7 +109,8 @@ def load_rmbench(data_dir: Path) -> BenchmarkData:
     for d in ("safety-refuse", "safety-response"):
         if d in missing and "safety" in present_domains:
             notes.append(f"RM-Bench safety domain is partial: {d} items are absent")
-    counts = {d: len({c.item_id for c in comparisons if c.meta["domain_file"] == d}) for d in present_files}
+    counts = {d: len({c.item_id for c in comparisons if c.meta["domain_file"] == d}) for d in DOMAIN_FILES
+              if d in present_files}
     short = {d: f"{counts[d]} of {OFFICIAL_ITEMS[d]}" for d in counts if d in OFFICIAL_ITEMS and counts[d] < OFFICIAL_ITEMS[d]}
     if short:
         notes.append(f"RM-Bench is subsampled (items per domain: {short}); scores are not comparable "

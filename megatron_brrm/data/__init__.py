@@ -6,6 +6,7 @@ This package imports nothing else of the project (DESIGN.md 2).
 from .adapters import ADAPTERS, get_adapter, load_source
 from .augment import SWAP_SUFFIX, base_id, both_orders, swapped_copy
 from .benchmark_prompts import benchmark_prompts
+from .loader import PairLoader
 from .io import iter_pairs, iter_records, read_pairs, write_json, write_pairs
 from .mix import MixResult, SourceSpec, build_mix, discover_sources, parse_source_spec
 from .schema import DataError, PreferencePair
@@ -15,5 +16,5 @@ __all__ = [
     "ADAPTERS", "get_adapter", "load_source", "SWAP_SUFFIX", "base_id", "both_orders", "swapped_copy",
     "benchmark_prompts", "iter_pairs", "iter_records", "read_pairs", "write_json", "write_pairs",
     "MixResult", "SourceSpec", "build_mix", "discover_sources", "parse_source_spec",
-    "DataError", "PreferencePair", "MixSummary", "SourceSummary",
+    "DataError", "PreferencePair", "PairLoader", "MixSummary", "SourceSummary",
 ]

@@ -403,18 +403,33 @@ class Cluster:
                     remove_placement_group(pg)
                 except Exception as exc:
                     logger.warning("cluster shutdown: removing placement group: %s", exc)
-            # Removal is asynchronous: wait (bounded) until the bundles' resources are gone.
-            deadline = time.monotonic() + min(timeout_s, 10.0)
-            ids = [pg.id.hex() for pg in self._placement_groups]
-            while ids and time.monotonic() < deadline:
-                if not any(any(i in k for i in ids) for k in ray.available_resources()):
-                    break
-                time.sleep(0.05)
+            # Removal is asynchronous: wait (bounded) until the bundle resources are gone and
+            # the reserved CPUs/GPUs are back, so a new Cluster created right after fits.
+            self._wait_released(min(timeout_s, 10.0))
         self._placement_groups = []
         if self._owns_ray and ray.is_initialized():
             ray.shutdown()
         self._owns_ray = False
         self._closed = True
+
+    def _wait_released(self, timeout_s: float) -> None:
+        ids = [pg.id.hex() for pg in self._placement_groups]
+        if not ids:
+            return
+        reserved: Dict[str, float] = {}
+        for pg in self._placement_groups:
+            for bundle in pg.bundle_specs:
+                for k, v in bundle.items():
+                    reserved[k] = reserved.get(k, 0.0) + v
+        total = ray.cluster_resources()
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            avail = ray.available_resources()
+            if (not any(i in k for k in avail for i in ids)
+                    and all(avail.get(k, 0.0) + 1e-9 >= min(v, total.get(k, 0.0)) for k, v in reserved.items())):
+                return
+            time.sleep(0.05)
+        logger.warning("cluster shutdown: placement-group resources not released after %.0f s", timeout_s)
 
     def __enter__(self) -> "Cluster":
         return self

@@ -162,3 +162,31 @@ def test_rewardbench_math_prm_is_half_of_reasoning():
     assert s["sections"]["Reasoning"] == pytest.approx(50.0, abs=TOL)
     assert s["sections_micro"]["Reasoning"] == pytest.approx(100.0 / 7.0, abs=TOL)
     assert "Reasoning" not in s["partial_sections"]
+
+
+# ---------------------------------------------------------------- both orders, format errors
+
+def test_both_orders_accuracy_and_position_consistency():
+    from evaluation.benchmarks.base import BenchmarkData
+    from evaluation.scoring.aggregate import score_benchmark
+
+    comps = [_rb("alpacaeval-easy", "Chat", k) for k in range(4)]
+    data = BenchmarkData("rewardbench", comps)
+    # (primary swapped?, primary verdict, other verdict) per comparison:
+    #   A right in both orders (consistent); B right first, then names Response 1 again
+    #   (inconsistent); C picks the rejected one in both orders (consistent, wrong);
+    #   D right first, other order unparseable.
+    plan = [(False, 1, 2), (False, 1, 1), (True, 1, 2), (True, 2, None)]
+    judgements = {}
+    for comp, (swap, v_primary, v_other) in zip(comps, plan):
+        for swapped, primary, v in ((swap, True, v_primary), (not swap, False, v_other)):
+            j = Judgement.build(Presentation(comp, swapped, primary), ["t1", "t2"], v,
+                                None if v else "missing ranking block")
+            judgements[j.key] = j
+    res = score_benchmark(data, comps, judgements, "both")
+    assert res["overall"] == pytest.approx(75.0, abs=TOL)  # A, B, D right in the seeded order
+    assert res["overall_both_orders"] == pytest.approx(25.0, abs=TOL)  # only A
+    assert res["position_consistency"] == pytest.approx(50.0, abs=TOL)  # A and C
+    assert res["format_errors"] == {"count": 1, "rate": pytest.approx(12.5, abs=TOL)}
+    single = score_benchmark(data, comps, judgements, "single")
+    assert single["overall"] == pytest.approx(75.0, abs=TOL) and "position_consistency" not in single

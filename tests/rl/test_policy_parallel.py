@@ -25,11 +25,14 @@ from megatron_brrm.parallel.launch import run_on_ranks
 B, T, P = 6, 16, 5  # sequences, padded length, prompt length
 LR, WARMUP, INIT_FACTOR, WD, CLIP = 1e-3, 2, 0.1, 0.1, 0.5
 KL, EPS_LOW, EPS_HIGH, DUAL_C, TIS = 0.05, 0.2, 0.28, 3.0, 1.5
-LAYOUTS = [  # (name, tp, pp, sp, micro_batch_size, max_tokens_per_microbatch)
-    ("tp2", 2, 1, False, 1, None),
-    ("pp2", 1, 2, False, 4, None),
-    ("dp2", 1, 1, False, 2, None),
-    # ("tp2_sp", 2, 1, True, 6, 32),
+LAYOUTS = [  # (name, tp, pp, sp, micro_batch_size, max_tokens_per_microbatch, train)
+    ("tp2", 2, 1, False, 1, None, True),
+    ("pp2", 1, 2, False, 4, None, True),
+    ("dp2", 1, 1, False, 2, None, True),
+    # TP=2+SP: logprobs only. Training under SP fails inside Megatron's linear-layer backward
+    # (torch.empty(device=torch.cuda.current_device()) runs in the autograd engine, outside the
+    # CPU compat layer's TorchFunctionMode): a parallel/cpu_compat issue, reported to the lead.
+    ("tp2_sp", 2, 1, True, 6, 32, False),
 ]
 
 
@@ -107,7 +110,7 @@ def _worker_layouts(rank, world, model_dir, layouts):
 
     results = {}
     try:
-        for name, tp, pp, sp, mbs, max_tok in layouts:
+        for name, tp, pp, sp, mbs, max_tok, do_train in layouts:
             cfg = RunConfig()
             cfg.model.hf_path = str(model_dir)
             cfg.parallel.tensor_model_parallel_size, cfg.parallel.pipeline_model_parallel_size = tp, pp
@@ -121,6 +124,9 @@ def _worker_layouts(rank, world, model_dir, layouts):
             rows = list(range(dp_rank * B // dp, (dp_rank + 1) * B // dp))
             shard = {k: v[rows] for k, v in full.items()}
             initial = worker.get_logprobs(shard)
+            if not do_train:
+                results[name] = {"rows": rows, "initial": initial.numpy()}
+                continue
             data = _complete(shard, initial)
             loss_fn = PGLoss(ClippedPGConfig(ratio_clip_low=EPS_LOW, ratio_clip_high=EPS_HIGH, ratio_clip_c=DUAL_C,
                                              kl_coef=KL, truncated_importance_sampling=TIS))
@@ -146,12 +152,17 @@ def test_policy_layouts_match_single_process_reference(tiny_qwen3_dir):
     initial_ref, losses_ref, norms_ref, update_ref = _reference(tiny_qwen3_dir)
     hf_before = load_file(str(tiny_qwen3_dir / "model.safetensors"))
     outs = run_on_ranks(_worker_layouts, 2, args=(str(tiny_qwen3_dir), LAYOUTS), timeout_s=400)
-    for name, *_ in LAYOUTS:
+    for name, *_, do_train in LAYOUTS:
         per_rank = [o[name] for o in outs]
         for o in per_rank:
             rows = o["rows"]
-            assert np.abs(o["initial"] - initial_ref[rows].numpy()).max() <= 1e-5, name
-            assert np.abs(o["ref_after"] - initial_ref[rows].numpy()).max() <= 1e-5, name
+            err = np.abs(o["initial"] - initial_ref[rows].numpy()).max()
+            print(f"{name}: logprob max abs err {err:.2e}")
+            assert err <= 1e-5, name
+        if not do_train:
+            continue
+        for o in per_rank:
+            assert np.abs(o["ref_after"] - initial_ref[o["rows"]].numpy()).max() <= 1e-5, name
             assert o["skipped"] == [False, False]
             assert o["lrs"] == pytest.approx([LR * INIT_FACTOR, LR * INIT_FACTOR + (LR - LR * INIT_FACTOR) / WARMUP])
             for got, want in zip(o["losses"], losses_ref):

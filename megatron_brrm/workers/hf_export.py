@@ -1,0 +1,64 @@
+"""Write the policy's current weights as a Hugging Face folder, streamed from the ranks.
+
+Rank 0 of the policy group streams ``(hf_name, full tensor)`` buckets (the refit stream,
+:mod:`megatron_brrm.workers.refit_stream`); the driver writes each tensor straight into
+pre-planned safetensors shards (:class:`~megatron_brrm.checkpoint.hf_io.ShardedSafetensorsWriter`),
+so memory stays at a few buckets. The folder is assembled in a temporary directory and renamed
+at the end, with ``config.json``, generation config, tokenizer and chat template copied from
+the reference HF folder: ``AutoModelForCausalLM.from_pretrained`` and vLLM load it.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from megatron_brrm.checkpoint.hf_io import (ShardedSafetensorsWriter, atomic_output_dir, copy_hf_side_files,
+                                            read_hf_config, write_hf_config)
+from megatron_brrm.model.build import load_hf_config
+from megatron_brrm.model.mapping import get_mapping
+
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class _Writer:
+    """Adapter with ``update_weights(bucket)`` so the refit stream can feed a safetensors writer."""
+
+    def __init__(self, writer: ShardedSafetensorsWriter, dtype: torch.dtype):
+        self.writer, self.dtype = writer, dtype
+
+    def update_weights(self, bucket) -> None:
+        for name, tensor in bucket:
+            self.writer.write(name, tensor.to(self.dtype))
+
+
+def export_policy_to_hf(policy_group, out_dir: str | Path, hf_reference: str | Path, params_dtype: str = "fp32",
+                        bucket_bytes: int = 256 * 2**20, overwrite: bool = True) -> Path:
+    """Save the policy group's weights as an HF folder at ``out_dir``.
+
+    Args:
+        policy_group: WorkerGroup of :class:`~megatron_brrm.workers.policy_actor.PolicyActor`.
+        out_dir: target folder (written atomically).
+        hf_reference: the HF folder the policy was built from (config, tokenizer, chat template).
+        params_dtype: dtype of the saved tensors: ``fp32`` | ``bf16`` | ``fp16``.
+
+    Raises:
+        HFCheckpointError: a tensor the model should have was not produced (named).
+    """
+    from megatron_brrm.workers.refit_stream import refit_from_policy
+
+    dtype = _DTYPES[params_dtype]
+    mapping = get_mapping(load_hf_config(hf_reference))
+    plan = [(n, mapping.hf_shape(n), dtype) for n in mapping.hf_param_names()]
+    with atomic_output_dir(out_dir, overwrite=overwrite) as tmp:
+        writer = ShardedSafetensorsWriter(tmp, plan)
+        try:
+            refit_from_policy(policy_group, [_Writer(writer, dtype)], bucket_bytes)
+        except BaseException:
+            writer._close_files()
+            raise
+        writer.close()
+        config = read_hf_config(hf_reference)
+        write_hf_config(config, tmp, config.get("architectures") or [], dtype)
+        copy_hf_side_files(hf_reference, tmp)
+    return Path(out_dir)
