@@ -58,6 +58,7 @@ class Judgement:
                    correct=verdict is not None and verdict == presentation.label, meta=meta, extra=dict(extra or {}))
 
     def to_dict(self) -> dict:
+        """A JSON-serialisable dict (one entry of results.json ``records`` / one cache line)."""
         return asdict(self)
 
     @classmethod

@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Sequence, Tuple
 
 from megatron_brrm.data.schema import DataError
 
@@ -136,6 +136,8 @@ def replay_judgements(raw: Sequence[Tuple[str, dict]], comparisons: Mapping[str,
                 raise DataError(f"{where}: 'turn_texts' must be a non-empty list of strings")
             v = parse_verdict(texts[-1])
             verdict, error = v.preference, v.format_error
+            if verdict is None and (rec.get("extra") or {}).get("truncated") and rec.get("format_error"):
+                error = rec["format_error"]  # keep the rollout's "truncated: ..." reason
         elif "verdict" in rec:
             verdict = rec["verdict"]
             if verdict not in (1, 2, None) or isinstance(verdict, bool):
@@ -180,8 +182,3 @@ def load_results(path: Path) -> dict:
     if not isinstance(obj, dict) or "benchmarks" not in obj or "summary" not in obj:
         raise DataError(f"{path}: not a results file of evaluation/run.py (no 'benchmarks'/'summary' keys)")
     return obj
-
-
-def optional_float(x: Optional[float]) -> Optional[float]:
-    """``float(x)`` or None."""
-    return None if x is None else float(x)

@@ -19,7 +19,7 @@ import datetime
 import platform
 import sys
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import List, Optional, Sequence
 
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -43,6 +43,7 @@ class UsageError(Exception):
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    """Parse the command line (see the module docstring and ``evaluation/README.md``)."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bench", default="all", choices=[*BENCHMARKS, "all"], help="benchmark to run (default all)")
@@ -150,7 +151,12 @@ def run(args: argparse.Namespace) -> dict:
         raise UsageError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
     if args.limit is not None and args.limit < 0:
         raise UsageError(f"--limit must be >= 0, got {args.limit}")
-    protocol = get_protocol(args.protocol, template_dir=args.template_dir)
+    if args.orders not in ORDER_MODES:
+        raise UsageError(f"orders must be one of {ORDER_MODES}, got {args.orders!r} (from the replayed file's config?)")
+    try:
+        protocol = get_protocol(args.protocol, template_dir=args.template_dir)
+    except ValueError as exc:  # unknown protocol name or a bad template folder
+        raise UsageError(str(exc)) from None
     names = list(BENCHMARKS) if args.bench == "all" else [args.bench]
     data = {name: load_benchmark(name, args.data_dir) for name in names}
     selected = {name: select_items(d.comparisons, args.limit) for name, d in data.items()}
@@ -166,10 +172,13 @@ def run(args: argparse.Namespace) -> dict:
                     "max_total_length": args.max_total_length,
                     "temperature": args.temperature, "top_p": args.top_p, "seed": args.seed}
         cache = GenerationCache(output.with_name(output.stem + ".cache.jsonl"), settings)
-        judgements, stats = cache.load()
+        cached, stats = cache.load()
+        judgements = {p.key: cached[p.key] for p in todo_all if p.key in cached}  # only this run's selection
         todo = [p for p in todo_all if p.key not in judgements]
-        if stats["loaded"]:
-            notes.append(f"resumed: {len(todo_all) - len(todo)} judged orders reused from {cache.path}")
+        if judgements:
+            notes.append(f"resumed: {len(judgements)} judged orders reused from {cache.path}")
+        if stats["other_settings"]:
+            notes.append(f"{stats['other_settings']} cached generation(s) made with other settings were not reused")
         if todo:
             engine = make_engine(args)
             bar = None
@@ -202,12 +211,19 @@ def run(args: argparse.Namespace) -> dict:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """CLI entry point: run, write the outputs, print the table. Exit 2 on bad input."""
+    from megatron_brrm.judge import TemplateError
+    from megatron_brrm.rollout.chat import ChatTemplateError
+
     args = parse_args(argv)
     try:
         results = run(args)
-    except (UsageError, DataError, ValueError) as exc:
+    except (UsageError, DataError, TemplateError, ChatTemplateError) as exc:
         print(f"evaluation/run.py: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("\nevaluation/run.py: interrupted; finished batches are in the cache next to --output; "
+              "rerun the same command to resume", file=sys.stderr)
+        return 130
     output = Path(args.output)
     write_json_atomic(output, results)
     table = format_report(results)

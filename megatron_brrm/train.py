@@ -72,6 +72,9 @@ class GRPOTrainer:
 
         self.cfg = cfg
         self.optimizer_steps_per_rollout = _check_sizes(cfg)
+        if cfg.model.hf_path == "tiny":
+            raise TrainError("model.hf_path=tiny: the tiny CPU model is built by `python -m megatron_brrm.demo` "
+                             "(or pass model.hf_path=<an HF folder>)")
         if not cfg.model.hf_path or not Path(cfg.model.hf_path).is_dir():
             raise TrainError(f"model.hf_path={cfg.model.hf_path!r} is not an HF model folder")
         if not cfg.data.train_path or not Path(cfg.data.train_path).is_file():

@@ -14,39 +14,13 @@ from typing import Dict, List, Optional, Sequence
 
 from . import brrm_parse
 from . import markers as M
-from .protocol import JudgeProtocol
+from .protocol import JudgeProtocol, check_analysis, check_preference, check_responses
 from .results import DIMENSIONS, Turn1Result, Verdict, canonical_dimension
 from .templates import TemplateSpec, load_templates, render_context
 
 TURN1_SPEC = TemplateSpec("turn1.txt", ("context", "response1", "response2"), M.BRRM_TURN1_MARKERS)
 TURN2_SPEC = TemplateSpec("turn2.txt", (), M.BRRM_TURN2_MARKERS)
 _ALL_MARKERS = M.BRRM_TURN1_MARKERS + M.BRRM_TURN2_MARKERS + (M.THINK_END,)
-
-
-def check_responses(response1: str, response2: str) -> None:
-    """Raise ``ValueError`` unless both responses are str."""
-    for name, value in (("response1", response1), ("response2", response2)):
-        if not isinstance(value, str):
-            raise ValueError(f"{name} must be a str, got {type(value).__name__}")
-
-
-def check_preference(preference: int) -> int:
-    """Return ``preference`` if it is 1 or 2, else raise ``ValueError``."""
-    if isinstance(preference, bool) or preference not in (1, 2):
-        raise ValueError(f"preference must be 1 or 2, got {preference!r}")
-    return int(preference)
-
-
-def check_analysis(name: str, text: str, forbidden: Sequence[str]) -> str:
-    """Return ``text`` stripped; raise ``ValueError`` if not a str or it contains a marker
-    (case-insensitive), which would make the formatted output parse differently."""
-    if not isinstance(text, str):
-        raise ValueError(f"{name} must be a str, got {type(text).__name__}")
-    low = text.lower()
-    for marker in forbidden:
-        if marker.lower() in low:
-            raise ValueError(f"{name} contains the format marker {marker!r}; remove it so the output parses back")
-    return text.strip()
 
 
 class BRRMProtocol(JudgeProtocol):

@@ -16,6 +16,32 @@ from .results import EnvStep, Turn1Result, Verdict
 from .reward import RewardRule, check_label, compute_reward
 
 
+def check_responses(response1: str, response2: str) -> None:
+    """Raise ``ValueError`` unless both responses are str."""
+    for name, value in (("response1", response1), ("response2", response2)):
+        if not isinstance(value, str):
+            raise ValueError(f"{name} must be a str, got {type(value).__name__}")
+
+
+def check_preference(preference: int) -> int:
+    """Return ``preference`` if it is 1 or 2, else raise ``ValueError``."""
+    if isinstance(preference, bool) or preference not in (1, 2):
+        raise ValueError(f"preference must be 1 or 2, got {preference!r}")
+    return int(preference)
+
+
+def check_analysis(name: str, text: str, forbidden: Sequence[str]) -> str:
+    """Return ``text`` stripped; raise ``ValueError`` if not a str or it contains a marker
+    (case-insensitive), which would make the formatted output parse differently."""
+    if not isinstance(text, str):
+        raise ValueError(f"{name} must be a str, got {type(text).__name__}")
+    low = text.lower()
+    for marker in forbidden:
+        if marker.lower() in low:
+            raise ValueError(f"{name} contains the format marker {marker!r}; remove it so the output parses back")
+    return text.strip()
+
+
 class JudgeProtocol(ABC):
     """A pairwise generative-judge format.
 

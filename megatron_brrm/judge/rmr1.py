@@ -23,9 +23,8 @@ from __future__ import annotations
 from typing import Dict, List, Optional, Sequence
 
 from . import markers as M
-from .brrm import check_analysis, check_preference, check_responses
 from .brrm_parse import answer_part, normalize_newlines
-from .protocol import JudgeProtocol
+from .protocol import JudgeProtocol, check_analysis, check_preference, check_responses
 from .results import Turn1Result, Verdict
 from .templates import TemplateSpec, load_templates, render_context
 

@@ -107,17 +107,29 @@ def load_template(path: str, spec: TemplateSpec) -> Template:
 def load_templates(protocol: str, specs: Sequence[TemplateSpec], template_dir: Optional[str] = None) -> Dict[str, Template]:
     """Load every file of ``specs`` from ``template_dir`` (or the shipped ``templates/<protocol>/``).
 
+    ``template_dir`` may hold the files directly, or (when it holds none of them) a
+    ``<protocol>/`` sub-folder with them, so one folder can carry wording for both protocols.
+
     Returns:
         ``{spec.filename: Template}``.
 
     Raises:
-        TemplateError: ``template_dir`` is not a folder, or a file fails :func:`load_template`.
+        TemplateError: ``template_dir`` is not a folder or holds none of the files, or a file
+            fails :func:`load_template`.
     """
     folder = template_dir if template_dir is not None else os.path.join(SHIPPED_DIR, protocol)
+    nested = os.path.join(folder, protocol)
+    if not any(os.path.exists(os.path.join(folder, s.filename)) for s in specs) and os.path.isdir(nested):
+        folder = nested  # a folder holding one sub-folder per protocol, like the shipped templates/
     if not os.path.isdir(folder):
         raise TemplateError(
             f"judge template_dir {folder} is not a folder; it must contain "
             f"{', '.join(s.filename for s in specs)} for protocol {protocol!r}"
+        )
+    if not any(os.path.exists(os.path.join(folder, s.filename)) for s in specs):
+        raise TemplateError(
+            f"judge template_dir {folder} holds none of {', '.join(s.filename for s in specs)} "
+            f"(nor a {protocol}/ sub-folder with them) for protocol {protocol!r}"
         )
     return {s.filename: load_template(os.path.join(folder, s.filename), s) for s in specs}
 

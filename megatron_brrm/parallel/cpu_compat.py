@@ -4,118 +4,180 @@ Megatron-Core 0.16 assumes a GPU in many places that have nothing to do with the
 it allocates with ``device=torch.cuda.current_device()``, moves tensors with ``.cuda()``,
 checks dtypes with ``param.type() == 'torch.cuda.FloatTensor'``, synchronizes the device
 and keeps its model-parallel RNG streams as CUDA generator states. On a CPU-only torch
-each of those raises ("Torch not compiled with CUDA enabled"). The model, schedules,
-optimizer, DDP and dist_checkpointing otherwise run unchanged over gloo, so a few
-process-wide patches make the *same* Megatron code paths testable on CPU
-(DESIGN.md section 4.3).
+each of those raises. The model, schedules, optimizer, DDP and dist_checkpointing
+otherwise run unchanged over gloo, so a few process-wide patches make the *same*
+Megatron code paths run on CPU (DESIGN.md section 4.3).
 
 :func:`install` applies every patch once (idempotent) and does nothing when
-``torch.cuda.is_available()``. Each patch is a separate function below whose docstring
-says what Megatron does and why the patch is needed; ``tests/parallel/test_cpu_compat.py``
-removes each patch in turn and shows the named failure returns.
+``torch.cuda.is_available()``. Each patch has a name in :data:`PATCH_NAMES` and a
+docstring saying what Megatron does and why the patch is needed;
+``tests/model/test_cpu_compat.py`` removes each patch in turn and shows that the named
+Megatron operation fails again with the specific error.
 
-Patches:
+===================== ===================================================================
+name                  what it does
+===================== ===================================================================
+cuda_device_args      ``device=`` "cuda" / "cuda:N" / int ordinal -> "cpu" (all torch calls)
+tensor_cuda_identity  ``Tensor.cuda(...)`` returns the tensor itself
+cuda_type_names       no-argument ``Tensor.type()`` reports ``torch.cuda.<X>Tensor``
+backward_keeps_mode   backward passes run with the device mode still active
+current_device        ``torch.cuda.current_device()`` -> 0 (mapped to cpu)
+synchronize           ``torch.cuda.synchronize()`` -> no-op
+rng_tracker           Megatron's named RNG streams kept as CPU generator states
+rng_state_functions   ``_get_cuda_rng_state`` / ``_set_cuda_rng_state`` use the CPU generator
+===================== ===================================================================
 
-- :class:`CudaToCpuMode` (``TorchFunctionMode``): cuda devices -> cpu, ``Tensor.cuda()``
-  -> identity, no-argument ``Tensor.type()`` -> the ``torch.cuda.*`` name.
-- :func:`patch_torch_cuda_functions`: ``torch.cuda.current_device`` and
-  ``torch.cuda.synchronize`` stand-ins.
-- :func:`patch_rng_tracker`: :class:`CpuRNGStatesTracker` replaces Megatron's
-  CUDA-generator tracker, and the module-level CUDA RNG get/set helpers used by
-  activation recompute use the CPU generator.
+``torch.cuda.empty_cache`` needs no stand-in: on a CPU build of torch it is already a
+no-op (measured, torch 2.13), so it is not patched.
 """
 from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Any, Dict, List
+from typing import Any, Dict, Iterable, List, Sequence, Set
 
 import torch
 from torch.overrides import TorchFunctionMode
 
 log = logging.getLogger(__name__)
 
-# Names of the patches, in install order (tests remove them one at a time by name).
-PATCH_NAMES = ("device_mode", "cuda_functions", "rng_tracker")
+MODE_PATCHES = ("cuda_device_args", "tensor_cuda_identity", "cuda_type_names", "backward_keeps_mode")
+PATCH_NAMES = MODE_PATCHES + ("current_device", "synchronize", "rng_tracker", "rng_state_functions")
 
-_installed: Dict[str, bool] = {}
-_mode: "CudaToCpuMode | None" = None
+_installed: Set[str] = set()
 
 
+# --------------------------------------------------------------------------- device mode
 def _is_cuda_device(device: Any) -> bool:
-    """True when ``device`` names a CUDA device (str, ``torch.device`` or bare ordinal)."""
+    """True when ``device`` names a CUDA device (str, ``torch.device`` or bare int ordinal)."""
     if isinstance(device, torch.device):
         return device.type == "cuda"
     if isinstance(device, str):
         return device.startswith("cuda")
-    # A bare int is an accelerator ordinal (``torch.cuda.current_device()`` returns one).
     return isinstance(device, int) and not isinstance(device, bool)
 
 
-def _is_device_like(arg: Any) -> bool:
-    return isinstance(arg, (torch.device, str)) or (isinstance(arg, int) and not isinstance(arg, bool))
+def _materialize_grads(tensors: Sequence[torch.Tensor], grads: Sequence[Any]) -> List[torch.Tensor]:
+    out = []
+    for t, g in zip(tensors, grads):
+        if g is None:
+            if t.numel() != 1:
+                raise RuntimeError("grad can be implicitly created only for scalar outputs")
+            g = torch.ones_like(t)
+        out.append(g)
+    return out
 
 
-_TO_METHODS = {torch.Tensor.to}
+def _as_tuple(x) -> tuple:
+    if x is None:
+        return ()
+    return (x,) if isinstance(x, torch.Tensor) else tuple(x)
 
 
 class CudaToCpuMode(TorchFunctionMode):
-    """Patch 1 ("device_mode"): run Megatron's hard-coded CUDA tensor code on CPU.
+    """A process-wide ``TorchFunctionMode`` that rewrites CUDA-only arguments to CPU.
 
-    What Megatron does: about 180 call sites allocate with ``device="cuda"`` or
-    ``device=torch.cuda.current_device()`` (an int ordinal), move with ``.cuda()`` or
-    ``.to(torch.cuda.current_device())``, and test dtypes by string, e.g.
-    ``param.type() in ('torch.cuda.FloatTensor', 'torch.cuda.HalfTensor', ...)`` in
-    ``DistributedDataParallel`` / ``_ParamAndGradBuffer`` and ``Float16Module``.
+    The mode sees every torch function and method call. Its rewrites are switched on
+    individually (``enabled`` holds names from :data:`MODE_PATCHES`); each one only
+    changes arguments, so results are the plain CPU ops and numerics are unchanged.
 
-    Why the patch is needed: on a CPU-only torch the allocations raise "Torch not compiled
-    with CUDA enabled" (or "Cannot access accelerator device" for an int ordinal) and the
-    string checks reject every CPU parameter ("Unsupported parameter type"). Patching
-    each call site is not maintainable; a process-wide ``TorchFunctionMode`` sees every
-    torch call and rewrites only three things:
+    **cuda_device_args.** *Megatron:* about 180 call sites allocate with
+    ``device="cuda"`` (``get_default_causal_mask``), ``device=torch.cuda.current_device()``
+    (an int ordinal: weight init in ``tensor_parallel.layers``, gather buffers in
+    ``tensor_parallel.mappings``, DDP grad buffers, p2p shape buffers) or move with
+    ``.to(torch.cuda.current_device())``. *Why:* on a CPU build these raise "Torch not
+    compiled with CUDA enabled" / "Cannot access accelerator device when none is
+    available". The rewrite maps such a ``device=`` keyword, or the positional device of
+    ``Tensor.to``, to ``"cpu"``.
 
-    - a ``device=`` keyword, or the positional device of ``Tensor.to``, that names CUDA
-      (``"cuda"``, ``"cuda:N"``, ``torch.device("cuda")`` or a bare int) becomes ``"cpu"``;
-    - ``Tensor.cuda(...)`` returns the tensor itself;
-    - ``Tensor.type()`` with no argument reports ``torch.cuda.<X>Tensor`` for a dense CPU
-      tensor (``Tensor.type(dtype)`` conversions are untouched).
+    **tensor_cuda_identity.** *Megatron:* ``tensor_parallel.broadcast_data``,
+    ``MegatronOptimizer`` state reload and dist_checkpointing's exchange utilities call
+    ``tensor.cuda()``. *Why:* raises on a CPU build. ``Tensor.cuda(...)`` returns the
+    tensor itself.
 
-    The mode only rewrites arguments; results are the plain CPU ops, so numerics are
-    unchanged.
+    **cuda_type_names.** *Megatron:* ``Float16OptimizerWithFloat16Params``, the
+    distributed optimizer and grad clipping accept parameters only if
+    ``param.type()`` is ``'torch.cuda.FloatTensor'`` / ``'torch.cuda.BFloat16Tensor'`` /
+    ``'torch.cuda.HalfTensor'``. *Why:* CPU tensors report ``'torch.FloatTensor'`` and are
+    rejected ("Wrapped parameters must be one of ..."). A no-argument ``Tensor.type()`` on a
+    dense CPU tensor reports the ``torch.cuda.`` name; ``Tensor.type(dtype)`` conversions
+    are untouched.
+
+    **backward_keeps_mode.** *Megatron:* activation recompute (``CheckpointFunction``)
+    re-runs the forward inside ``backward``, and the backward of the sequence-parallel
+    collectives allocates with ``device=torch.cuda.current_device()``. *Why:*
+    ``Tensor.backward`` / ``torch.autograd.backward`` are themselves torch functions, so
+    torch runs them with this mode popped: all Python code of the backward pass would
+    run unpatched and fail as above. The mode runs them itself through the autograd
+    engine (``Variable._execution_engine.run_backward``, as Megatron's own
+    ``custom_backward`` does) with the mode pushed again.
     """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.enabled: Set[str] = set()
+
+    def _backward(self, func, args, kwargs):
+        if func is torch.Tensor.backward:
+            names = ("self", "gradient", "retain_graph", "create_graph", "inputs")
+            b = dict(zip(names, args), **kwargs)
+            tensors, grads = (b["self"],), (b.get("gradient"),)
+        else:
+            names = ("tensors", "grad_tensors", "retain_graph", "create_graph", "grad_variables", "inputs")
+            b = dict(zip(names, args), **kwargs)
+            tensors = _as_tuple(b["tensors"])
+            grads = _as_tuple(b.get("grad_tensors")) or (None,) * len(tensors)
+        create_graph = bool(b.get("create_graph") or False)
+        retain_graph = b.get("retain_graph")
+        retain_graph = create_graph if retain_graph is None else retain_graph
+        with self:
+            torch.autograd.Variable._execution_engine.run_backward(
+                tuple(tensors), tuple(_materialize_grads(tensors, grads)), retain_graph, create_graph,
+                _as_tuple(b.get("inputs")), allow_unreachable=True, accumulate_grad=True)
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = dict(kwargs) if kwargs else {}
-        if func is torch.Tensor.cuda:
+        on = self.enabled
+        if func is torch.Tensor.cuda and "tensor_cuda_identity" in on:
             return args[0]
-        if func is torch.Tensor.type and len(args) == 1 and not kwargs:
+        if func is torch.Tensor.type and len(args) == 1 and not kwargs and "cuda_type_names" in on:
             name = func(*args)
             if name.startswith("torch.") and not name.startswith("torch.cuda.") and "sparse" not in name:
                 return "torch.cuda." + name[len("torch."):]
             return name
-        if "device" in kwargs and _is_cuda_device(kwargs["device"]):
-            kwargs["device"] = "cpu"
-        if func in _TO_METHODS and len(args) > 1 and _is_device_like(args[1]) and _is_cuda_device(args[1]):
-            args = (args[0], "cpu") + tuple(args[2:])
+        if func in (torch.Tensor.backward, torch.autograd.backward) and "backward_keeps_mode" in on:
+            return self._backward(func, args, kwargs)
+        if "cuda_device_args" in on:
+            if "device" in kwargs and _is_cuda_device(kwargs["device"]):
+                kwargs["device"] = "cpu"
+            if func is torch.Tensor.to and len(args) > 1 and isinstance(args[1], (torch.device, str, int)) \
+                    and _is_cuda_device(args[1]):
+                args = (args[0], "cpu") + tuple(args[2:])
         return func(*args, **kwargs)
 
 
-def _install_device_mode() -> None:
-    """Push :class:`CudaToCpuMode` on the torch-function mode stack for the process.
+_mode: CudaToCpuMode | None = None
 
-    The mode stack is thread-local; Megatron runs its model code on the calling thread
-    (CPU autograd also runs backward on the calling thread), which is where it is pushed.
-    """
+
+def _mode_on(name: str) -> None:
     global _mode
-    _mode = CudaToCpuMode()
-    _mode.__enter__()
+    if _mode is None:
+        _mode = CudaToCpuMode()
+        _mode.__enter__()  # the mode stack is per thread: Megatron runs model code on this one
+    _mode.enabled.add(name)
 
 
-def _uninstall_device_mode() -> None:
+def _mode_off(name: str) -> None:
     global _mode
     if _mode is not None:
-        _mode.__exit__(None, None, None)
-        _mode = None
+        _mode.enabled.discard(name)
+        if not _mode.enabled:
+            _mode.__exit__(None, None, None)
+            _mode = None
+
+
+# ------------------------------------------------------------------ torch.cuda functions
+_saved: Dict[str, Any] = {}
 
 
 def _current_device() -> int:
@@ -124,37 +186,41 @@ def _current_device() -> int:
 
 
 def _synchronize(device: Any = None) -> None:
-    """CPU stand-in for ``torch.cuda.synchronize``: CPU ops are synchronous, nothing to wait for."""
+    """CPU stand-in for ``torch.cuda.synchronize``: CPU ops are synchronous already."""
     return None
 
 
-_saved_cuda_functions: Dict[str, Any] = {}
+def patch_current_device() -> None:
+    """Patch "current_device": ``torch.cuda.current_device()`` returns 0.
 
-
-def patch_torch_cuda_functions() -> None:
-    """Patch 2 ("cuda_functions"): ``torch.cuda.current_device`` and ``torch.cuda.synchronize``.
-
-    What Megatron does: ``torch.cuda.current_device()`` is called to pick the allocation
-    device (``tensor_parallel.layers`` weight init, ``mappings`` gather buffers, rotary
-    embeddings, ``DistributedDataParallel`` buffers); ``torch.cuda.synchronize()`` is
-    called by the pipeline schedules, timers and dist_checkpointing around collectives.
-
-    Why the patch is needed: on a CPU-only torch both raise ``AssertionError: Torch not
-    compiled with CUDA enabled``. The stand-ins return ordinal 0 (which
-    :class:`CudaToCpuMode` maps to ``"cpu"``) and do nothing, respectively.
-    ``torch.cuda.empty_cache`` is *not* patched: on a CPU build it is already a no-op.
+    *Megatron:* picks the allocation device with ``torch.cuda.current_device()`` (weight
+    init, TP gather buffers, rotary frequencies, DDP buffers, p2p shape tensors). *Why:* on
+    a CPU build it raises ``AssertionError: Torch not compiled with CUDA enabled`` before
+    any allocation happens. The stand-in returns ordinal 0, which the
+    ``cuda_device_args`` rewrite maps to ``"cpu"``.
     """
-    for name, stand_in in (("current_device", _current_device), ("synchronize", _synchronize)):
-        _saved_cuda_functions[name] = getattr(torch.cuda, name)
-        setattr(torch.cuda, name, stand_in)
+    _saved["current_device"] = torch.cuda.current_device
+    torch.cuda.current_device = _current_device
 
 
-def _unpatch_torch_cuda_functions() -> None:
-    for name, original in _saved_cuda_functions.items():
-        setattr(torch.cuda, name, original)
-    _saved_cuda_functions.clear()
+def patch_synchronize() -> None:
+    """Patch "synchronize": ``torch.cuda.synchronize()`` does nothing.
+
+    *Megatron:* dist_checkpointing's torch_dist writer synchronizes after its non-blocking
+    device-to-host copies (``FileSystemWriterAsync.preload_tensors``), fully-parallel
+    loading and the batched p2p path synchronize too. *Why:* raises ``AssertionError:
+    Torch not compiled with CUDA enabled`` on a CPU build; CPU copies are synchronous.
+    """
+    _saved["synchronize"] = torch.cuda.synchronize
+    torch.cuda.synchronize = _synchronize
 
 
+def _unpatch_cuda(name: str) -> None:
+    if name in _saved:
+        setattr(torch.cuda, name, _saved.pop(name))
+
+
+# ------------------------------------------------------------------------------- RNG
 def _cpu_get_rng_state(device: Any = "cuda", clone: bool = False, graph_safe: bool = False) -> torch.Tensor:
     """CPU replacement of ``tensor_parallel.random._get_cuda_rng_state``: the CPU generator state."""
     return torch.get_rng_state()
@@ -171,11 +237,11 @@ def _make_cpu_tracker_class():
     class CpuRNGStatesTracker(mrandom.CudaRNGStatesTracker):
         """Megatron's named RNG-stream tracker, keeping CPU generator states.
 
-        Megatron forks a named stream (``model-parallel-rng`` for dropout / weight init
+        Megatron forks a named stream (``model-parallel-rng`` for dropout and weight init
         inside TP regions, ``data-parallel-rng``, ``expert-parallel-rng``) by saving the
-        CUDA generator state, installing the stream's state, and restoring afterwards.
-        This subclass does the same with ``torch.get_rng_state`` / ``torch.set_rng_state``
-        (the default CPU generator), so streams are reproducible per TP rank on CPU.
+        generator state, installing the stream's state and restoring afterwards. This
+        subclass does the same with ``torch.get_rng_state`` / ``torch.set_rng_state`` (the
+        default CPU generator), so streams stay reproducible and distinct per TP rank.
         """
 
         def add(self, name: str, seed: int) -> None:
@@ -211,57 +277,60 @@ def _make_cpu_tracker_class():
     return CpuRNGStatesTracker
 
 
-_saved_rng: Dict[str, Any] = {}
-
-
 def patch_rng_tracker() -> None:
-    """Patch 3 ("rng_tracker"): a CPU RNG tracker and CPU RNG get/set helpers.
+    """Patch "rng_tracker": Megatron's RNG tracker becomes :class:`CpuRNGStatesTracker`.
 
-    What Megatron does: ``tensor_parallel.random.model_parallel_cuda_manual_seed`` creates
-    ``CudaRNGStatesTracker`` streams for the model-parallel, data-parallel and
-    expert-parallel names from ``torch.cuda.get_rng_state()``; every TP layer's weight
-    init (``_initialize_affine_weight_gpu``), the embedding dropout and attention dropout
-    run under ``get_cuda_rng_tracker().fork()``, and activation recompute
-    (``CheckpointFunction``) snapshots and restores the CUDA RNG via
-    ``_get_cuda_rng_state`` / ``_set_cuda_rng_state``.
-
-    Why the patch is needed: ``torch.cuda.get_rng_state`` raises on a CPU-only torch, so
-    seeding, forking and recompute all fail. This patch makes
-    ``initialize_rng_tracker`` build :class:`CpuRNGStatesTracker` (registered for all
-    three names by :func:`seed_model_parallel_rng`), and points the module's
-    ``_get_cuda_rng_state`` / ``_set_cuda_rng_state`` at the CPU generator.
+    *Megatron:* ``model_parallel_cuda_manual_seed`` creates ``CudaRNGStatesTracker``
+    streams for the model-parallel, data-parallel and expert-parallel names from
+    ``torch.cuda.get_rng_state()``; TP weight init, embedding dropout (with SP) and
+    attention dropout run under ``get_cuda_rng_tracker().fork()``. *Why:* adding a stream
+    raises ``AssertionError: Torch not compiled with CUDA enabled``, so no stream can be
+    seeded and every fork fails ("cuda rng state model-parallel-rng is not added").
+    ``initialize_rng_tracker`` builds its tracker from the module global
+    ``CudaRNGStatesTracker``, which this patch points at the CPU subclass; streams are
+    seeded by :func:`seed_model_parallel_rng`.
     """
     from megatron.core.tensor_parallel import random as mrandom
 
-    cls = _make_cpu_tracker_class()
-    _saved_rng.update(
-        CudaRNGStatesTracker=mrandom.CudaRNGStatesTracker,
-        _get_cuda_rng_state=mrandom._get_cuda_rng_state,
-        _set_cuda_rng_state=mrandom._set_cuda_rng_state,
-    )
-    # initialize_rng_tracker() instantiates the module global ``CudaRNGStatesTracker``.
-    mrandom.CudaRNGStatesTracker = cls
-    mrandom._get_cuda_rng_state = _cpu_get_rng_state
-    mrandom._set_cuda_rng_state = _cpu_set_rng_state
+    _saved["CudaRNGStatesTracker"] = mrandom.CudaRNGStatesTracker
+    mrandom.CudaRNGStatesTracker = _make_cpu_tracker_class()
     mrandom.initialize_rng_tracker(force_reset=True)
 
 
-def _unpatch_rng_tracker() -> None:
+def patch_rng_state_functions() -> None:
+    """Patch "rng_state_functions": Megatron's CUDA RNG get/set helpers use the CPU generator.
+
+    *Megatron:* activation recompute (``CheckpointFunction``) snapshots the RNG with
+    ``tensor_parallel.random._get_cuda_rng_state`` in forward and restores it with
+    ``_set_cuda_rng_state`` before recomputing in backward, so dropout masks repeat.
+    *Why:* both call ``torch.cuda`` RNG functions and raise on a CPU build; with this
+    patch they save/restore ``torch.get_rng_state()``.
+    """
     from megatron.core.tensor_parallel import random as mrandom
 
-    for name, value in _saved_rng.items():
-        setattr(mrandom, name, value)
-    _saved_rng.clear()
-    mrandom.initialize_rng_tracker(force_reset=True)
+    _saved["_get_cuda_rng_state"] = mrandom._get_cuda_rng_state
+    _saved["_set_cuda_rng_state"] = mrandom._set_cuda_rng_state
+    mrandom._get_cuda_rng_state = _cpu_get_rng_state
+    mrandom._set_cuda_rng_state = _cpu_set_rng_state
+
+
+def _unpatch_random(*names: str) -> None:
+    from megatron.core.tensor_parallel import random as mrandom
+
+    for name in names:
+        if name in _saved:
+            setattr(mrandom, name, _saved.pop(name))
+    if "CudaRNGStatesTracker" in names:
+        mrandom.initialize_rng_tracker(force_reset=True)
 
 
 def seed_model_parallel_rng(seed: int, tp_rank: int, ep_rank: int = 0, etp_rank: int = 0) -> None:
-    """Seed the default generator and the three named Megatron RNG streams on CPU.
+    """Seed the default generator and the three named Megatron RNG streams.
 
-    Same seed layout as Megatron's ``model_parallel_cuda_manual_seed`` (megatron-core
-    0.16, ``tensor_parallel/random.py``): default and ``data-parallel-rng`` get ``seed``,
+    Same seed layout as Megatron's ``model_parallel_cuda_manual_seed`` (megatron-core 0.16,
+    ``tensor_parallel/random.py``): default and ``data-parallel-rng`` get ``seed``,
     ``model-parallel-rng`` gets ``seed + 2718 + tp_rank``, ``expert-parallel-rng`` gets
-    ``seed + 1024 + 100 * ep_rank + etp_rank``. Requires :func:`patch_rng_tracker`.
+    ``seed + 1024 + 100 * ep_rank + etp_rank``. Needs the "rng_tracker" patch on CPU.
     """
     from megatron.core.tensor_parallel import random as mrandom
 
@@ -275,13 +344,16 @@ def seed_model_parallel_rng(seed: int, tp_rank: int, ep_rank: int = 0, etp_rank:
 
 
 _INSTALLERS = {
-    "device_mode": (_install_device_mode, _uninstall_device_mode),
-    "cuda_functions": (patch_torch_cuda_functions, _unpatch_torch_cuda_functions),
-    "rng_tracker": (patch_rng_tracker, _unpatch_rng_tracker),
+    **{name: ((lambda n=name: _mode_on(n)), (lambda n=name: _mode_off(n))) for name in MODE_PATCHES},
+    "current_device": (patch_current_device, lambda: _unpatch_cuda("current_device")),
+    "synchronize": (patch_synchronize, lambda: _unpatch_cuda("synchronize")),
+    "rng_tracker": (patch_rng_tracker, lambda: _unpatch_random("CudaRNGStatesTracker")),
+    "rng_state_functions": (patch_rng_state_functions,
+                            lambda: _unpatch_random("_get_cuda_rng_state", "_set_cuda_rng_state")),
 }
 
 
-def install(skip: List[str] | tuple = (), force: bool = False) -> bool:
+def install(skip: Iterable[str] = (), force: bool = False) -> bool:
     """Install the CPU patches once per process; a no-op when CUDA is available.
 
     Args:
@@ -295,29 +367,29 @@ def install(skip: List[str] | tuple = (), force: bool = False) -> bool:
     Raises:
         ValueError: an unknown name in ``skip``.
     """
-    unknown = set(skip) - set(PATCH_NAMES)
+    skip = set(skip)
+    unknown = skip - set(PATCH_NAMES)
     if unknown:
         raise ValueError(f"unknown cpu_compat patch name(s) {sorted(unknown)}; known: {list(PATCH_NAMES)}")
     if torch.cuda.is_available() and not force:
         return False
     for name in PATCH_NAMES:
-        if name in skip or _installed.get(name):
+        if name in skip or name in _installed:
             continue
         _INSTALLERS[name][0]()
-        _installed[name] = True
+        _installed.add(name)
         log.debug("cpu_compat: installed %s", name)
     return True
 
 
-def uninstall() -> None:
-    """Remove every installed patch (tests only; Megatron state built meanwhile stays CPU)."""
+def uninstall(names: Iterable[str] | None = None) -> None:
+    """Remove installed patches (all when ``names`` is None); for tests."""
     for name in reversed(PATCH_NAMES):
-        if _installed.pop(name, False):
+        if (names is None or name in names) and name in _installed:
             _INSTALLERS[name][1]()
+            _installed.discard(name)
 
 
 def is_installed(name: str | None = None) -> bool:
     """Whether patch ``name`` (or any patch, when None) is installed in this process."""
-    if name is None:
-        return any(_installed.values())
-    return bool(_installed.get(name))
+    return bool(_installed) if name is None else name in _installed

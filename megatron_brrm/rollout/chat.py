@@ -18,9 +18,13 @@ Splicing rule:
 * the previous turn ended with an EOS token whose text starts the suffix (ChatML
   ``<|im_end|>``): that part is already in the sequence, so only the rest is appended
   (``"\\n<|im_start|>user\\n..."``);
-* the previous turn ended without EOS (``max_new_tokens`` hit, or a stop string such as
-  BR-RM's end-of-ranking marker): the whole suffix is appended, i.e. the end-of-turn tokens
-  the template would have written are inserted as non-generated tokens (loss mask 0).
+* any other ending (``max_new_tokens`` hit, a stop string such as BR-RM's end-of-ranking
+  marker, or an EOS the template does not close with): the whole suffix is appended, i.e.
+  the end-of-turn tokens the template would have written are inserted as non-generated
+  tokens (loss mask 0).
+
+A template whose suffix starts with none of the EOS tokens cannot be spliced token-exactly:
+:func:`check_template_splice` raises :class:`ChatTemplateError` once, before any splicing.
 
 The result equals what the chat template renders for the same conversation, so evaluation
 (which renders) and training (which splices) see the same tokens.
@@ -68,6 +72,19 @@ def followup_suffix_text(tokenizer, history: List[Dict[str, str]], next_message:
     return text[k + len(SENTINEL):]
 
 
+def check_template_splice(tokenizer, suffix_text: str, eos_token_ids) -> None:
+    """Raise :class:`ChatTemplateError` unless the text of one of the EOS tokens starts ``suffix_text``.
+
+    Called once per distinct suffix before splicing: a template that closes assistant turns
+    with something other than an end-of-turn token the model can generate (e.g. a newline
+    before ``<|im_end|>``) cannot be continued token-exactly, which is a configuration error.
+    """
+    texts = [tokenizer.decode([int(e)], skip_special_tokens=False) for e in sorted(set(int(e) for e in eos_token_ids))]
+    if not any(t and suffix_text.startswith(t) for t in texts):
+        raise ChatTemplateError(f"the chat template closes an assistant turn with {suffix_text[:40]!r}, which does not "
+                                f"start with any EOS token the model generates ({texts}); cannot splice turns")
+
+
 def continuation_ids(tokenizer, suffix_text: str, generated_ids: Sequence[int], eos_token_ids) -> List[int]:
     """Token ids to append after ``generated_ids`` so the next turn can be generated.
 
@@ -77,18 +94,15 @@ def continuation_ids(tokenizer, suffix_text: str, generated_ids: Sequence[int], 
         eos_token_ids: ids that end an assistant turn (the engine's EOS set).
 
     Returns:
-        ``encode(suffix_text minus the EOS text)`` when the turn ended with an EOS token,
-        else ``encode(suffix_text)`` (see the module docstring).
-
-    Raises:
-        ChatTemplateError: the turn ended with an EOS whose text does not start the suffix
-            (the template closes assistant turns with something else).
+        ``encode(suffix_text minus the EOS text)`` when the turn ended with an EOS token whose
+        text starts the suffix, else ``encode(suffix_text)`` (see the module docstring). Never
+        raises on model output: an EOS the template does not use (e.g. Qwen's
+        ``<|endoftext|>`` where the template closes with ``<|im_end|>``) stays as generated and
+        the template's own close follows it.
     """
     text = suffix_text
     if generated_ids and int(generated_ids[-1]) in set(int(e) for e in eos_token_ids):
         eos_text = tokenizer.decode([int(generated_ids[-1])], skip_special_tokens=False)
-        if not suffix_text.startswith(eos_text):
-            raise ChatTemplateError(f"the chat template closes an assistant turn with {suffix_text[:40]!r}, which does "
-                                    f"not start with the generated EOS {eos_text!r}; cannot splice turns")
-        text = suffix_text[len(eos_text):]
+        if eos_text and suffix_text.startswith(eos_text):
+            text = suffix_text[len(eos_text):]
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])

@@ -22,26 +22,9 @@ from typing import Iterable, List, Optional, Sequence, Tuple
 import torch
 
 from .engine import GenerationEngine, GenerationOutput, SamplingParams
-from .sampling import derive_sample_seed, make_generators, sample_tokens
+from .sampling import derive_sample_seed, make_generators, sample_tokens, validate_request
 from .stops import StopStringChecker
 from .weights import copy_named_tensors
-
-
-def validate_request(prompts, params: SamplingParams) -> None:
-    """Raise ``ValueError`` naming the bad field of a ``generate`` request (shared by both engines)."""
-    if not isinstance(prompts, (list, tuple)):
-        raise ValueError(f"generate: prompts must be a list of token-id lists, got {type(prompts).__name__}")
-    for i, p in enumerate(prompts):
-        if len(p) == 0:
-            raise ValueError(f"generate: prompt {i} is empty; every prompt needs at least one token")
-    if int(params.n) < 1:
-        raise ValueError(f"SamplingParams.n must be >= 1, got {params.n}")
-    if params.temperature < 0:
-        raise ValueError(f"SamplingParams.temperature must be >= 0, got {params.temperature}")
-    if not 0.0 < params.top_p <= 1.0:
-        raise ValueError(f"SamplingParams.top_p must be in (0, 1], got {params.top_p}")
-    if int(params.max_new_tokens) < 1:
-        raise ValueError(f"SamplingParams.max_new_tokens must be >= 1, got {params.max_new_tokens}")
 
 
 class HFEngine(GenerationEngine):

@@ -31,6 +31,8 @@ from typing import List, Optional, Sequence
 
 import torch
 
+from .engine import SamplingParams
+
 GREEDY_EPS = 1e-5
 _SEED_MASK = (1 << 63) - 1
 
@@ -113,3 +115,20 @@ def sample_tokens(
     q.clamp_(min=torch.finfo(torch.float32).tiny)  # Exp(1) may return 0.0; log(0) would break the argmax
     tokens = torch.argmax(scores - torch.log(q), dim=-1)
     return tokens, logp.gather(-1, tokens[:, None]).squeeze(-1)
+
+
+def validate_request(prompts, params: SamplingParams) -> None:
+    """Raise ``ValueError`` naming the bad field of a ``generate`` request (shared by both engines)."""
+    if not isinstance(prompts, (list, tuple)):
+        raise ValueError(f"generate: prompts must be a list of token-id lists, got {type(prompts).__name__}")
+    for i, p in enumerate(prompts):
+        if len(p) == 0:
+            raise ValueError(f"generate: prompt {i} is empty; every prompt needs at least one token")
+    if int(params.n) < 1:
+        raise ValueError(f"SamplingParams.n must be >= 1, got {params.n}")
+    if params.temperature < 0:
+        raise ValueError(f"SamplingParams.temperature must be >= 0, got {params.temperature}")
+    if not 0.0 < params.top_p <= 1.0:
+        raise ValueError(f"SamplingParams.top_p must be in (0, 1], got {params.top_p}")
+    if int(params.max_new_tokens) < 1:
+        raise ValueError(f"SamplingParams.max_new_tokens must be >= 1, got {params.max_new_tokens}")

@@ -43,7 +43,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 from megatron_brrm.judge import RewardRule
 
-from .chat import continuation_ids, followup_suffix_text, render_prompt_ids
+from .chat import check_template_splice, continuation_ids, followup_suffix_text, render_prompt_ids
 from .engine import GenerationEngine, GenerationOutput, SamplingParams
 from .trajectory import Trajectory
 
@@ -227,11 +227,14 @@ def rollout(engine: GenerationEngine, protocol, pairs: Sequence, params: Rollout
             if turn == 0:
                 pair_ids = sorted({s.pair_index for s, _ in runnable})
                 outs = engine.generate([prompts[i] for i in pair_ids], sp)
+                if len(outs) != len(pair_ids) or any(len(o) != n for o in outs):
+                    raise RuntimeError(f"engine returned {[len(o) for o in outs]} samples for {len(pair_ids)} prompts "
+                                       f"x n={n}")
                 by_pair = {i: o for i, o in zip(pair_ids, outs)}
                 flat = [by_pair[s.pair_index][s.sample_index] for s, _ in runnable]
             else:
                 outs = engine.generate([s.ids for s, _ in runnable], sp)
-                flat = [o[0] for o in outs]
+                flat = [o[0] for o in outs if len(o) == 1]
             if len(flat) != len(runnable):
                 raise RuntimeError(f"engine returned {len(flat)} samples for {len(runnable)} requests")
             for (s, budget), out in zip(runnable, flat):
@@ -244,6 +247,7 @@ def rollout(engine: GenerationEngine, protocol, pairs: Sequence, params: Rollout
             if key not in suffix_cache:
                 hist = pair_histories.get((s.pair_index, turn), histories[s.pair_index])
                 suffix_cache[key] = followup_suffix_text(tok, hist, step.next_message)
+                check_template_splice(tok, suffix_cache[key], eos)
                 pair_histories[(s.pair_index, turn + 1)] = hist + [{"role": "assistant", "content": "..."},
                                                                    dict(step.next_message)]
             s.add_context(continuation_ids(tok, suffix_cache[key], s.last_gen, eos))

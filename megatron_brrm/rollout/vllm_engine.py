@@ -32,8 +32,7 @@ from typing import Iterable, Iterator, List, Optional, Sequence, Tuple
 import torch
 
 from .engine import GenerationEngine, GenerationOutput, SamplingParams
-from .hf_engine import validate_request
-from .sampling import derive_sample_seed
+from .sampling import derive_sample_seed, validate_request
 from .vllm_worker import WORKER_EXTENSION_CLS
 from .weights import check_against_manifest, hf_checkpoint_manifest
 
@@ -49,6 +48,22 @@ def _import_vllm():
     if not torch.cuda.is_available():
         raise RuntimeError(f"{VLLM_MISSING} (no CUDA device is visible)")
     return vllm
+
+
+def _read_json(model_dir, name: str) -> dict:
+    path = Path(str(model_dir)) / name
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+
+
+def eos_ids_of(generation_config: dict, tokenizer) -> frozenset:
+    """EOS ids vLLM stops on: ``generation_config.json``'s ``eos_token_id`` (int or list) and the tokenizer's."""
+    ids = set()
+    eos = generation_config.get("eos_token_id")
+    if eos is not None:
+        ids.update([eos] if isinstance(eos, int) else list(eos))
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    return frozenset(int(i) for i in ids)
 
 
 def convert_request_outputs(request_outputs: Sequence, tokenizer, n: int, want_logprobs: bool) -> List[List[GenerationOutput]]:
@@ -148,10 +163,8 @@ class VLLMEngine(GenerationEngine):
         self._tokenizer = self.llm.get_tokenizer()
         self.refit_bucket_bytes = int(refit_bucket_bytes)
         self.manifest = hf_checkpoint_manifest(model_path) if os.path.isdir(str(model_path)) else None
-        self.tied_embeddings = False
-        cfg = Path(str(model_path)) / "config.json"
-        if cfg.exists():
-            self.tied_embeddings = bool(json.loads(cfg.read_text(encoding="utf-8")).get("tie_word_embeddings", False))
+        self.tied_embeddings = bool(_read_json(model_path, "config.json").get("tie_word_embeddings", False))
+        self.eos_token_ids = eos_ids_of(_read_json(model_path, "generation_config.json"), self._tokenizer)
         self.last_update_stats = {"tensors": 0, "bytes": 0}
 
     @property

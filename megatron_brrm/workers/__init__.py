@@ -1,14 +1,29 @@
 """Ray orchestration: the cluster (placement of policy workers and generation engines),
 SPMD worker groups, and generic actor wrappers.
 
-``policy*.py`` (the Megatron policy worker) builds on these; it is not imported here so that
-``import megatron_brrm.workers`` stays light (ray + torch only).
+Names are imported lazily (PEP 562): ``import megatron_brrm.workers.cluster`` or
+``.worker_group`` loads only Ray, not torch, so driver start-up and Ray helper tasks stay
+light. ``policy*.py`` (the Megatron policy worker) builds on these and is not exported here.
 """
-from megatron_brrm.workers.actors import EngineActor, RemoteEngine, create_engine_actors, make_remote
-from megatron_brrm.workers.cluster import ActorPlacement, Cluster, ClusterError, EnginePlacement, init_ray
-from megatron_brrm.workers.worker_group import GroupFuture, WorkerError, WorkerGroup
+from __future__ import annotations
 
-__all__ = [
-    "ActorPlacement", "Cluster", "ClusterError", "EngineActor", "EnginePlacement", "GroupFuture", "RemoteEngine",
-    "WorkerError", "WorkerGroup", "create_engine_actors", "init_ray", "make_remote",
-]
+import importlib
+
+_EXPORTS = {
+    "ActorPlacement": "cluster", "Cluster": "cluster", "ClusterError": "cluster", "EnginePlacement": "cluster",
+    "init_ray": "cluster",
+    "GroupFuture": "worker_group", "WorkerError": "worker_group", "WorkerGroup": "worker_group",
+    "EngineActor": "actors", "RemoteEngine": "actors", "create_engine_actors": "actors", "make_remote": "actors",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"megatron_brrm.workers.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'megatron_brrm.workers' has no attribute '{name}'")
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__)

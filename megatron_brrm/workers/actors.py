@@ -22,6 +22,7 @@ import ray
 import torch
 
 from megatron_brrm.rollout.engine import GenerationEngine, GenerationOutput, SamplingParams
+from megatron_brrm.workers.worker_group import WorkerError, describe_ray_error, merge_runtime_env
 
 
 def make_remote(cls: type, num_cpus: float = 1, num_gpus: float = 0, **options) -> Any:
@@ -106,10 +107,10 @@ class EngineActor:
         return getattr(self.engine, method)(*args, **kwargs)
 
     def placement_info(self) -> dict:
-        """Engine index and bundle indices from the environment, and the process id."""
+        """Engine index, bundle indices, ``CUDA_VISIBLE_DEVICES`` (as Ray set it) and process id."""
         return {"engine_index": int(os.environ.get("BRRM_ENGINE_INDEX", "-1")),
                 "bundle_indices": [int(i) for i in os.environ.get("BRRM_ENGINE_BUNDLE_INDICES", "").split(",") if i],
-                "pid": os.getpid()}
+                "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"), "pid": os.getpid()}
 
 
 class RemoteEngine(GenerationEngine):
@@ -121,22 +122,24 @@ class RemoteEngine(GenerationEngine):
         timeout_s: per-call timeout in seconds (None: none).
         bucket_bytes: ``update_weights`` sends the stream in buckets of at most this many
             bytes (a tensor larger than the bucket goes alone), one actor call per bucket.
+        node: IP of the actor's node (named in errors).
     """
 
-    def __init__(self, handle, index: int = 0, timeout_s: Optional[float] = None, bucket_bytes: int = 512 << 20):
+    def __init__(self, handle, index: int = 0, timeout_s: Optional[float] = None, bucket_bytes: int = 512 << 20,
+                 node: str = "?"):
         self.handle, self.index, self.timeout_s, self.bucket_bytes = handle, index, timeout_s, int(bucket_bytes)
+        self.node = node
         self._tokenizer = None
 
     def _get(self, ref, method: str):
-        from megatron_brrm.workers.worker_group import WorkerError, describe_ray_error
-
         try:
             return ray.get(ref, timeout=self.timeout_s)
         except ray.exceptions.GetTimeoutError:
-            raise WorkerError("generation", self.index, method, f"timed out after {self.timeout_s:g} s") from None
+            raise WorkerError("generation", self.index, method, f"timed out after {self.timeout_s:g} s",
+                              self.node) from None
         except ray.exceptions.RayError as exc:
             cause, detail = describe_ray_error(exc)
-            raise WorkerError("generation", self.index, method, cause, detail=detail) from exc
+            raise WorkerError("generation", self.index, method, cause, self.node, detail) from exc
 
     @property
     def tokenizer(self):
@@ -178,7 +181,7 @@ class RemoteEngine(GenerationEngine):
 
 def create_engine_actors(cluster, engine_factory: Callable[[], GenerationEngine], num_engines: Optional[int] = None,
                          env: Optional[dict] = None, timeout_s: Optional[float] = None,
-                         ready_timeout_s: float = 600.0) -> List[RemoteEngine]:
+                         ready_timeout_s: float = 600.0, bucket_bytes: Optional[int] = None) -> List[RemoteEngine]:
     """Start one :class:`EngineActor` per ``cluster.engine_placements`` entry (or the first ``num_engines``).
 
     Args:
@@ -188,6 +191,7 @@ def create_engine_actors(cluster, engine_factory: Callable[[], GenerationEngine]
         env: extra environment variables for the actors.
         timeout_s: per-call timeout of the returned :class:`RemoteEngine` handles.
         ready_timeout_s: seconds to wait for every engine's construction.
+        bucket_bytes: refit bucket size of the handles (default ``rollout.refit_bucket_size_mb``).
 
     Returns:
         One :class:`RemoteEngine` per engine; ``.handle`` is the Ray actor (kill it with
@@ -196,8 +200,6 @@ def create_engine_actors(cluster, engine_factory: Callable[[], GenerationEngine]
     Raises:
         ValueError: more engines than placements. WorkerError: an engine failed to build.
     """
-    from megatron_brrm.workers.worker_group import WorkerError, describe_ray_error
-
     placements = cluster.engine_placements
     n = len(placements) if num_engines is None else num_engines
     if not 0 <= n <= len(placements):
@@ -209,7 +211,7 @@ def create_engine_actors(cluster, engine_factory: Callable[[], GenerationEngine]
         actor_env = {"BRRM_ENGINE_INDEX": str(p.index), "OMP_NUM_THREADS": "1",
                      "BRRM_ENGINE_BUNDLE_INDICES": ",".join(str(i) for i in p.bundle_indices)}
         actor_env.update({k: str(v) for k, v in (env or {}).items()})
-        handles.append(remote_cls.options(**p.actor.actor_options(), runtime_env={"env_vars": actor_env})
+        handles.append(remote_cls.options(**p.actor.actor_options(), runtime_env=merge_runtime_env(remote_cls, actor_env))
                        .remote(engine_factory))
     for i, h in enumerate(handles):
         try:
@@ -219,4 +221,6 @@ def create_engine_actors(cluster, engine_factory: Callable[[], GenerationEngine]
                 ray.kill(other, no_restart=True)
             cause, detail = describe_ray_error(exc)
             raise WorkerError("generation", i, "__init__", cause, placements[i].actor.node_ip, detail) from exc
-    return [RemoteEngine(h, i, timeout_s=timeout_s) for i, h in enumerate(handles)]
+    bucket = cluster.refit_bucket_bytes if bucket_bytes is None else bucket_bytes
+    return [RemoteEngine(h, i, timeout_s=timeout_s, bucket_bytes=bucket, node=p.actor.node_ip)
+            for i, (h, p) in enumerate(zip(handles, placements))]

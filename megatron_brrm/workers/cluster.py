@@ -194,6 +194,7 @@ class Cluster:
         self.cp = int(getattr(parallel_cfg, "context_parallel_size", 1) or 1)
         self.rollout_tp = int(rollout_cfg.tensor_parallel_size)
         self.colocated = bool(rollout_cfg.colocated)
+        self.refit_bucket_bytes = int(getattr(rollout_cfg, "refit_bucket_size_mb", 512)) << 20
         for key, val in (("parallel.tensor_model_parallel_size", self.tp),
                          ("parallel.pipeline_model_parallel_size", self.pp),
                          ("parallel.context_parallel_size", self.cp),

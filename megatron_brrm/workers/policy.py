@@ -354,6 +354,38 @@ class PolicyWorker:
         self.step += 1
         return TrainResult(metrics, skipped=False)
 
+    # --------------------------------------------------------------- checkpoints
+    def save_checkpoint(self, save_dir, extra_state: Optional[dict] = None, keep_last_k: Optional[int] = None):
+        """Save model + optimizer + LR schedule + RNG + ``extra_state`` (e.g. the data-loader
+        position) + step as ``save_dir/step_<step>`` (collective; atomic, see
+        :mod:`megatron_brrm.checkpoint.train_ckpt`). ``keep_last_k`` defaults to
+        ``cfg.checkpoint.keep_last_k``. Returns the committed folder."""
+        from megatron_brrm.checkpoint.train_ckpt import save_train_checkpoint
+
+        extra = dict(extra_state or {})
+        extra["skipped_steps"] = self.skipped_steps
+        k = self.cfg.checkpoint.keep_last_k if keep_last_k is None else keep_last_k
+        return save_train_checkpoint(save_dir, self.step, self.model, self.optimizer, self.scheduler, extra,
+                                     keep_last_k=k, strategy=self.cfg.checkpoint.format)
+
+    def load_checkpoint(self, path) -> Optional[dict]:
+        """Resume from ``path``: a ``step_N`` folder, or a save_dir (its ``latest``). Works
+        across TP/PP/DP layouts. Returns the saved ``extra_state`` plus ``step``, or None
+        when ``path`` is a save_dir without any checkpoint (fresh start)."""
+        from megatron_brrm.checkpoint.train_ckpt import STATE_FILE, latest_checkpoint, load_train_checkpoint
+
+        path = Path(path)
+        if not (path / STATE_FILE).is_file():
+            path = latest_checkpoint(path)
+            if path is None:
+                return None
+        info = load_train_checkpoint(path, self.model, self.optimizer, self.scheduler)
+        self.step = info["step"]
+        extra = dict(info["extra_state"])
+        self.skipped_steps = int(extra.pop("skipped_steps", 0))
+        extra["step"] = self.step
+        return extra
+
     # ----------------------------------------------------------------- weights
     def hf_state_dict(self) -> Dict[str, torch.Tensor]:
         """The current weights as full HF tensors on every rank (collective; small models / tests)."""

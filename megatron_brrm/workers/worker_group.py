@@ -17,6 +17,7 @@ an SPMD world fails, the others may stay blocked in a collective; call :meth:`Wo
 from __future__ import annotations
 
 import logging
+import re
 import socket
 import time
 from typing import Any, Dict, List, Optional, Sequence
@@ -24,8 +25,10 @@ from typing import Any, Dict, List, Optional, Sequence
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from megatron_brrm.workers.actors import as_actor_class, impl_class
 from megatron_brrm.workers.cluster import ActorPlacement
+
+# This module imports neither torch nor the rollout package: Ray helper tasks defined here
+# (``_free_port``) are unpickled in fresh worker processes, which then import only ray.
 
 logger = logging.getLogger(__name__)
 
@@ -70,21 +73,42 @@ def _wait_dead(actors: Sequence[Any], timeout_s: float) -> None:
         ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
 
 
+def merge_runtime_env(remote_cls: Any, env_vars: Dict[str, str]) -> dict:
+    """The actor class's own ``runtime_env`` (from ``ray.remote(runtime_env=...)``) plus ``env_vars``.
+
+    ``.options(runtime_env=...)`` replaces the class default rather than merging (Ray 2.x), so
+    a class's pip/py_executable/env settings would be lost without this.
+    """
+    default = dict(getattr(remote_cls, "_default_options", {}).get("runtime_env") or {})
+    default["env_vars"] = {**(default.get("env_vars") or {}), **env_vars}
+    return default
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
 def describe_ray_error(exc: BaseException) -> tuple:
     """(one-line cause, detail) for an exception raised by ``ray.get``.
 
     A task error gives ``"<OriginalType>: <message>"`` and the remote traceback; a dead actor
     gives ``"actor died (...)"`` with Ray's exit detail (exit type, pid, node).
     """
+    text = _ANSI.sub("", str(exc))
     if isinstance(exc, ray.exceptions.RayTaskError):
         cause = getattr(exc, "cause", None)
-        line = f"{type(cause).__name__}: {cause}" if cause is not None else str(exc).splitlines()[-1]
-        return line, str(exc)
+        line = f"{type(cause).__name__}: {cause}" if cause is not None else text.strip().splitlines()[-1]
+        return line, text
     if isinstance(exc, ray.exceptions.RayActorError):
-        text = str(exc)
-        reason = next((ln.strip() for ln in text.splitlines() if "exit" in ln.lower() or "error" in ln.lower()), "")
-        return f"actor died ({type(exc).__name__}){': ' + reason[:300] if reason else ''}", text
-    return f"{type(exc).__name__}: {exc}", ""
+        lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+        if "creation task" in text:  # the actor's __init__ raised: the last line is the exception
+            return f"actor died: its __init__ raised {lines[-1] if lines else '?'}", text
+        pid = re.search(r"pid: (\d+)", text)
+        kind = re.search(r"Worker exit type: (\w+)", text)
+        why = re.search(r"Worker exit detail: (.*?\.)(?: |$)", text)
+        parts = [f"pid {pid.group(1)}" if pid else "", f"exit type {kind.group(1)}" if kind else "",
+                 why.group(1) if why else (lines[0] if lines else "")]
+        return f"actor died ({type(exc).__name__}: {', '.join(p for p in parts if p)})", text
+    return f"{type(exc).__name__}: {text}", ""
 
 
 class GroupFuture:
@@ -140,6 +164,8 @@ class WorkerGroup:
         self.cluster, self.name, self.world_size = cluster, name, int(world_size)
         self.call_timeout_s = call_timeout_s
         self.placements = placements[:world_size]
+        from megatron_brrm.workers.actors import as_actor_class, impl_class  # torch-free module top (see above)
+
         self._impl = impl_class(actor_cls)
         remote_cls = as_actor_class(actor_cls)
 
@@ -167,7 +193,7 @@ class WorkerGroup:
                     "OMP_NUM_THREADS": "1", "BRRM_WORKER_GROUP": name,
                 }
                 rank_env.update({k: str(v) for k, v in (env or {}).items()})
-                actor = remote_cls.options(**p.actor_options(), runtime_env={"env_vars": rank_env},
+                actor = remote_cls.options(**p.actor_options(), runtime_env=merge_runtime_env(remote_cls, rank_env),
                                            max_restarts=0, max_task_retries=0).remote(*args, **(kwargs or {}))
                 self._actors.append(actor)
             self._gather([a.__ray_ready__.remote() for a in self._actors], list(range(world_size)), "__init__",
@@ -297,6 +323,10 @@ class WorkerGroup:
         ``timeout_s`` seconds. Waits until Ray reports the actors dead. Idempotent.
         """
         if self._actors is None:
+            return
+        if not ray.is_initialized():  # Ray already stopped: its actors are gone with it
+            self._actors = None
+            self.cluster.unregister_group(self)
             return
         actors = self._actors
         if callable(getattr(self._impl, "shutdown", None)):

@@ -74,7 +74,7 @@ def skeleton_text(seed: int) -> str:
 
 
 seeds = st.integers(0, 2**32 - 1)
-any_text = st.one_of(st.text(max_size=100), seeds.map(fragment_text), seeds.map(skeleton_text))
+any_text = st.one_of(st.text(max_size=60), seeds.map(fragment_text), seeds.map(skeleton_text))
 
 
 @settings(max_examples=10000, deadline=None, database=None,

@@ -1,4 +1,6 @@
 """format_turn_output produces outputs that parse back to what was asked for."""
+import re
+
 import pytest
 
 from megatron_brrm.judge import get_protocol
@@ -54,5 +56,5 @@ def test_full_episode_from_formatted_outputs(proto):
 ])
 def test_format_turn_output_errors(proto, kwargs, match):
     turn = kwargs.pop("turn")
-    with pytest.raises(ValueError, match=match.replace("(", r"\(").replace("[", r"\[")):
+    with pytest.raises(ValueError, match=re.escape(match)):
         proto.format_turn_output(turn, **kwargs)

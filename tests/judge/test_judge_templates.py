@@ -1,10 +1,12 @@
 """Template rendering, the context renderer and template_dir overrides."""
 import os
+import re
 import shutil
 
 import pytest
 
 from megatron_brrm.judge import DIMENSIONS, TemplateError, get_protocol, render_context
+from megatron_brrm.judge.templates import SHIPPED_DIR as SHIPPED
 
 TURN1_MARKERS = [
     "[The Begin of Context]", "[The End of Context]",
@@ -19,7 +21,6 @@ TURN2_MARKERS = [
     "[The Begin of Ranking Score]", "\\boxed{1}", "\\boxed{2}", "[The End of Ranking Score]",
 ]
 TRICKY = "Solve {x}: f(x) = {{response2}} costs $5 and \\1 \\g<0> {{context}} %s {0}"
-SHIPPED = os.path.join(os.path.dirname(__import__("megatron_brrm.judge", fromlist=["x"]).__file__), "templates")
 
 
 def test_render_context_hand_written():
@@ -42,7 +43,7 @@ def test_render_context_hand_written():
     ([{"role": "user", "content": 3}], "context[0]"),
 ])
 def test_render_context_errors(bad, where):
-    with pytest.raises(ValueError, match=__import__("re").escape(where)):
+    with pytest.raises(ValueError, match=re.escape(where)):
         render_context(bad)
 
 
@@ -128,6 +129,16 @@ def test_template_errors_name_file_and_placeholder(tmp_path, edit, expected):
         get_protocol("brrm", template_dir=str(d))
     assert expected in str(err.value)
     assert str(p) in str(err.value)
+
+
+def test_template_dir_with_protocol_subfolders(tmp_path):
+    d = _copy_shipped(tmp_path, "rmr1")
+    (d / "system.txt").write_text("Judge. End with <answer>[[A]]</answer> or <answer>[[B]]</answer>.\n")
+    proto = get_protocol("rmr1", template_dir=str(tmp_path))  # the parent holding rmr1/
+    msgs = proto.turn1_messages([{"role": "user", "content": "q"}], "a", "b")
+    assert msgs[0]["content"] == "Judge. End with <answer>[[A]]</answer> or <answer>[[B]]</answer>."
+    with pytest.raises(TemplateError, match=r"holds none of turn1.txt, turn2.txt \(nor a brrm/ sub-folder"):
+        get_protocol("brrm", template_dir=str(tmp_path))  # no brrm files, no brrm/ sub-folder
 
 
 def test_template_dir_missing_file_and_not_a_folder(tmp_path):

@@ -1,13 +1,14 @@
 """Megatron operations that hit each CPU-compat patch; run in a fresh process per patch set.
 
-:func:`probe` installs ``cpu_compat`` minus the patches named in ``skip``, starts a
-single-process gloo world, runs the named operations in order and reports, per operation,
-None (it worked) or ``"ExceptionType: first line of the message"``.
+:func:`probe` runs in a fresh process (``run_on_ranks`` with one rank): for each plan it
+installs ``cpu_compat`` minus the patches named in ``skip``, runs the named operations and
+reports, per operation, None (it worked) or the error with the Megatron frame it came from.
 """
 from __future__ import annotations
 
 import os
 import tempfile
+import traceback
 from typing import Dict, List, Optional, Sequence
 
 TINY = dict(model_type="qwen3", architectures=["Qwen3ForCausalLM"], num_hidden_layers=2, hidden_size=32,
@@ -87,38 +88,64 @@ def op_dist_ckpt_save():
         dist_checkpointing.save(model.sharded_state_dict(), d)
 
 
+def op_install_is_idempotent():
+    """A second ``install()`` adds nothing: one mode on the stack, stand-ins unchanged."""
+    import torch
+
+    from megatron_brrm.parallel import cpu_compat
+
+    before = (torch._C._len_torch_function_stack(), torch.cuda.current_device, torch.cuda.synchronize)
+    assert cpu_compat.install() is True
+    after = (torch._C._len_torch_function_stack(), torch.cuda.current_device, torch.cuda.synchronize)
+    assert before == after and before[0] == 1, (before, after)
+
+
 OPS = {name[3:]: fn for name, fn in globals().items() if name.startswith("op_")}
 
 
-def probe(rank: int, world_size: int, skip: Sequence[str], ops: Sequence[str]) -> Dict[str, Optional[str]]:
-    """Run ``ops`` with every cpu_compat patch except ``skip`` (one process; see module doc)."""
+def _describe(exc: BaseException) -> Dict[str, str]:
+    """Error text plus the innermost Megatron-Core frame and the innermost frame overall."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    megatron = [f for f in frames if "megatron/core/" in f.filename.replace(os.sep, "/")]
+    where = lambda f: f"{f.filename.replace(os.sep, '/').split('site-packages/')[-1]}:{f.name}"  # noqa: E731
+    msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return {"error": f"{type(exc).__name__}: {msg}", "megatron_frame": where(megatron[-1]) if megatron else "",
+            "innermost_frame": where(frames[-1]) if frames else ""}
+
+
+def probe(rank: int, world_size: int, plans: List[Dict]) -> List[Dict[str, Optional[Dict[str, str]]]]:
+    """For each plan ``{"skip": [...], "ops": [...]}``: install every cpu_compat patch except
+    ``skip``, run the ops, record None (worked) or the error (:func:`_describe`), reinstall.
+
+    One fresh single-process gloo world (started by ``run_on_ranks``), so the patches never
+    touch the pytest process.
+    """
     import torch
     from megatron.core import parallel_state as mpu
 
     from megatron_brrm.parallel import cpu_compat
-    from megatron_brrm.parallel.launch import find_free_port
+    from megatron_brrm.parallel.init import seed_rngs
 
-    # Each probe is its own single-process world, whatever run_on_ranks started around it.
-    os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_PORT=str(find_free_port()))
-    cpu_compat.install(skip=list(skip))
-    torch.distributed.init_process_group("gloo", rank=0, world_size=1)
+    cpu_compat.install()
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=world_size)
     mpu.initialize_model_parallel()
-    results: Dict[str, Optional[str]] = {}
+    out = []
     try:
-        for name in ops:
-            try:
-                OPS[name]()
-                results[name] = None
-            except Exception as exc:  # the failure is the measurement
-                msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-                results[name] = f"{type(exc).__name__}: {msg}"
+        for plan in plans:
+            cpu_compat.uninstall(plan["skip"])
+            if cpu_compat.is_installed("rng_tracker"):
+                seed_rngs(1234, tp_rank=0)
+            results: Dict[str, Optional[Dict[str, str]]] = {}
+            for name in plan["ops"]:
+                try:
+                    OPS[name]()
+                    results[name] = None
+                except Exception as exc:  # the failure is the measurement
+                    results[name] = _describe(exc)
+            out.append(results)
+            cpu_compat.install()
+            seed_rngs(1234, tp_rank=0)
     finally:
         mpu.destroy_model_parallel()
         torch.distributed.destroy_process_group()
-    return results
-
-
-def probe_many(rank: int, world_size: int, plans: List[Dict]) -> Dict[str, Optional[str]]:
-    """Rank ``rank`` runs ``plans[rank]`` (``{"skip": [...], "ops": [...]}``) with :func:`probe`."""
-    plan = plans[rank]
-    return probe(rank, world_size, plan["skip"], plan["ops"])
+    return out

@@ -40,8 +40,9 @@ def _inject_fault(job: Dict):
 def run_jobs(rank: int, world_size: int, jobs: List[Dict]) -> List[Dict]:
     """Run conversion jobs in one process; each returns ``{"ok", "error", "type", "exists", "leftovers"}``.
 
-    Job keys: ``op`` ("hf2mg" | "mg2hf" | "cli_hf2mg" | "cli_mg2hf" | "tp1_logits"), ``kwargs``
-    (converter arguments) or ``argv`` (CLI), optional ``fault_after`` (simulated crash).
+    Job keys: ``op`` ("hf2mg" | "mg2hf" | "cli_hf2mg" | "cli_mg2hf" | "copy_ckpt" | "tp1_logits"),
+    ``kwargs`` (converter arguments) or ``argv`` (CLI), optional ``fault_after`` (simulated crash)
+    and ``target`` (report whether it exists and any hidden temporary folders next to it).
     """
     import contextlib
 
@@ -63,6 +64,9 @@ def run_jobs(rank: int, world_size: int, jobs: List[Dict]) -> List[Dict]:
                 elif op in ("cli_hf2mg", "cli_mg2hf"):
                     tool = "convert_hf_to_megatron" if op == "cli_hf2mg" else "convert_megatron_to_hf"
                     out["rc"] = _cli(tool)(job["argv"])
+                elif op == "copy_ckpt":
+                    copy_checkpoint(job["src"], job["dst"], drop_hf=job.get("drop_hf", False),
+                                    drop_key=job.get("drop_key"))
                 elif op == "tp1_logits":
                     out["logits"] = megatron_logits(job["hf_dir"], job["ckpt"], job["ids"], tp=1, pp=1)
                 else:
@@ -80,11 +84,32 @@ def run_jobs(rank: int, world_size: int, jobs: List[Dict]) -> List[Dict]:
     return results
 
 
+def copy_checkpoint(src: str, dst: str, drop_hf: bool = False, drop_key: Optional[str] = None) -> None:
+    """Copy a converted checkpoint, optionally without its ``hf/`` folder or without one tensor key.
+
+    Dropping a key edits the DCP ``.metadata`` (the pickled ``Metadata``): its
+    ``state_dict_metadata`` entry and storage records go, as if the tensor had never been saved.
+    """
+    import pickle
+    import shutil
+
+    shutil.copytree(src, dst)
+    if drop_hf:
+        shutil.rmtree(Path(dst) / "hf")
+    if drop_key:
+        path = Path(dst) / ".metadata"
+        md = pickle.loads(path.read_bytes())
+        assert drop_key in md.state_dict_metadata, sorted(md.state_dict_metadata)
+        del md.state_dict_metadata[drop_key]
+        md.storage_data = {k: v for k, v in md.storage_data.items() if k.fqn != drop_key}
+        path.write_bytes(pickle.dumps(md))
+
+
 def megatron_logits(hf_dir: str, ckpt: str, ids, tp: int, pp: int, save_to: Optional[str] = None):
     """Build the model at TP/PP, ``dist_checkpointing.load`` ``ckpt``, return full-vocab logits.
 
-    Logits ``[batch, seq, padded_vocab]`` (fp32, TP-gathered) on the last pipeline stage's
-    TP rank 0, None elsewhere. With ``save_to``, the loaded model is saved again there with
+    Logits ``[batch, seq, padded_vocab]`` (fp32 numpy array, TP-gathered) on the last pipeline
+    stage's TP rank 0, None elsewhere. With ``save_to``, the loaded model is saved again there with
     ``dist_checkpointing.save`` (a checkpoint written by this TP/PP layout).
     """
     import torch
@@ -126,7 +151,11 @@ def megatron_logits(hf_dir: str, ckpt: str, ids, tp: int, pp: int, save_to: Opti
     local = torch.cat([d["logits"] for d in store], dim=0)
     parts = [torch.empty_like(local) for _ in range(tp)]
     torch.distributed.all_gather(parts, local.contiguous(), group=mpu.get_tensor_model_parallel_group())
-    return torch.cat(parts, dim=-1) if mpu.get_tensor_model_parallel_rank() == 0 else None
+    if mpu.get_tensor_model_parallel_rank() != 0:
+        return None
+    # numpy, not a tensor: torch's queue pickling shares tensor storage through file
+    # descriptors, which fails once this process has exited.
+    return torch.cat(parts, dim=-1).numpy()
 
 
 def load_save_layout(rank: int, world_size: int, cases: List[Dict], tp: int, pp: int) -> List:

@@ -1,4 +1,4 @@
-"""Rank functions for the Megatron-vs-transformers logits parity test (spawned by run_on_ranks).
+"""Rank functions for the Megatron-vs-transformers parity tests (spawned by run_on_ranks).
 
 Kept out of the test module so the spawned children import only this small file.
 """
@@ -78,7 +78,7 @@ def _megatron_logits(case: Dict, ids):
     return torch.cat(parts, dim=-1), mapping.padded_vocab_size, export_mismatch
 
 
-def logits_parity(rank: int, world_size: int, cases: List[Dict]) -> List[Dict]:
+def logits_parity(rank: int, world_size: int, cases: List[Dict], destroy: bool = True) -> List[Dict]:
     """For each case: the HF tensors that export did not reproduce bit-exactly (every rank),
     and, on the last pipeline stage, max |Megatron - transformers| over real-vocab logits."""
     import os
@@ -112,5 +112,95 @@ def logits_parity(rank: int, world_size: int, cases: List[Dict]) -> List[Dict]:
                 "padding_logits_absmax": logits[..., vocab:].abs().max().item() if padded > vocab else 0.0,
             })
     finally:
-        destroy_parallel()
+        if destroy:
+            destroy_parallel()
     return results
+
+
+def _hf_grads(hf_dir: str, ids, labels):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32)
+    logits = model(ids).logits
+    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1))
+    loss.backward()
+    return loss.item(), {n: p.grad for n, p in model.named_parameters()}
+
+
+def grad_parity(case: Dict, ids, labels) -> Dict:
+    """Train-mode forward/backward through Megatron's schedule, DDP and finalize_model_grads.
+
+    Returns, per HF tensor, max |Megatron grad - transformers grad| and max |transformers grad|
+    (grads gathered over TP with the mapping), plus the losses. The same mean token
+    cross-entropy on both sides.
+    """
+    import torch
+    from megatron.core import parallel_state as mpu
+    from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
+    from megatron.core.pipeline_parallel import get_forward_backward_func
+    from safetensors.torch import load_file
+
+    from megatron_brrm.config import ModelConfig, ParallelConfig
+    from megatron_brrm.model.build import build_gpt_model, load_hf_config
+    from megatron_brrm.model.mapping import get_mapping
+    from megatron_brrm.model.weights import load_hf_weights_into_megatron, local_global_params
+    from megatron_brrm.parallel import initialize_parallel
+
+    pcfg = ParallelConfig(tensor_model_parallel_size=case["tp"], sequence_parallel=case.get("sp", False), backend="gloo")
+    state = initialize_parallel(pcfg)
+    hf = load_hf_config(case["hf_dir"])
+    model = build_gpt_model(hf, ModelConfig(transformer_impl="local"), pcfg)
+    mapping = get_mapping(hf, tp_size=case["tp"])
+    load_hf_weights_into_megatron(model, load_file(f"{case['hf_dir']}/model.safetensors"), mapping)
+    sp_marked = all(getattr(p, "sequence_parallel", False) for n, p in model.named_parameters() if "layernorm" in n
+                    and "q_layernorm" not in n and "k_layernorm" not in n)
+    ddp = DistributedDataParallel(model.config, DistributedDataParallelConfig(), model)
+    ddp.zero_grad_buffer()
+    seq = ids.shape[1]
+
+    def forward_step(data_iterator, module):
+        tokens, target = next(data_iterator)
+        per_token = module(tokens, torch.arange(seq).unsqueeze(0), attention_mask=None, labels=target)
+
+        def loss_func(output_tensor):
+            loss = output_tensor.float().mean()
+            return loss, {"loss": loss.detach()}
+
+        return per_token, loss_func
+
+    store = get_forward_backward_func()(forward_step_func=forward_step, data_iterator=iter([(ids, labels)]),
+                                        model=[ddp], num_microbatches=1, seq_length=seq,
+                                        micro_batch_size=ids.shape[0], forward_only=False)
+    finalize_model_grads([ddp])
+    ref_loss, ref = _hf_grads(case["hf_dir"], ids, labels)
+    tp_group = mpu.get_tensor_model_parallel_group()
+    out = {"name": case["name"], "loss": store[0]["loss"].item(), "ref_loss": ref_loss, "sp_norms_marked": sp_marked,
+           "grads": {}}
+    for name, param in local_global_params(ddp, mapping, state.pp_rank, state.pp_size).items():
+        grad = param.main_grad
+        if mapping.tp_split_axis(name) is not None and case["tp"] > 1:
+            parts = [torch.empty_like(grad) for _ in range(case["tp"])]
+            torch.distributed.all_gather(parts, grad.contiguous(), group=tp_group)
+            grad = mapping.gather(name, parts)
+        for hf_name, g in mapping.to_hf(name, grad).items():
+            out["grads"][hf_name] = ((g - ref[hf_name]).abs().max().item(), ref[hf_name].abs().max().item())
+    return out
+
+
+def run_all(rank: int, world_size: int, cases: List[Dict], grad_cases: List[Dict]) -> Dict:
+    """:func:`logits_parity` for ``cases`` then :func:`grad_parity` for ``grad_cases``."""
+    import torch
+
+    from megatron_brrm.parallel import destroy_parallel
+
+    out = {"logits": logits_parity(rank, world_size, cases, destroy=False), "grads": []}
+    try:
+        for case in grad_cases:
+            gen = torch.Generator().manual_seed(99)
+            ids = torch.randint(0, case["vocab_size"], (2, 16), generator=gen)
+            labels = torch.randint(0, case["vocab_size"], (2, 16), generator=gen)
+            out["grads"].append(grad_parity(case, ids, labels))
+    finally:
+        destroy_parallel()
+    return out

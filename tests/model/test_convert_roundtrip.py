@@ -73,7 +73,8 @@ def chain(tmp_path_factory, tiny_qwen3_dir, tiny_qwen3_tied_dir, tiny_llama_dir)
     assert res[0]["rc"] == 0
     times["megatron_to_hf_and_tp1_s"] = time.perf_counter() - t
     print("conversion chain timings:", json.dumps({k: round(v, 1) for k, v in times.items()}))
-    return {"root": root, "src": src, "ids": ids, "logits_tp2pp2": logits_tp2pp2, "logits_tp1": res[-1]["logits"]}
+    return {"root": root, "src": src, "ids": ids, "logits_tp2pp2": [torch.from_numpy(x) for x in logits_tp2pp2],
+            "logits_tp1": torch.from_numpy(res[-1]["logits"])}
 
 
 @pytest.mark.multiprocess

@@ -5,7 +5,8 @@ import copy
 
 import pytest
 
-from megatron_brrm.rollout.chat import ChatTemplateError, continuation_ids, followup_suffix_text, render_prompt_ids
+from megatron_brrm.rollout.chat import (ChatTemplateError, check_template_splice, continuation_ids, followup_suffix_text,
+                                       render_prompt_ids)
 
 # Like Qwen3's template: the final assistant message (after the last user turn) is rendered
 # with an empty think block, earlier ones are not; so [u, a, u] does not extend [u, a].
@@ -57,6 +58,10 @@ def test_continuation_after_eos_and_after_length(tok, template):
     gen_eos = enc(t, "analysis done") + [t.eos_token_id]
     assert continuation_ids(t, suffix, gen_eos, {t.eos_token_id}) == enc(
         t, "\n<|im_start|>user\nNow decide.<|im_end|>\n<|im_start|>assistant\n")
+    check_template_splice(t, suffix, {t.eos_token_id})  # compatible: no error
+    # an EOS the template does not close with (<|endoftext|>) stays; the template's close follows
+    other_eos = t.convert_tokens_to_ids("<|endoftext|>")
+    assert continuation_ids(t, suffix, enc(t, "x") + [other_eos], {t.eos_token_id, other_eos}) == enc(t, suffix)
     gen_cut = enc(t, "analysis that was cut")
     assert continuation_ids(t, suffix, gen_cut, {t.eos_token_id}) == enc(
         t, "<|im_end|>\n<|im_start|>user\nNow decide.<|im_end|>\n<|im_start|>assistant\n")
@@ -72,8 +77,8 @@ def test_continuation_after_eos_and_after_length(tok, template):
 def test_templates_that_cannot_be_spliced_raise(tok):
     t = with_template(tok, NEWLINE_BEFORE_EOS)
     suffix = followup_suffix_text(t, USER1, USER2)
-    with pytest.raises(ChatTemplateError, match="does not start with the generated EOS"):
-        continuation_ids(t, suffix, enc(t, "x") + [t.eos_token_id], {t.eos_token_id})
+    with pytest.raises(ChatTemplateError, match="does not start with any EOS"):
+        check_template_splice(t, suffix, {t.eos_token_id})
     with pytest.raises(ChatTemplateError, match="verbatim"):
         followup_suffix_text(with_template(tok, DROPS_ASSISTANT), USER1, USER2)
     no_template = copy.deepcopy(tok)

@@ -12,6 +12,7 @@ from types import SimpleNamespace
 import pytest
 
 from megatron_brrm.judge import DIMENSIONS, RewardRule, get_protocol
+from megatron_brrm.rollout.trajectory import rollout_metrics
 from megatron_brrm.rollout.two_turn import RolloutParams, rollout
 
 from .fakes import ScriptedEngine, fake_logprob
@@ -110,6 +111,18 @@ def test_tokens_masks_logprobs_and_rewards(tok):
         row = json.loads(json.dumps(t.to_dict()))
         assert row["token_ids"] == t.token_ids and row["verdict"]["preference"] == pref
         assert row["turn1"]["dimensions"] == [DIMENSIONS[j]] and row["turn_spans"][1] == [s2, s2 + len(gen2)]
+    m = rollout_metrics(trajs)
+    assert m["accuracy"] == 0.5 and m["reward_mean"] == -5.0 and m["format_error_rate"] == 0.0
+    assert m["truncation_rate"] == 0.0 and m[f"dimension/{DIMENSIONS[0]}"] == 0.5 == m[f"dimension/{DIMENSIONS[1]}"]
+    assert m["turn1_length_mean"] == sum(t.turn_lengths[0] for t in trajs) / 4
+
+
+def test_params_from_config():
+    from megatron_brrm.config import RolloutConfig
+
+    p = RolloutParams.from_config(RolloutConfig(max_new_tokens_turn1=11, max_new_tokens_turn2=22, seed=5), n=8)
+    assert (p.n, p.max_new_tokens, p.max_total_length, p.seed) == (8, (11, 22), 16384, 5)
+    assert p.turn_cap(1, 2) == 22 and RolloutParams(max_new_tokens=7).turn_cap(1, 2) == 7
 
 
 def test_turn1_ended_by_length_gets_template_close(tok):
@@ -215,3 +228,25 @@ def test_bad_inputs_raise_clear_errors(tok):
     with pytest.raises(ValueError, match="one cap per turn"):
         rollout(ScriptedEngine(tok, brrm_script(tok, proto, make_pairs(1))), proto, make_pairs(1),
                 RolloutParams(n=1, max_new_tokens=[100]), RewardRule())
+
+
+def test_engine_contract_violations_are_reported(tok):
+    proto = get_protocol("brrm")
+    pairs = make_pairs(1)
+
+    class DropsASample(ScriptedEngine):
+        def generate(self, prompts, params):
+            return [r[:-1] for r in super().generate(prompts, params)]
+
+    class NoLogprobs(ScriptedEngine):
+        def generate(self, prompts, params):
+            out = super().generate(prompts, params)
+            for r in out:
+                for s in r:
+                    s.logprobs = []
+            return out
+
+    with pytest.raises(RuntimeError, match=r"x n=2"):
+        rollout(DropsASample(tok, brrm_script(tok, proto, pairs)), proto, pairs, RolloutParams(n=2), RewardRule())
+    with pytest.raises(RuntimeError, match="logprobs"):
+        rollout(NoLogprobs(tok, brrm_script(tok, proto, pairs)), proto, pairs, RolloutParams(n=1), RewardRule())

@@ -16,14 +16,19 @@ RAY_CPUS = 2
 
 
 @pytest.fixture(scope="module")
-def ray_local():
-    """A private 2-CPU Ray instance (no dashboard, small object store) for the whole module."""
+def ray_local(request):
+    """A private 2-CPU Ray instance (no dashboard, small object store) for the whole module.
+
+    A test module may set ``RAY_NUM_GPUS = n`` to declare n logical GPUs: Ray then schedules
+    GPU bundles and sets ``CUDA_VISIBLE_DEVICES`` per actor exactly as on a GPU node, which
+    exercises the GPU placement path on a CPU-only machine (nothing touches a real device).
+    """
     import ray
 
     if ray.is_initialized():  # a previous module's failure must not leak into this one
         ray.shutdown()
-    ctx = ray.init(address="local", num_cpus=RAY_CPUS, include_dashboard=False,
-                   object_store_memory=128 * 1024 * 1024, log_to_driver=True)
+    ctx = ray.init(address="local", num_cpus=RAY_CPUS, num_gpus=getattr(request.module, "RAY_NUM_GPUS", 0),
+                   include_dashboard=False, object_store_memory=128 * 1024 * 1024, log_to_driver=True)
     try:
         yield ctx
     finally:

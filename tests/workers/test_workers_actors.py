@@ -10,6 +10,7 @@ import torch
 
 from megatron_brrm.rollout.engine import GenerationEngine, GenerationOutput, SamplingParams
 from megatron_brrm.workers.actors import EngineActor, as_actor_class, impl_class, make_remote
+from megatron_brrm.workers.worker_group import merge_runtime_env
 
 
 class ScriptedEngine(GenerationEngine):
@@ -65,6 +66,13 @@ def test_make_remote_wraps_without_changing_the_plain_class():
         make_remote(remote)
     with pytest.raises(TypeError, match="expected a class"):
         make_remote(c)
+
+
+def test_rank_env_is_merged_into_the_class_runtime_env():
+    # .options(runtime_env=...) replaces a class's runtime_env in Ray; the group merges instead.
+    remote = make_remote(Counter, runtime_env={"env_vars": {"A": "1", "B": "0"}})
+    assert merge_runtime_env(remote, {"B": "2", "RANK": "0"}) == {"env_vars": {"A": "1", "B": "2", "RANK": "0"}}
+    assert merge_runtime_env(make_remote(Counter), {"RANK": "1"}) == {"env_vars": {"RANK": "1"}}
 
 
 def test_engine_actor_forwards_to_the_factory_engine():

@@ -11,7 +11,7 @@ import ray
 from ray import cloudpickle
 
 from megatron_brrm.config import ParallelConfig, RolloutConfig
-from megatron_brrm.workers import Cluster, WorkerError, WorkerGroup
+from megatron_brrm.workers import Cluster, ClusterError, WorkerError, WorkerGroup
 
 pytestmark = [pytest.mark.multiprocess, pytest.mark.timeout(180)]
 
@@ -162,6 +162,14 @@ def test_timeout_and_unknown_method(dist_group):
     assert dist_group.run_all("all_reduce", 1.0, timeout_s=60) == [2.0, 2.0]  # queued behind the sleep
     with pytest.raises(AttributeError, match="DistWorker has no method 'no_such_method'"):
         dist_group.run_all("no_such_method")
+
+
+def test_gpu_options_on_a_cpu_only_cluster_are_errors(cluster):
+    with pytest.raises(ClusterError, match="gpus_per_node = 8 was given but the Ray cluster has no GPUs"):
+        Cluster(ParallelConfig(), RolloutConfig(), gpus_per_node=8)
+    with pytest.raises(ClusterError, match="use_gpu = True but the Ray cluster has no GPUs"):
+        Cluster(ParallelConfig(), RolloutConfig(), use_gpu=True)
+    assert ray.is_initialized()  # a failed Cluster on a Ray it did not start leaves Ray alone
 
 
 def test_init_failure_names_rank_and_cause(cluster):

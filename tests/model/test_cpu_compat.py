@@ -1,0 +1,67 @@
+"""The CPU compatibility layer: every patch is needed, and together they make Megatron run.
+
+One spawned process (the patches never touch the pytest process) installs all patches,
+then for each patch removes it, runs the Megatron operation its docstring names, checks
+the specific failure (error text and the Megatron function it comes from), and reinstalls.
+The first plan, with every patch installed, is the positive control: all operations work.
+"""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from megatron_brrm.parallel import cpu_compat
+from megatron_brrm.parallel.launch import run_on_ranks
+
+from compat_ops import OPS, probe
+
+# patch removed -> (operation, error text, Megatron file:function where it fails)
+EXPECTED = {
+    "cuda_device_args": [
+        ("forward_backward", "Cannot access accelerator device", "rotary_pos_embedding.py:get_emb"),
+        ("ddp", "Cannot access accelerator device", "param_and_grad_buffer.py:__init__")],
+    "tensor_cuda_identity": [("broadcast_data", "Torch not compiled with CUDA enabled", "tensor_parallel/data.py:")],
+    "cuda_type_names": [("bf16_optimizer", "Wrapped parameters must be one of torch.cuda.FloatTensor",
+                         "optimizer/optimizer.py:__init__")],
+    "backward_keeps_mode": [("recompute", "Torch not compiled with CUDA enabled",
+                             "transformer/utils.py:get_default_causal_mask")],
+    "current_device": [("forward_backward", "Torch not compiled with CUDA enabled", "rotary_pos_embedding.py:get_emb")],
+    "synchronize": [("dist_ckpt_save", "Torch not compiled with CUDA enabled", "filesystem_async.py:preload_tensors")],
+    "rng_tracker": [("seed", "Torch not compiled with CUDA enabled", "tensor_parallel/random.py:add")],
+    "rng_state_functions": [("recompute", "Torch not compiled with CUDA enabled",
+                             "tensor_parallel/random.py:_get_cuda_rng_state")],
+}
+
+
+def test_every_patch_has_a_removal_test():
+    assert set(EXPECTED) == set(cpu_compat.PATCH_NAMES)
+
+
+@pytest.mark.multiprocess
+def test_each_patch_is_needed_and_all_together_suffice():
+    plans = [{"skip": [], "ops": list(OPS)}]
+    plans += [{"skip": [name], "ops": sorted({op for op, _, _ in checks})} for name, checks in EXPECTED.items()]
+    start = time.monotonic()
+    results = run_on_ranks(probe, 1, args=(plans,), timeout_s=240)[0]
+    print(f"\ncpu_compat probes: {time.monotonic() - start:.1f} s")
+    control = results[0]
+    assert control == {op: None for op in OPS}, f"with every patch installed some operation failed: {control}"
+    for plan, got in zip(plans[1:], results[1:]):
+        name = plan["skip"][0]
+        for op, error, frame in EXPECTED[name]:
+            failure = got[op]
+            assert failure is not None, f"removing {name!r} did not break {op!r}: the patch is not needed for it"
+            assert error in failure["error"] and frame in failure["megatron_frame"], (name, op, failure)
+
+
+def test_install_is_a_noop_with_cuda(monkeypatch):
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)
+    assert cpu_compat.install() is False
+    assert not cpu_compat.is_installed()
+
+
+def test_unknown_patch_name_is_rejected():
+    with pytest.raises(ValueError, match="unknown cpu_compat patch name.*no_such_patch"):
+        cpu_compat.install(skip=["no_such_patch"])
+    assert not cpu_compat.is_installed()
