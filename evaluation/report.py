@@ -169,7 +169,8 @@ def save_png(results: Mapping[str, Any], path: Path) -> Path:
         ax.set_yticklabels(["concise", "detailed", "markdown"], fontsize=8)
         ax.set_xlabel("rejected style")
         ax.set_ylabel("chosen style")
-        ax.set_title(f"RM-Bench {dom}: hard {fmt(d['hard'])} normal {fmt(d['normal'])} easy {fmt(d['easy'])}", fontsize=9)
+        ax.set_title(f"RM-Bench {dom} (score {fmt(d['score'])})\n"
+                     f"hard {fmt(d['hard'])}  normal {fmt(d['normal'])}  easy {fmt(d['easy'])}", fontsize=9)
         fig.colorbar(im, ax=ax, fraction=0.046)
     cfg = results.get("config", {})
     name = cfg.get("name") or Path(str(cfg.get("model", ""))).name

@@ -108,6 +108,7 @@ class GRPOConfig:
     global_batch_size: int = 256  # trajectories per optimizer step
     micro_batch_size: int = 1
     max_tokens_per_microbatch: Optional[int] = None
+    sequence_packing: bool = False  # pack rows up to max_tokens_per_microbatch (local spec only)
     max_num_steps: int = 1000
     lr: float = 5e-7
     min_lr: Optional[float] = None
@@ -125,6 +126,7 @@ class GRPOConfig:
     kl_type: str = "k3"  # k1 | k3
     kl_clamp: Optional[float] = 10.0
     use_leave_one_out_baseline: bool = True
+    advantage_std_type: str = "nemo_rl"  # nemo_rl (std of the baseline's samples) | group
     normalize_rewards_by_std: bool = True
     loss_aggregation: str = "token_mean"  # token_mean | seq_mean
     truncated_importance_sampling: Optional[float] = None  # cap on rollout/train ratio; None = off

@@ -109,12 +109,8 @@ def run_sft(cfg: RunConfig) -> Path:
             bar.set_postfix(loss=f"{m.get('sft/loss', float('nan')):.3f}")
         export_policy_to_hf(policy, target, cfg.model.hf_path, params_dtype=cfg.model.params_dtype)
     finally:
-        try:
-            policy.run_all("shutdown")
-        finally:
-            policy.shutdown()
-            cluster.shutdown()
-            metrics.close()
+        cluster.shutdown()  # shuts the policy group down too (each rank tears down its process groups)
+        metrics.close()
     return target
 
 

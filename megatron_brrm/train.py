@@ -235,11 +235,7 @@ class GRPOTrainer:
         return last
 
     def close(self) -> None:
-        try:
-            self.policy.run_all("shutdown")
-        except Exception as exc:  # noqa: BLE001 - best effort at exit
-            log.warning("policy shutdown: %s", exc)
-        self.policy.shutdown()
+        """Stop the policy ranks (each tears down its process groups), the cluster and the logger."""
         self.cluster.shutdown()
         self.metrics.close()
 

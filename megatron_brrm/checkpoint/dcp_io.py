@@ -27,14 +27,35 @@ that overlap the request.
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, Iterator, Optional, Tuple
 
 import torch
 
 COMMON_NAME = "common.pt"
 DCP_METADATA_NAME = ".metadata"
 MCORE_METADATA_NAME = "metadata.json"
+
+@contextmanager
+def unwrap_dcp_errors() -> Iterator[None]:
+    """Re-raise the original error from inside torch DCP instead of its ``CheckpointException``.
+
+    DCP wraps every failure of a save/load step in ``CheckpointException``, a ``BaseException``
+    (not an ``Exception``) whose message is a formatted traceback. The first rank's original
+    exception (e.g. a :class:`ConversionError` from a chunk resolver) is raised instead.
+    """
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    try:
+        yield
+    except CheckpointException as exc:
+        failures = exc.failures
+        if not failures:
+            raise
+        inner = failures[min(failures)][0]
+        raise inner from None
+
 
 # Chunk request: (key, global offset incl. prepended axes, chunk sizes, dtype) -> tensor of those sizes.
 ChunkResolver = Callable[[str, Tuple[int, ...], Tuple[int, ...], torch.dtype], torch.Tensor]
@@ -52,9 +73,9 @@ def is_dist_checkpoint(path: str | os.PathLike) -> bool:
 def resolve_checkpoint_dir(path: str | os.PathLike) -> Path:
     """The dist checkpoint folder a user means by ``path``.
 
-    Accepts the checkpoint folder itself, or a Megatron-LM style run folder holding
-    ``latest_checkpointed_iteration.txt`` and ``iter_XXXXXXX/`` folders (the latest one is
-    used).
+    Accepts the checkpoint folder itself, a training ``save_dir`` whose ``latest`` file names
+    the newest ``step_XXXXXXXX/`` folder (:mod:`megatron_brrm.checkpoint.train_ckpt`), or a
+    Megatron-LM run folder holding ``latest_checkpointed_iteration.txt`` and ``iter_XXXXXXX/``.
 
     Raises:
         DistCheckpointError: nothing loadable there; the message lists what was found.
@@ -64,6 +85,12 @@ def resolve_checkpoint_dir(path: str | os.PathLike) -> Path:
         raise DistCheckpointError(f"Megatron checkpoint folder not found: {p}")
     if is_dist_checkpoint(p):
         return p
+    pointer = p / "latest"  # megatron_brrm.checkpoint.train_ckpt: a file naming the newest step folder
+    if pointer.is_file():
+        cand = p / pointer.read_text().strip()
+        if is_dist_checkpoint(cand):
+            return cand
+        raise DistCheckpointError(f"{pointer} names {cand.name!r}, which is not a finished dist checkpoint")
     tracker = p / "latest_checkpointed_iteration.txt"
     if tracker.is_file():
         it = tracker.read_text().strip()
@@ -146,11 +173,21 @@ def write_dist_checkpoint(out_dir: str | os.PathLike, sharded_state_dict: dict, 
     pyt_state_dict = mcore_to_pyt_state_dict(grouped, is_loading=False)
 
     class _LazyPlanner(MCoreSavePlanner):
-        """Megatron's save planner, with tensor data produced on demand instead of looked up."""
+        """Megatron's save planner, with tensor data produced on demand instead of looked up.
+
+        torch's ``_write_files_from_queue`` keeps a reference to the last chunk written for
+        every key (a dict only used by its safetensors output format), which would keep one
+        chunk per key -- e.g. the embedding and output layer -- alive until the end. With one
+        writer thread a chunk is fully serialised before the next is requested, so the
+        previous chunk's storage is released (resized to 0 bytes) at each request.
+        """
+
+        _previous = None
 
         def resolve_data(self, write_item):
             if write_item.type == WriteItemType.BYTE_IO:
                 return super().resolve_data(write_item)
+            self.release_previous()
             key = write_item.index.fqn
             offset = tuple(int(x) for x in write_item.index.offset)
             sizes = tuple(int(x) for x in write_item.tensor_data.chunk.sizes)
@@ -159,14 +196,25 @@ def write_dist_checkpoint(out_dir: str | os.PathLike, sharded_state_dict: dict, 
             if tuple(tensor.shape) != sizes or tensor.dtype != dtype:
                 raise DistCheckpointError(f"{key} chunk at {offset}: produced {tuple(tensor.shape)} {tensor.dtype}, "
                                           f"expected {sizes} {dtype}")
+            if not tensor.is_contiguous() or tensor.untyped_storage().nbytes() != tensor.nbytes:
+                tensor = tensor.contiguous().clone()  # own, exactly-sized storage (releasable)
+            self._previous = tensor
             if on_chunk is not None:
-                on_chunk(tensor.numel() * tensor.element_size())
+                on_chunk(tensor.nbytes)
             return tensor
+
+        def release_previous(self):
+            if self._previous is not None:
+                self._previous.untyped_storage().resize_(0)
+                self._previous = None
+
+    planner = _LazyPlanner(dedup_replicated_tensors=False, flatten_state_dict=False)
 
     # One writer thread: chunks are produced and written strictly one at a time.
     writer = FileSystemWriter(str(out_dir), single_file_per_rank=True, thread_count=1, sync_files=True)
-    dcp_save(pyt_state_dict, storage_writer=writer, no_dist=True,
-             planner=_LazyPlanner(dedup_replicated_tensors=False, flatten_state_dict=False))
+    with unwrap_dcp_errors():
+        dcp_save(pyt_state_dict, storage_writer=writer, no_dist=True, planner=planner)
+    planner.release_previous()
     torch.save(common, out_dir / COMMON_NAME)
     save_config(CheckpointingConfig("torch_dist", 1), str(out_dir))  # metadata.json last: marks completion
 
@@ -190,10 +238,15 @@ def load_tensors(ckpt_dir: str | os.PathLike, requests: Dict[str, Tuple[str, Opt
 
     sharded = {}
     for name, (key, layer, shape, dtype) in requests.items():
-        data = torch.empty(shape, dtype=dtype)
         if layer is None:
-            sharded[name] = ShardedTensor.from_rank_offsets(key, data, replica_id=0)
+            sharded[name] = ShardedTensor.from_rank_offsets(key, torch.empty(shape, dtype=dtype), replica_id=0)
         else:
-            sharded[name] = ShardedTensor.from_rank_offsets(key, data, (0, layer[0], layer[1]), replica_id=0,
-                                                            prepend_axis_num=1)
-    return dist_checkpointing.load(sharded, str(ckpt_dir), validate_access_integrity=False)
+            # The layer axis is a real (size-1) axis of the request rather than a Megatron
+            # "prepended" axis: Megatron converts prepended-axis requests into a legacy torch
+            # ShardedTensor that assumes every other layer lives on another rank, which fails
+            # in a one-process world when only some layers are requested.
+            data = torch.empty((1, *shape), dtype=dtype)
+            sharded[name] = ShardedTensor.from_rank_offsets(key, data, (0, layer[0], layer[1]), replica_id=0)
+    with unwrap_dcp_errors():
+        loaded = dist_checkpointing.load(sharded, str(ckpt_dir), validate_access_integrity=False)
+    return {name: (t[0] if requests[name][1] is not None else t) for name, t in loaded.items()}

@@ -192,6 +192,11 @@ def _arch_desc(hf_config) -> str:
             f"hidden_size={hf_get(hf_config, 'hidden_size')}, vocab_size={hf_get(hf_config, 'vocab_size')})")
 
 
+def _refuse_existing(path: Path, overwrite: bool) -> None:
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"output folder {path} already exists; remove it or pass --overwrite")
+
+
 def _names_list(names: Sequence[str], limit: int = 5) -> str:
     shown = ", ".join(repr(n) for n in list(names)[:limit])
     return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
@@ -292,6 +297,7 @@ def convert_hf_to_megatron(hf_path: str | os.PathLike, megatron_path: str | os.P
 
     start = time.perf_counter()
     hf_path, megatron_path = Path(hf_path), Path(megatron_path).absolute()
+    _refuse_existing(megatron_path, overwrite)
     raw_config = read_hf_config(hf_path)
     hf_config = load_hf_config(hf_path)
     arch = get_arch_spec(hf_config)
@@ -313,11 +319,13 @@ def convert_hf_to_megatron(hf_path: str | os.PathLike, megatron_path: str | os.P
         layout = _tensor_layout(sharded)
         _check_mapping_covers_model(mapping, layout)
         where: Dict[Tuple[str, Tuple[int, ...]], Tuple[str, int]] = {}
+        pending: Dict[str, int] = {}  # chunks of each tensor not yet handed to the writer
         for name, shards in layout.items():
+            pending[name] = len(shards)
             for st in shards:
                 where[(st.key, tuple(st.global_offset))] = (name, st.prepend_axis_num)
         total = sum(dtype_nbytes(mapping.full_shape(n), torch_dtype) for n in layout)
-        cache: Dict[str, torch.Tensor] = {}
+        cache: Dict[str, torch.Tensor] = {}  # the one full Megatron tensor being chunked
 
         def resolve(key, offset, sizes, chunk_dtype):
             try:
@@ -327,9 +335,14 @@ def convert_hf_to_megatron(hf_path: str | os.PathLike, megatron_path: str | os.P
             if name not in cache:
                 cache.clear()
                 inputs = {n: reader.get(n) for n in mapping.hf_names_for(name)}
-                cache[name] = mapping.to_megatron(name, inputs).to(chunk_dtype)
-                del inputs
+                full = mapping.to_megatron(name, inputs)
+                del inputs  # free the HF tensors before a possible dtype copy
+                cache[name] = full.to(chunk_dtype)
+                del full
             chunk = cache[name]
+            pending[name] -= 1
+            if pending[name] == 0:  # last chunk: the writer's reference is the only one left
+                cache.clear()
             for axis, (o, s) in enumerate(zip(offset[prepend:], sizes[prepend:])):
                 chunk = chunk.narrow(axis, o, s)
             return chunk.reshape(sizes)
@@ -475,8 +488,9 @@ def convert_megatron_to_hf(megatron_path: str | os.PathLike, hf_path: str | os.P
     from megatron_brrm.model.mapping import get_mapping
 
     start = time.perf_counter()
-    ckpt_dir = resolve_checkpoint_dir(megatron_path)
     hf_path = Path(hf_path).absolute()
+    _refuse_existing(hf_path, overwrite)
+    ckpt_dir = resolve_checkpoint_dir(megatron_path)
     ref_dir = find_hf_reference(ckpt_dir, hf_reference)
     raw_config = read_hf_config(ref_dir)
     _check_reference_matches_stored(ckpt_dir, ref_dir, raw_config)

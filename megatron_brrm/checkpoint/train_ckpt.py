@@ -203,7 +203,9 @@ def _load_optimizer(optimizer, state) -> None:
     copies every key of the inner torch Adam state, including ``step``, from the loaded
     ``fully_reshardable`` parameter state, which deliberately omits ``step`` (it is restored
     from the param groups): ``KeyError: 'step'``. We load the regular part first, then the
-    parameter state with ``step`` held aside, then put ``step`` back.
+    parameter state with ``step`` held aside, then put ``step`` back. Megatron also gives
+    every parameter the *same* ``step`` tensor object, which torch Adam increments in place
+    once per parameter (wrong bias correction after a resume): each gets its own copy.
     """
     subs = _optimizers(optimizer)
     states = [state] if len(subs) == 1 else [v for _, v in sorted(state.items())]
@@ -222,7 +224,7 @@ def _load_optimizer(optimizer, state) -> None:
             sub.load_parameter_state_from_fully_reshardable(param_state)
         finally:
             for p, v in held.items():
-                inner.state[p]["step"] = v
+                inner.state[p]["step"] = v.detach().clone()
 
 
 def _barrier() -> None:
@@ -240,6 +242,24 @@ def _all_params_finite(model) -> bool:
     if torch.distributed.is_initialized():
         torch.distributed.all_reduce(bad)
     return float(bad) == 0.0
+
+
+def _use_in_process_results_queue() -> None:
+    """Give Megatron's torch_dist writer an in-process results queue.
+
+    For a synchronous save, megatron-core 0.16.1 (``filesystem_async._get_write_results_queue``)
+    starts a ``multiprocessing`` Manager server process per rank just to hold a queue that is
+    only used inside the saving process. That process outlives a trainer killed with
+    SIGKILL (an orphan holding the job's stdout) and costs a process start. A plain
+    ``queue.Queue`` has the same ``put`` / ``get_nowait`` interface for the synchronous path
+    used here (async saves are not used).
+    """
+    import queue
+
+    from megatron.core.dist_checkpointing.strategies import filesystem_async
+
+    if getattr(filesystem_async, "_results_queue", "missing") is None:
+        filesystem_async._results_queue = queue.Queue()
 
 
 def save_train_checkpoint(save_dir, step: int, model, optimizer, scheduler, extra_state: Optional[dict] = None,
@@ -281,6 +301,7 @@ def save_train_checkpoint(save_dir, step: int, model, optimizer, scheduler, extr
         tmp_dir.mkdir()
     _barrier()
     sd = _sharded_state_dict(model, optimizer, scheduler, is_loading=False)
+    _use_in_process_results_queue()
     dist_checkpointing.save(sd, str(tmp_dir), sharded_strategy=(strategy, 1), content_metadata=OPTIM_METADATA)
     _barrier()
     if rank == 0:

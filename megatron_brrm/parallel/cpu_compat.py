@@ -172,7 +172,8 @@ def _mode_off(name: str) -> None:
     if _mode is not None:
         _mode.enabled.discard(name)
         if not _mode.enabled:
-            _mode.__exit__(None, None, None)
+            if torch._C._len_torch_function_stack() > 0:  # pushed on this thread
+                _mode.__exit__(None, None, None)
             _mode = None
 
 
@@ -355,6 +356,11 @@ _INSTALLERS = {
 
 def install(skip: Iterable[str] = (), force: bool = False) -> bool:
     """Install the CPU patches once per process; a no-op when CUDA is available.
+
+    The ``torch.cuda`` / RNG patches are process-wide; the device mode (the first four
+    patches) lives on torch's per-thread mode stack of the *calling thread*, so call this
+    (or :func:`megatron_brrm.parallel.initialize_parallel`) on the thread that will run
+    Megatron (a Ray actor's method thread, the main thread of a script).
 
     Args:
         skip: patch names (from :data:`PATCH_NAMES`) to leave out; used by the tests that

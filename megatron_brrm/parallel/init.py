@@ -22,6 +22,10 @@ import torch
 from megatron_brrm.parallel.launch import find_free_port
 
 
+# Whether initialize_parallel installed the CPU compatibility layer (destroy_parallel removes it).
+_compat_installed_here = False
+
+
 class ParallelInitError(ValueError):
     """The parallel layout does not fit the world size or the config is inconsistent."""
 
@@ -120,24 +124,25 @@ def initialize_parallel(parallel_cfg, timeout_minutes: int = 30) -> ParallelStat
 
     from megatron_brrm.parallel import cpu_compat
 
+    global _compat_installed_here
     backend = resolve_backend(parallel_cfg.backend)
-    if not torch.cuda.is_available():
-        cpu_compat.install()
-
-    if "RANK" not in os.environ:
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(find_free_port()))
-        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
-    rank = int(os.environ["RANK"])
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if torch.distributed.is_initialized():
+        rank, world_size = torch.distributed.get_rank(), torch.distributed.get_world_size()
+        init_method = None
+    elif "RANK" in os.environ:
+        rank, world_size, init_method = int(os.environ["RANK"]), int(os.environ.get("WORLD_SIZE", "1")), "env://"
+    else:  # a world of one, without touching this process's environment
+        rank, world_size, init_method = 0, 1, f"tcp://127.0.0.1:{find_free_port()}"
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     _validate_layout(parallel_cfg, world_size)
 
+    if not torch.cuda.is_available() and not cpu_compat.is_installed():
+        _compat_installed_here = cpu_compat.install()
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank)
-    if not torch.distributed.is_initialized():
+    if init_method is not None:
         torch.distributed.init_process_group(
-            backend=backend, init_method="env://", rank=rank, world_size=world_size,
+            backend=backend, init_method=init_method, rank=rank, world_size=world_size,
             timeout=timedelta(minutes=timeout_minutes))
     if mpu.model_parallel_is_initialized():
         mpu.destroy_model_parallel()
@@ -184,10 +189,19 @@ def destroy_parallel() -> None:
 
     Call at the end of every process that called :func:`initialize_parallel`; a gloo
     process exiting with its group alive sporadically aborts (exit code 134, DESIGN.md 4.3).
+    Also removes the CPU compatibility layer if :func:`initialize_parallel` installed it, so
+    a long-lived process (a test session, a notebook running a converter) is left as it was;
+    Megatron models built meanwhile need it again (call :func:`initialize_parallel`).
     """
+    global _compat_installed_here
     from megatron.core import parallel_state as mpu
+
+    from megatron_brrm.parallel import cpu_compat
 
     if mpu.model_parallel_is_initialized():
         mpu.destroy_model_parallel()
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
+    if _compat_installed_here:
+        cpu_compat.uninstall()
+        _compat_installed_here = False

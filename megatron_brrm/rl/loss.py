@@ -130,11 +130,20 @@ def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, kl_type: str 
     return kl
 
 
-def _aggregate(per_token: torch.Tensor, mask: torch.Tensor, aggregation: str, norm: Normalizer) -> torch.Tensor:
+def _aggregate(per_token: torch.Tensor, mask: torch.Tensor, aggregation: str, norm: Normalizer,
+               segment_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
     if aggregation == "token_mean":
         return (per_token * mask).sum() / max(float(norm.num_tokens), 1.0)
-    per_seq = (per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)
-    return per_seq.sum() / max(float(norm.num_seqs), 1.0)
+    if segment_ids is None:  # one sequence per row
+        per_seq = (per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)
+        return per_seq.sum() / max(float(norm.num_seqs), 1.0)
+    # packed rows: several sequences per row, told apart by segment_ids (-1 = padding)
+    rows, length = segment_ids.shape
+    uid = (segment_ids + torch.arange(rows, device=segment_ids.device).unsqueeze(1) * length).flatten()
+    valid = segment_ids.flatten() >= 0
+    sums = per_token.new_zeros(rows * length).index_add(0, uid[valid], (per_token * mask).flatten()[valid])
+    counts = mask.new_zeros(rows * length).index_add(0, uid[valid], mask.flatten()[valid])
+    return (sums / counts.clamp(min=1.0)).sum() / max(float(norm.num_seqs), 1.0)
 
 
 def _check(name: str, t: Optional[torch.Tensor], shape) -> None:
@@ -164,7 +173,9 @@ def clipped_pg_loss(logprobs: torch.Tensor, batch: Mapping[str, torch.Tensor], c
 
     Args:
         logprobs: float ``[B, T]``, current policy logprobs (requires grad).
-        batch: ``loss_mask`` ``[B, T]`` (0/1 or bool, generated tokens); ``advantages``
+        batch: ``loss_mask`` ``[B, T]`` (0/1 or bool, generated tokens); optional
+            ``segment_ids`` ``[B, T]`` (packed rows: sequence index per token, -1 = padding,
+            used by ``seq_mean``); ``advantages``
             ``[B]`` or ``[B, T]``; ``old_logprobs`` ``[B, T]`` (optional: default
             ``logprobs.detach()``, i.e. fully on-policy); ``ref_logprobs`` ``[B, T]``
             (required when ``kl_coef > 0``); ``rollout_logprobs`` ``[B, T]`` (required for TIS;
@@ -226,7 +237,8 @@ def clipped_pg_loss(logprobs: torch.Tensor, batch: Mapping[str, torch.Tensor], c
         _check("ref_logprobs", ref, shape)
         kl = kl_penalty(logprobs, ref, cfg.kl_type, cfg.kl_input_clamp, cfg.kl_output_clamp)
         per_token = pg + cfg.kl_coef * kl
-    loss = _aggregate(per_token, mask, cfg.aggregation, norm)
+    seg = batch.get("segment_ids")
+    loss = _aggregate(per_token, mask, cfg.aggregation, norm, seg)
 
     with torch.no_grad():
         ntok = max(float(norm.num_tokens), 1.0)
@@ -236,7 +248,7 @@ def clipped_pg_loss(logprobs: torch.Tensor, batch: Mapping[str, torch.Tensor], c
         behaviour = rollout if rollout is not None else old
         metrics: Metrics = {
             "loss": loss.detach().clone(),
-            "policy_loss": _aggregate(pg.detach(), mask, cfg.aggregation, norm),
+            "policy_loss": _aggregate(pg.detach(), mask, cfg.aggregation, norm, seg),
             "clip_fraction": tmean(clip_active),
             "dual_clip_fraction": tmean(dual_active),
             "ratio_mean": tmean(ratio.detach()),
@@ -274,7 +286,7 @@ def sft_nll_loss(logprobs: torch.Tensor, batch: Mapping[str, torch.Tensor], norm
     mask = batch.get("loss_mask")
     _check("loss_mask", mask, logprobs.shape)
     mask = mask.to(logprobs.dtype)
-    loss = _aggregate(-logprobs, mask, aggregation, norm)
+    loss = _aggregate(-logprobs, mask, aggregation, norm, batch.get("segment_ids"))
     with torch.no_grad():
         nll = (-logprobs.detach() * mask).sum() / max(float(norm.num_tokens), 1.0)
         metrics = {"loss": loss.detach().clone(), "nll": nll, "num_tokens": mask.sum()}

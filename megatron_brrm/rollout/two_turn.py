@@ -243,6 +243,9 @@ def rollout(engine: GenerationEngine, protocol, pairs: Sequence, params: Rollout
             step = s.episode.step(s.texts[turn])
             if step.done:
                 continue
+            if not isinstance(step.next_message, dict) or "content" not in step.next_message:
+                raise RuntimeError(f"protocol {getattr(protocol, 'name', protocol)!r} returned no user message before "
+                                   f"turn {turn + 1} (got {step.next_message!r}); multi-turn protocols must give one")
             key = (s.pair_index, turn + 1, step.next_message["content"])
             if key not in suffix_cache:
                 hist = pair_histories.get((s.pair_index, turn), histories[s.pair_index])

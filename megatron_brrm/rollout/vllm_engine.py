@@ -13,8 +13,9 @@
   is emitted when ``temperature != 1``.
 * ``update_weights`` streams ``(hf_name, tensor)`` pairs in size-bounded buckets through
   ``collective_rpc`` into :class:`~megatron_brrm.rollout.vllm_worker.BRRMWorkerExtension`
-  (each worker calls its model's ``load_weights``), then finalises and resets the prefix
-  cache (cached KV blocks were computed with the old weights). Tensors travel through host
+  (each worker calls its model's ``load_weights``); before the next generation the weights
+  are finalised once and the prefix cache is reset (its KV blocks were computed with the
+  old weights), however many ``update_weights`` calls (buckets) the refit made. Tensors travel through host
   memory (pickled RPC); names and shapes are checked first against the checkpoint's
   safetensors headers. For a tied-embedding checkpoint ``lm_head.weight`` is dropped (vLLM
   skips the alias; NeMo-RL does the same, vllm-project/vllm#51665).
@@ -23,6 +24,7 @@
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import warnings
@@ -147,8 +149,6 @@ class VLLMEngine(GenerationEngine):
         vllm = _import_vllm()
         from vllm.engine.arg_utils import EngineArgs
 
-        import dataclasses
-
         arg_names = {f.name for f in dataclasses.fields(EngineArgs)}
         kwargs = dict(model=str(model_path), tensor_parallel_size=tensor_parallel_size,
                       gpu_memory_utilization=gpu_memory_utilization, enable_prefix_caching=enable_prefix_caching,
@@ -166,6 +166,7 @@ class VLLMEngine(GenerationEngine):
         self.tied_embeddings = bool(_read_json(model_path, "config.json").get("tie_word_embeddings", False))
         self.eos_token_ids = eos_ids_of(_read_json(model_path, "generation_config.json"), self._tokenizer)
         self.last_update_stats = {"tensors": 0, "bytes": 0}
+        self._weights_dirty = False
 
     @property
     def tokenizer(self):
@@ -174,6 +175,7 @@ class VLLMEngine(GenerationEngine):
     def generate(self, prompts: List[List[int]], params: SamplingParams) -> List[List[GenerationOutput]]:
         """Generate ``params.n`` samples per prompt (one request per sample, seeded per sample)."""
         validate_request(prompts, params)
+        self.finish_weight_update()
         if params.temperature != 1.0 and params.logprobs and not self._processed_logprobs:
             warnings.warn("this vLLM has no logprobs_mode: it reports logprobs at temperature 1, which differ from "
                           "the trainer's temperature-scaled logprobs; upgrade to vLLM >= 0.10.2")
@@ -199,7 +201,12 @@ class VLLMEngine(GenerationEngine):
             yield name, tensor
 
     def update_weights(self, named_tensors: Iterable[Tuple[str, torch.Tensor]]) -> None:
-        """Stream HF-named tensors into every vLLM worker (bucketed), finalise, reset the prefix cache.
+        """Stream HF-named tensors into every vLLM worker in size-bounded buckets.
+
+        May be called once with the whole model or once per bucket (``rollout.refit`` does the
+        latter). vLLM's post-load processing and the prefix-cache reset run once, lazily, before
+        the next :meth:`generate` / :meth:`sleep` (or on :meth:`finish_weight_update`), so a
+        bucketed refit is finalised exactly once, after its last bucket.
 
         Raises:
             KeyError / ValueError: a name or shape that the checkpoint does not have.
@@ -207,14 +214,23 @@ class VLLMEngine(GenerationEngine):
         count = nbytes = 0
         for bucket in iter_buckets(self._checked(named_tensors), self.refit_bucket_bytes):
             self.llm.collective_rpc("brrm_load_weights", args=(bucket,))
+            self._weights_dirty = True
             count += len(bucket)
             nbytes += sum(t.numel() * t.element_size() for _, t in bucket)
-        self.llm.collective_rpc("brrm_finish_weight_update")
-        self.llm.reset_prefix_cache()
         self.last_update_stats = {"tensors": count, "bytes": nbytes}
+
+    def finish_weight_update(self) -> None:
+        """Finalise loaded weights (``process_weights_after_loading`` on every worker) and drop
+        the prefix cache, whose KV blocks were computed with the old weights. No-op when no
+        weights were loaded since the last call."""
+        if getattr(self, "_weights_dirty", False):
+            self.llm.collective_rpc("brrm_finish_weight_update")
+            self.llm.reset_prefix_cache()
+            self._weights_dirty = False
 
     def sleep(self, level: int = 1) -> None:
         """Release GPU memory: level 1 offloads weights to host and drops the KV cache; level 2 drops both."""
+        self.finish_weight_update()
         self.llm.sleep(level=level)
 
     def wake(self, tags: Optional[List[str]] = None) -> None:

@@ -16,6 +16,7 @@ actors).
 from __future__ import annotations
 
 import os
+import time
 from typing import Any, Callable, Iterable, List, Optional, Sequence, Tuple
 
 import ray
@@ -131,7 +132,8 @@ class RemoteEngine(GenerationEngine):
         self.node = node
         self._tokenizer = None
 
-    def _get(self, ref, method: str):
+    def get(self, ref, method: str = "generate"):
+        """``ray.get(ref)`` with this handle's timeout; failures become :class:`WorkerError` naming ``method``."""
         try:
             return ray.get(ref, timeout=self.timeout_s)
         except ray.exceptions.GetTimeoutError:
@@ -145,12 +147,17 @@ class RemoteEngine(GenerationEngine):
     def tokenizer(self):
         """The engine's tokenizer (fetched once)."""
         if self._tokenizer is None:
-            self._tokenizer = self._get(self.handle.tokenizer.remote(), "tokenizer")
+            self._tokenizer = self.get(self.handle.tokenizer.remote(), "tokenizer")
         return self._tokenizer
+
+    def generate_async(self, prompts: List[List[int]], params: SamplingParams):
+        """Start ``generate`` on the actor and return its ``ObjectRef`` at once (resolve with :meth:`get`),
+        so that several engines generate concurrently."""
+        return self.handle.generate.remote(prompts, params)
 
     def generate(self, prompts: List[List[int]], params: SamplingParams) -> List[List[GenerationOutput]]:
         """Forwarded to the actor; see ``GenerationEngine.generate``."""
-        return self._get(self.handle.generate.remote(prompts, params), "generate")
+        return self.get(self.handle.generate.remote(prompts, params), "generate")
 
     def update_weights(self, named_tensors: Iterable[Tuple[str, torch.Tensor]]) -> None:
         """Stream ``(hf_name, tensor)`` pairs to the actor in buckets of ``bucket_bytes``.
@@ -163,20 +170,20 @@ class RemoteEngine(GenerationEngine):
         for name, tensor in named_tensors:
             nbytes = tensor.numel() * tensor.element_size()
             if bucket and size + nbytes > self.bucket_bytes:
-                self._get(self.handle.update_weights.remote(bucket), "update_weights")
+                self.get(self.handle.update_weights.remote(bucket), "update_weights")
                 bucket, size = [], 0
             bucket.append((name, tensor))
             size += nbytes
         if bucket:
-            self._get(self.handle.update_weights.remote(bucket), "update_weights")
+            self.get(self.handle.update_weights.remote(bucket), "update_weights")
 
     def sleep(self) -> None:
         """Forwarded to the actor."""
-        self._get(self.handle.sleep.remote(), "sleep")
+        self.get(self.handle.sleep.remote(), "sleep")
 
     def wake(self) -> None:
         """Forwarded to the actor."""
-        self._get(self.handle.wake.remote(), "wake")
+        self.get(self.handle.wake.remote(), "wake")
 
 
 def create_engine_actors(cluster, engine_factory: Callable[[], GenerationEngine], num_engines: Optional[int] = None,
@@ -211,12 +218,13 @@ def create_engine_actors(cluster, engine_factory: Callable[[], GenerationEngine]
         actor_env = {"BRRM_ENGINE_INDEX": str(p.index), "OMP_NUM_THREADS": "1",
                      "BRRM_ENGINE_BUNDLE_INDICES": ",".join(str(i) for i in p.bundle_indices)}
         actor_env.update({k: str(v) for k, v in (env or {}).items()})
-        handles.append(remote_cls.options(**p.actor.actor_options(), runtime_env=merge_runtime_env(remote_cls, actor_env))
-                       .remote(engine_factory))
+        opts = dict(p.actor.actor_options(), runtime_env=merge_runtime_env(remote_cls, actor_env))
+        handles.append(remote_cls.options(**opts).remote(engine_factory))
+    deadline = time.monotonic() + ready_timeout_s
     for i, h in enumerate(handles):
         try:
-            ray.get(h.__ray_ready__.remote(), timeout=ready_timeout_s)
-        except ray.exceptions.RayError as exc:
+            ray.get(h.__ray_ready__.remote(), timeout=max(0.0, deadline - time.monotonic()))
+        except ray.exceptions.RayError as exc:  # GetTimeoutError included
             for other in handles:
                 ray.kill(other, no_restart=True)
             cause, detail = describe_ray_error(exc)

@@ -114,7 +114,8 @@ def init_ray(address: Optional[str] = None, num_cpus: Optional[int] = None, num_
 
     Resolution order: an already initialised Ray in this process is reused; an explicit
     ``address`` (``"auto"``, ``host:port`` or ``ray://...``) or else ``RAY_ADDRESS`` joins that
-    cluster; otherwise a new private local instance is started with ``num_cpus`` CPUs
+    cluster; otherwise (or with ``address="local"``, which ignores ``RAY_ADDRESS``) a new
+    private local instance is started with ``num_cpus`` CPUs
     (default ``os.cpu_count()``), ``num_gpus`` GPUs (default: Ray's autodetection) and no
     dashboard. A new instance is always private (``address="local"``), so a run never joins
     another user's cluster on the same machine by accident.
@@ -133,7 +134,7 @@ def init_ray(address: Optional[str] = None, num_cpus: Optional[int] = None, num_
     if ray.is_initialized():
         return False
     target = address or os.environ.get("RAY_ADDRESS") or None
-    if target:
+    if target and target != "local":
         source = "address argument" if address else "RAY_ADDRESS"
         try:
             ray.init(address=target, **init_kwargs)
@@ -252,6 +253,10 @@ class Cluster:
                 world = total - engines * self.rollout_tp
             elif engines is None:
                 engines = (total - world) // self.rollout_tp
+                if engines < 1:
+                    raise ClusterError(f"rollout.colocated = false: no GPUs left for generation ({num_nodes} node(s) "
+                                       f"x {gpus_per_node} GPU(s), policy_world_size = {world}, "
+                                       f"rollout.tensor_parallel_size = {self.rollout_tp})")
             self.num_nodes, self.gpus_per_node = int(num_nodes), int(gpus_per_node)
         else:
             if gpus_per_node:
@@ -304,9 +309,11 @@ class Cluster:
                 f"(policy: {n_policy} {unit}(s) = TP {self.tp} x PP {self.pp} x CP {self.cp} x DP "
                 f"{n_policy // self.model_parallel_size}, one bundle {self._bundle()} each; {gen}), "
                 f"available {_fmt({k: avail.get(k, 0.0) for k in need})} (cluster total "
-                f"{_fmt({k: total.get(k, 0.0) for k in need})}). Fix: start Ray with more "
-                f"{'GPUs/nodes' if self.use_gpu else 'CPUs (num_cpus)'}, or lower the parallel sizes / "
-                "policy_world_size / num_generation_engines, or set rollout.colocated = true")
+                f"{_fmt({k: total.get(k, 0.0) for k in need})}). Fix: "
+                + (f"num_nodes = {self.num_nodes} x gpus_per_node = {self.gpus_per_node} must exist in the Ray "
+                   "cluster (add nodes), or " if self.use_gpu else "start Ray with more CPUs (num_cpus), or ")
+                + "lower the parallel sizes / policy_world_size / num_generation_engines"
+                + ("" if self.colocated else ", or set rollout.colocated = true"))
 
     def _make_group(self, n: int, what: str, timeout_s: float):
         pg = placement_group([self._bundle() for _ in range(n)], strategy="PACK", name="")

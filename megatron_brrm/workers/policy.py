@@ -41,7 +41,7 @@ import torch
 
 from megatron_brrm.rl.logprobs import token_logprobs
 from megatron_brrm.rl.loss import Normalizer, reduce_metrics
-from megatron_brrm.workers.policy_data import Batch, make_microbatches
+from megatron_brrm.workers.policy_data import Batch, make_microbatches, make_packed_microbatches
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +138,14 @@ class PolicyWorker:
         self.temperature = float(cfg.rollout.temperature)
         g = cfg.grpo
 
+        if g.sequence_packing:
+            from megatron_brrm.model.build import use_transformer_engine
+
+            if not g.max_tokens_per_microbatch:
+                raise PolicyError("grpo.sequence_packing needs grpo.max_tokens_per_microbatch (the pack size)")
+            if use_transformer_engine(cfg.model):
+                raise PolicyError("grpo.sequence_packing uses an explicit attention mask (local spec); with "
+                                  "Transformer Engine it needs THD PackedSeqParams, not implemented: turn it off")
         chunks = [build_gpt_model(self.hf_config, cfg.model, cfg.parallel, vp_stage=v)
                   for v in (range(self.vp_size) if self.vp_size else [None])]
         self.mapping = get_mapping(self.hf_config, make_vocab_size_divisible_by=cfg.model.make_vocab_size_divisible_by,
@@ -174,6 +182,9 @@ class PolicyWorker:
     def _microbatches(self, batch: Batch):
         g = self.cfg.grpo
         pad = self.tp_size if self.model_config.sequence_parallel else 1
+        if g.sequence_packing:
+            return make_packed_microbatches(batch, g.max_tokens_per_microbatch, pad_multiple=pad,
+                                            fixed_shape=self.pp_size > 1)
         return make_microbatches(batch, g.micro_batch_size, g.max_tokens_per_microbatch, pad_multiple=pad,
                                  fixed_shape=self.pp_size > 1)
 
@@ -181,7 +192,7 @@ class PolicyWorker:
         mb = next(data_iterator)
         ids = mb.data["input_ids"]
         pos = torch.arange(ids.shape[1], dtype=torch.long).unsqueeze(0).expand_as(ids)
-        output = model(ids, pos, None)
+        output = model(ids, pos, mb.data.get("attention_mask"))
         return output, partial(loss_func_factory, mb)
 
     def _logprobs_of(self, logits: torch.Tensor, ids: torch.Tensor, with_entropy: bool):
@@ -199,7 +210,8 @@ class PolicyWorker:
         fb = get_forward_backward_func()
         return fb(forward_step_func=partial(self._forward_step, loss_func_factory), data_iterator=iters,
                   model=self.model if len(self.model) > 1 else self.model[0], num_microbatches=len(mbs),
-                  seq_length=stats["seq_length"], micro_batch_size=len(mbs[0].rows), forward_only=forward_only)
+                  seq_length=stats["seq_length"], micro_batch_size=mbs[0].data["input_ids"].shape[0],
+                  forward_only=forward_only)
 
     def _broadcast_from_last_stage(self, obj):
         from megatron.core import parallel_state as mpu
@@ -242,13 +254,12 @@ class PolicyWorker:
             lp = torch.zeros(b, t)
             ent = torch.zeros(b, t) if with_entropy else None
             for mb, out in zip(mbs, store):
-                for j, row in enumerate(mb.rows):
-                    if row < 0:
-                        continue
-                    n = int(batch["input_lengths"][row])
-                    lp[row, :n] = out["logprobs"][j, :n].float()
+                for row, j, st, n in mb.segments:
+                    lp[row, :n] = out["logprobs"][j, st:st + n].float()
+                    lp[row, 0] = 0.0  # a packed sequence's first token has no prediction of its own
                     if ent is not None:
-                        ent[row, :n] = out["entropy"][j, :n].float()
+                        ent[row, :n] = out["entropy"][j, st:st + n].float()
+                        ent[row, 0] = 0.0
             result = (lp, ent)
         lp, ent = self._broadcast_from_last_stage(result)
         return (lp, ent) if with_entropy else lp

@@ -10,9 +10,13 @@ other through torch.distributed (NCCL on GPU, gloo on CPU). Each actor starts wi
 node), ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` / ``LOCAL_WORLD_SIZE`` (position and count on
 the node), ``NODE_RANK``, ``OMP_NUM_THREADS`` (default 1) and ``BRRM_WORKER_GROUP`` (the name).
 
-Every call waits with a timeout and fails fast: the first rank that raises or dies turns
-into :class:`WorkerError` naming the group, rank, node, method and cause. When one rank of
-an SPMD world fails, the others may stay blocked in a collective; call :meth:`WorkerGroup.shutdown`.
+Every call takes a timeout (``timeout_s``, default the group's ``call_timeout_s``) and fails
+fast: the first rank that raises, dies or overruns turns into :class:`WorkerError` naming the
+group, rank, node, method and cause. When one rank of an SPMD world fails, the others may
+stay blocked in a collective; call :meth:`WorkerGroup.shutdown`.
+
+On GPU each actor sees only its own device (Ray sets ``CUDA_VISIBLE_DEVICES``), so it uses
+``cuda:0``; ``LOCAL_RANK`` keeps its torchrun meaning (position on the node) for bookkeeping.
 """
 from __future__ import annotations
 
@@ -28,7 +32,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from megatron_brrm.workers.cluster import ActorPlacement
 
 # This module imports neither torch nor the rollout package: Ray helper tasks defined here
-# (``_free_port``) are unpickled in fresh worker processes, which then import only ray.
+# (``_free_port``) run in worker processes that then import only ray.
 
 logger = logging.getLogger(__name__)
 
@@ -46,19 +50,34 @@ class WorkerError(RuntimeError):
     """
 
     def __init__(self, group: str, rank: int, method: str, cause: str, node: str = "?", detail: str = ""):
-        self.group, self.rank, self.method, self.node, self.cause, self.detail = group, rank, method, node, cause, detail
+        self.group, self.rank, self.method = group, rank, method
+        self.node, self.cause, self.detail = node, cause, detail
         msg = f"worker group '{group}' rank {rank} (node {node}) failed in {method}(): {cause}"
         if detail:
             msg += f"\n--- details from the worker ---\n{detail}"
         super().__init__(msg)
 
 
-@ray.remote(num_cpus=0)
-def _free_port() -> tuple:
-    """(node IP, a TCP port that was free on this node). Zero CPUs: the bundles' CPUs are held by actors."""
+def _local_free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("", 0))
-        return ray.util.get_node_ip_address(), s.getsockname()[1]
+        return s.getsockname()[1]
+
+
+@ray.remote(num_cpus=0)
+def _free_port() -> int:
+    """A TCP port that was free on the node running this task. Zero CPUs: the bundles' CPUs
+    are held by the actors (DESIGN.md 4.3: a 1-CPU helper task would wait for ever)."""
+    return _local_free_port()
+
+
+def free_port_on_node(node_id: str, timeout_s: float) -> int:
+    """A free TCP port on Ray node ``node_id``: found here when the driver runs on that node,
+    else by a zero-CPU task pinned to it (saves starting a worker process in the common case)."""
+    if ray.get_runtime_context().get_node_id() == node_id:
+        return _local_free_port()
+    pinned = NodeAffinitySchedulingStrategy(node_id, soft=False)
+    return ray.get(_free_port.options(scheduling_strategy=pinned).remote(), timeout=timeout_s)
 
 
 def _wait_dead(actors: Sequence[Any], timeout_s: float) -> None:
@@ -169,11 +188,9 @@ class WorkerGroup:
         self._impl = impl_class(actor_cls)
         remote_cls = as_actor_class(actor_cls)
 
-        node0 = self.placements[0].node_id
+        self.master_addr = self.placements[0].node_ip
         try:
-            self.master_addr, self.master_port = ray.get(
-                _free_port.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node0, soft=False)).remote(),
-                timeout=min(init_timeout_s, 120.0))
+            self.master_port = free_port_on_node(self.placements[0].node_id, timeout_s=min(init_timeout_s, 120.0))
         except ray.exceptions.GetTimeoutError:
             raise WorkerError(name, 0, "__init__", f"could not find a free port on node {self.placements[0].node_ip} "
                               "within the timeout", self.placements[0].node_ip) from None
@@ -222,8 +239,8 @@ class WorkerGroup:
         self._check_open()
         if not callable(getattr(self._impl, method, None)):
             raise AttributeError(f"worker group '{self.name}': {self._impl.__name__} has no method '{method}'")
-        refs = [getattr(self._actors[r], method).remote(*a, **k) for r, a, k in zip(ranks, per_rank_args, per_rank_kwargs)]
-        return refs
+        return [getattr(self._actors[r], method).remote(*a, **k)
+                for r, a, k in zip(ranks, per_rank_args, per_rank_kwargs)]
 
     def _gather(self, refs: List[Any], ranks: List[int], method: str, timeout_s: Optional[float]) -> List[Any]:
         """Results in rank order; the first failure or the timeout raises WorkerError."""
@@ -283,8 +300,9 @@ class WorkerGroup:
         ranks = list(range(self.world_size))
         return GroupFuture(self, method, ranks, self._submit(method, ranks, list(per_rank_args), kw))
 
-    def run_all_sharded(self, method: str, per_rank_args: Sequence[tuple], per_rank_kwargs: Optional[Sequence[dict]] = None,
-                        *, timeout_s: Optional[float] = None, **common_kwargs) -> List[Any]:
+    def run_all_sharded(self, method: str, per_rank_args: Sequence[tuple],
+                        per_rank_kwargs: Optional[Sequence[dict]] = None, *, timeout_s: Optional[float] = None,
+                        **common_kwargs) -> List[Any]:
         """Rank i gets its own arguments ``per_rank_args[i]`` (a tuple); results in rank order.
 
         Raises:

@@ -190,3 +190,27 @@ def test_both_orders_accuracy_and_position_consistency():
     assert res["format_errors"] == {"count": 1, "rate": pytest.approx(12.5, abs=TOL)}
     single = score_benchmark(data, comps, judgements, "single")
     assert single["overall"] == pytest.approx(75.0, abs=TOL) and "position_consistency" not in single
+
+
+def test_rmbench_matches_numpy_reference_of_official_compute_accuracy():
+    # Independent reference: RM-Bench scripts/utils.py::compute_accuracy restated with numpy
+    # (acc_matrix = correct counts / items; hard = sum(triu(M, 1)) / 3; normal = mean(diag);
+    # easy = sum(tril(M, -1)) / 3), per domain, then the mean over domains.
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    outs, ref = [], {}
+    for domain, n_items in (("chat", 7), ("code", 5), ("safety-refuse", 4), ("safety-response", 3)):
+        for item in range(n_items):
+            right = rng.random((3, 3)) < 0.6
+            outs += [Outcome(_rm(domain, item, i, j), bool(right[i, j])) for i in range(3) for j in range(3)]
+            ref.setdefault("safety" if domain.startswith("safety") else domain, []).append(right)
+    s = score_rmbench(outs)
+    overall = []
+    for dom, mats in ref.items():
+        m = np.mean(np.stack(mats).astype(float), axis=0)
+        hard, normal, easy = np.sum(np.triu(m, 1)) / 3, np.mean(np.diag(m)), np.sum(np.tril(m, -1)) / 3
+        got = s["domains"][dom]
+        assert (got["hard"], got["normal"], got["easy"]) == pytest.approx((100 * hard, 100 * normal, 100 * easy), abs=TOL)
+        overall.append(100 * (hard + normal + easy) / 3)
+    assert s["overall"] == pytest.approx(float(np.mean(overall)), abs=TOL)

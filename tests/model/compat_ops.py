@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import tempfile
 import traceback
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional
 
 TINY = dict(model_type="qwen3", architectures=["Qwen3ForCausalLM"], num_hidden_layers=2, hidden_size=32,
             intermediate_size=64, num_attention_heads=4, num_key_value_heads=2, head_dim=16, vocab_size=256,

@@ -85,7 +85,8 @@ def run_jobs(rank: int, world_size: int, jobs: List[Dict]) -> List[Dict]:
 
 
 def copy_checkpoint(src: str, dst: str, drop_hf: bool = False, drop_key: Optional[str] = None) -> None:
-    """Copy a converted checkpoint, optionally without its ``hf/`` folder or without one tensor key.
+    """Copy a converted checkpoint, optionally without ``hf/`` + ``run_config.yaml`` (like a
+    bare training checkpoint) or without one tensor key.
 
     Dropping a key edits the DCP ``.metadata`` (the pickled ``Metadata``): its
     ``state_dict_metadata`` entry and storage records go, as if the tensor had never been saved.
@@ -96,6 +97,7 @@ def copy_checkpoint(src: str, dst: str, drop_hf: bool = False, drop_key: Optiona
     shutil.copytree(src, dst)
     if drop_hf:
         shutil.rmtree(Path(dst) / "hf")
+        (Path(dst) / "run_config.yaml").unlink()
     if drop_key:
         path = Path(dst) / ".metadata"
         md = pickle.loads(path.read_bytes())

@@ -4,7 +4,7 @@ Kept out of the test module so the spawned children import only this small file.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 
 def _hf_logits(hf_dir: str, ids):
@@ -192,7 +192,7 @@ def run_all(rank: int, world_size: int, cases: List[Dict], grad_cases: List[Dict
     """:func:`logits_parity` for ``cases`` then :func:`grad_parity` for ``grad_cases``."""
     import torch
 
-    from megatron_brrm.parallel import destroy_parallel
+    from megatron_brrm.parallel import cpu_compat, destroy_parallel
 
     out = {"logits": logits_parity(rank, world_size, cases, destroy=False), "grads": []}
     try:
@@ -202,5 +202,8 @@ def run_all(rank: int, world_size: int, cases: List[Dict], grad_cases: List[Dict
             labels = torch.randint(0, case["vocab_size"], (2, 16), generator=gen)
             out["grads"].append(grad_parity(case, ids, labels))
     finally:
+        out["compat_before_destroy"] = cpu_compat.is_installed()
         destroy_parallel()
+    out["compat_after_destroy"] = cpu_compat.is_installed()
+    out["torch_function_modes_after_destroy"] = torch._C._len_torch_function_stack()
     return out

@@ -120,8 +120,9 @@ def test_megatron_side_mismatches_and_interruptions(tmp_path, tiny_qwen3_dir):
         {"op": "cli_mg2hf", "argv": ["--megatron-path", hole, "--hf-path", out("j"), "--no-progress"]},
     ]
     res = run_on_ranks(run_jobs, 1, args=(jobs,), timeout_s=240, env=ENV)[0]
-    assert [r["ok"] for r in res[:3]] == [True] * 3, res[:3]
-    assert not any(r["ok"] for r in res[3:11]), res
+    status = "\n".join(f"{i}: ok={r['ok']} {r['error']}" for i, r in enumerate(res))
+    assert [r["ok"] for r in res[:3]] == [True] * 3, status
+    assert not any(r["ok"] for r in res[3:12]), status
     assert "vocab_size=4096" in res[3]["error"] and "vocab_size=2048" in res[3]["error"]
     assert "vocab mismatch: checkpoint tensor 'embedding.word_embeddings.weight' has 2048 rows" in res[4]["error"]
     assert "unexpected tensor 'decoder.layers.self_attention.k_layernorm.weight'" in res[5]["error"]

@@ -85,6 +85,14 @@ def test_export_to_hf_is_bit_exact_on_every_rank(parity):
 
 
 @pytest.mark.multiprocess
+def test_destroy_parallel_removes_the_cpu_layer_it_installed(parity):
+    _, per_rank = parity
+    for rank_out in per_rank:
+        assert rank_out["compat_before_destroy"] is True
+        assert rank_out["compat_after_destroy"] is False and rank_out["torch_function_modes_after_destroy"] == 0
+
+
+@pytest.mark.multiprocess
 def test_sequence_parallel_grads_match_transformers(parity):
     _, per_rank = parity
     for rank, rank_out in enumerate(per_rank):

@@ -34,3 +34,17 @@ def test_layout_must_divide_world_size():
 def test_destroy_without_init_is_a_noop():
     destroy_parallel()
     assert not torch.distributed.is_initialized()
+
+
+@pytest.mark.multiprocess
+def test_world_of_one_without_launcher_env():
+    from megatron_brrm.parallel.launch import run_on_ranks
+
+    from init_ranks import world_of_one
+
+    out = run_on_ranks(world_of_one, 1, timeout_s=120)[0]
+    assert len(out["runs"]) == 2  # a second init after destroy works (fresh port, no leftovers)
+    for run in out["runs"]:
+        assert run["state"] == (0, 1, 1, 1, 1, "gloo", "cpu")
+        assert run["compat"] is True and run["compat_after"] is False
+        assert run["env_rank"] is False  # the process environment is not modified

@@ -4,8 +4,8 @@ The reference is the HF model of the same folder, the GRPO loss written here fro
 formulas, ``torch.nn.utils.clip_grad_norm_`` and ``torch.optim.AdamW`` (no decay on 1-D
 parameters, as Megatron does) with the linear warm-up LR, for two optimizer steps on a
 fixed batch. The worker runs the same two steps at TP=2, PP=2, DP=2 (distributed optimizer
-sharding Adam state) and TP=2+SP, each with a different micro-batch split, in one spawned
-2-rank job. Checked per layout:
+sharding Adam state) and DP=2 with sequence packing, and TP=2+SP (plus TP=2+SP with packing, logprobs only),
+each with a different micro-batch split, in one spawned 2-rank job. Checked per layout:
 
 * ``get_logprobs`` and ``get_reference_logprobs`` = the HF full-vocabulary logprobs (<= 1e-5);
 * the loss and the (pre-clip) global grad norm of both steps (<= 1e-5 relative);
@@ -25,14 +25,13 @@ from megatron_brrm.parallel.launch import run_on_ranks
 B, T, P = 6, 16, 5  # sequences, padded length, prompt length
 LR, WARMUP, INIT_FACTOR, WD, CLIP = 1e-3, 2, 0.1, 0.1, 0.5
 KL, EPS_LOW, EPS_HIGH, DUAL_C, TIS = 0.05, 0.2, 0.28, 3.0, 1.5
-LAYOUTS = [  # (name, tp, pp, sp, micro_batch_size, max_tokens_per_microbatch, train)
-    ("tp2", 2, 1, False, 1, None, True),
-    ("pp2", 1, 2, False, 4, None, True),
-    ("dp2", 1, 1, False, 2, None, True),
-    # TP=2+SP: logprobs only. Training under SP fails inside Megatron's linear-layer backward
-    # (torch.empty(device=torch.cuda.current_device()) runs in the autograd engine, outside the
-    # CPU compat layer's TorchFunctionMode): a parallel/cpu_compat issue, reported to the lead.
-    ("tp2_sp", 2, 1, True, 6, 32, False),
+LAYOUTS = [  # (name, tp, pp, sp, micro_batch_size, max_tokens_per_microbatch, packing, train)
+    ("tp2", 2, 1, False, 1, None, False, True),
+    ("pp2", 1, 2, False, 4, None, False, True),
+    ("dp2", 1, 1, False, 2, None, False, True),
+    ("dp2_packed", 1, 1, False, 1, 28, True, True),
+    ("tp2_sp", 2, 1, True, 6, 32, False, True),
+    ("tp2_sp_packed", 2, 1, True, 1, 40, True, False),  # logprobs only (packing + SP padding)
 ]
 
 
@@ -110,7 +109,7 @@ def _worker_layouts(rank, world, model_dir, layouts):
 
     results = {}
     try:
-        for name, tp, pp, sp, mbs, max_tok, do_train in layouts:
+        for name, tp, pp, sp, mbs, max_tok, packing, do_train in layouts:
             cfg = RunConfig()
             cfg.model.hf_path = str(model_dir)
             cfg.parallel.tensor_model_parallel_size, cfg.parallel.pipeline_model_parallel_size = tp, pp
@@ -118,6 +117,7 @@ def _worker_layouts(rank, world, model_dir, layouts):
             g = cfg.grpo
             g.lr, g.lr_warmup_steps, g.lr_warmup_init_factor, g.weight_decay, g.clip_grad = LR, WARMUP, INIT_FACTOR, WD, CLIP
             g.micro_batch_size, g.max_tokens_per_microbatch, g.max_num_steps = mbs, max_tok, 10
+            g.sequence_packing = packing
             worker = PolicyWorker(cfg)
             full = _batch(worker.vocab_size)
             dp, dp_rank = worker.dp_size, __import__("megatron.core.parallel_state", fromlist=["x"]).get_data_parallel_rank()

@@ -121,7 +121,7 @@ def test_kill_resume_bit_identical_and_reshard(tiny_qwen3_dir, tmp_path):
     model_dir, save_dir = str(tiny_qwen3_dir), tmp_path / "ckpt"
     ref = run_on_ranks(_job, 2, args=(model_dir, str(save_dir), "uninterrupted"), timeout_s=300)[0]
 
-    with pytest.raises(RankError, match="code -9"):
+    with pytest.raises(RankError):  # rank 0 SIGKILLed itself; rank 1 either sees it die or loses its peer
         run_on_ranks(_job, 2, args=(model_dir, str(save_dir), "crash"), timeout_s=300)
     assert latest_checkpoint(save_dir).name == "step_00000002"  # the interrupted save did not move it
     assert [p.name for p in list_checkpoints(save_dir)] == ["step_00000002"]  # keep_last_k=1 removed step 1

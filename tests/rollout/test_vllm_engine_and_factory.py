@@ -118,6 +118,7 @@ def bare_engine(tok, model_dir, tied=False, bucket=1 << 20):
     eng.llm, eng._tokenizer, eng.refit_bucket_bytes = FakeLLM(), tok, bucket
     eng.manifest, eng.tied_embeddings, eng._processed_logprobs = hf_checkpoint_manifest(model_dir), tied, True
     eng._vllm = SimpleNamespace(SamplingParams=lambda **kw: SimpleNamespace(**kw))
+    eng._weights_dirty = False
     return eng
 
 
@@ -126,13 +127,18 @@ def test_vllm_update_weights_plumbing(tok, tiny_qwen3_dir):
 
     state = load_file(str(tiny_qwen3_dir / "model.safetensors"))
     eng = bare_engine(tok, tiny_qwen3_dir, bucket=64 * 2048 * 4)  # one embedding matrix per bucket
-    eng.update_weights(iter(state.items()))
+    items = list(state.items())
+    eng.update_weights(iter(items[:5]))  # a bucketed refit: several calls, finalised once before generating
+    eng.update_weights(iter(items[5:]))
+    assert "brrm_finish_weight_update" not in [m for m, _ in eng.llm.rpcs] and eng.llm.resets == 0
+    eng.generate([[1, 2]], SamplingParams(max_new_tokens=2))
+    eng.generate([[1, 2]], SamplingParams(max_new_tokens=2))
+    assert [m for m, _ in eng.llm.rpcs].count("brrm_finish_weight_update") == 1 and eng.llm.resets == 1
     loads = [a[0] for m, a in eng.llm.rpcs if m == "brrm_load_weights"]
-    assert [m for m, _ in eng.llm.rpcs][-1] == "brrm_finish_weight_update" and eng.llm.resets == 1
     sent = [n for bucket in loads for n, _ in bucket]
     assert sent == list(state) and len(loads) > 1
     assert all(t.device.type == "cpu" for bucket in loads for _, t in bucket)
-    assert eng.last_update_stats["tensors"] == len(state)
+    assert eng.last_update_stats["tensors"] == len(state) - 5
     with pytest.raises(KeyError, match="model.layers.7.mlp.up_proj.weight"):
         eng.update_weights([("model.layers.7.mlp.up_proj.weight", torch.zeros(1))])
     with pytest.raises(ValueError, match="shape mismatch for 'model.norm.weight'"):

@@ -1,16 +1,14 @@
 """Ray fixtures for the worker tests: one private local Ray instance per test module.
 
-Ray starts in ~5 s here, so a module starts it once and its finalizer always stops it,
-even when a test fails. Actors run with OMP_NUM_THREADS=1 (2-core machine).
+Ray starts in ~5 s here (10-20 s under load), so a module starts it once and its finalizer
+always stops it, even when a test fails. Actors get OMP_NUM_THREADS=1 from the WorkerGroup /
+engine-actor environment (2-core machine).
 """
 from __future__ import annotations
 
-import os
 import time
 
 import pytest
-
-os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 RAY_CPUS = 2
 

@@ -116,7 +116,8 @@ def test_bad_sizes_name_the_config_keys(ray_local):
         (dict(rollout=RolloutConfig(tensor_parallel_size=2), use_gpu=False),
          r"policy world size 1 is not a multiple of rollout.tensor_parallel_size = 2"),
         (dict(parallel=ParallelConfig(pipeline_model_parallel_size=0)), r"parallel.pipeline_model_parallel_size = 0"),
-        (dict(rollout=RolloutConfig(tensor_parallel_size=4)), r"rollout.tensor_parallel_size = 4 exceeds gpus_per_node = 2"),
+        (dict(rollout=RolloutConfig(tensor_parallel_size=4)),
+         r"rollout.tensor_parallel_size = 4 exceeds gpus_per_node = 2"),
         (dict(rollout=RolloutConfig(colocated=False)), r"rollout.colocated = false on GPU needs policy_world_size or "
                                                        r"num_generation_engines"),
         (dict(rollout=RolloutConfig(colocated=False), num_generation_engines=2), r"policy world size is 0"),
@@ -141,7 +142,8 @@ def test_engine_actor_shares_a_device_with_its_policy_rank(ray_local):
             info = ray.get(engine.handle.placement_info.remote(), timeout=60)
             assert info["engine_index"] == 0 and info["bundle_indices"] == [c.policy_placements[0].bundle_index]
             assert info["cuda_visible_devices"] == devices[0]  # colocated: the engine shares rank 0's device
-            bundle0 = f"GPU_group_{c.policy_placements[0].bundle_index}_{c.policy_placements[0].placement_group.id.hex()}"
+            p0 = c.policy_placements[0]
+            bundle0 = f"GPU_group_{p0.bundle_index}_{p0.placement_group.id.hex()}"
             assert ray.available_resources().get(bundle0, 0.0) == 0.0  # 0.5 policy + 0.5 engine
             assert engine.tokenizer == {"name": "e0"}
             out = engine.generate([[5, 6]], SamplingParams(n=2))
@@ -157,7 +159,8 @@ def test_engine_actor_shares_a_device_with_its_policy_rank(ray_local):
                                                   r"called while asleep"):
                 engine.generate([[1]], SamplingParams())
             engine.wake()
-            assert engine.generate([[1]], SamplingParams())[0][0].token_ids == [1, 0]
+            ref = engine.generate_async([[1]], SamplingParams())
+            assert engine.get(ref)[0][0].token_ids == [1, 0]
             with pytest.raises(WorkerError, match=r"update_weights\(\): KeyError: 'unknown parameter lm.bad'"):
                 engine.update_weights([("lm.bad", torch.zeros(1))])
         finally:

@@ -3,15 +3,18 @@ arguments, and the errors a caller sees when a rank raises, dies, hangs or fails
 from __future__ import annotations
 
 import os
+import socket
 import sys
 import time
 
 import pytest
 import ray
 from ray import cloudpickle
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from megatron_brrm.config import ParallelConfig, RolloutConfig
 from megatron_brrm.workers import Cluster, ClusterError, WorkerError, WorkerGroup
+from megatron_brrm.workers.worker_group import _free_port
 
 pytestmark = [pytest.mark.multiprocess, pytest.mark.timeout(180)]
 
@@ -85,8 +88,8 @@ def cluster():
     if ray.is_initialized():
         ray.shutdown()
     # TP=2 on CPU -> 2 policy ranks; colocated engines -> each actor takes half a 1-CPU bundle.
-    c = Cluster(ParallelConfig(tensor_model_parallel_size=2), RolloutConfig(colocated=True), num_cpus=2,
-                object_store_memory=128 * 1024 * 1024)
+    c = Cluster(ParallelConfig(tensor_model_parallel_size=2), RolloutConfig(colocated=True), address="local",
+                num_cpus=2, object_store_memory=128 * 1024 * 1024)
     try:
         yield c
     finally:
@@ -188,7 +191,13 @@ def test_dead_rank_gives_worker_error_and_shutdown_frees_bundles(cluster, dist_g
     # previous test's killed actors are released).
     assert wait_until(lambda: free() == pytest.approx(1.0), timeout_s=15)
     group = WorkerGroup(cluster, PlainWorker, 2, name="doomed", init_timeout_s=120, call_timeout_s=60)
-    assert free() == pytest.approx(0.0)  # two more half-bundle actors
+    assert free() == pytest.approx(0.0) and ray.available_resources().get("CPU", 0.0) == 0.0  # every CPU held
+    # The zero-CPU helper task (free port on a given node) still runs while actors hold every
+    # CPU (DESIGN.md 4.3: a 1-CPU task would wait for ever); the port it returns can be bound.
+    pinned = NodeAffinitySchedulingStrategy(cluster.policy_placements[0].node_id, soft=False)
+    port = ray.get(_free_port.options(scheduling_strategy=pinned).remote(), timeout=60)
+    with socket.socket() as s:
+        s.bind(("", port))
     handles = group.actors
     try:
         with pytest.raises(WorkerError) as info:
@@ -215,10 +224,9 @@ def test_dead_rank_gives_worker_error_and_shutdown_frees_bundles(cluster, dist_g
 def test_cluster_shutdown_stops_groups_and_its_own_ray(cluster, dist_group):
     # Runs last: the module's Cluster started Ray, so its shutdown stops the registered
     # worker groups and then Ray itself (the fixtures' finalizers are then no-ops).
-    handles = dist_group.actors
-    assert cluster._owns_ray and cluster._groups == [dist_group]
+    assert cluster._owns_ray and cluster._groups == [dist_group] and len(dist_group.actors) == 2
     cluster.shutdown()
-    assert dist_group._actors is None
+    assert dist_group._actors is None and cluster._groups == []  # the group was shut down first
     assert not ray.is_initialized()
     cluster.shutdown()  # idempotent
-    assert handles  # (the handles are now dangling: Ray is gone)
+    dist_group.shutdown()  # and a group whose Ray is gone shuts down quietly

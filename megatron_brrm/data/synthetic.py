@@ -1,0 +1,110 @@
+"""A synthetic preference task whose correct answer a tiny model can learn (the GRPO learning check).
+
+The signal. Every pair asks the same kind of short question; both responses are a few
+filler words, and the *preferred* response additionally contains a fixed marker word
+(default ``"correct"``) while the rejected one never does. The label is therefore a
+deterministic function of the text: "the response that holds the marker is better". Both
+orders of every pair are emitted (the swapped copy has the label flipped, as training uses
+in BR-RM, DESIGN.md 4.1), so a judge can only score above chance by looking at *where* the
+marker is (Response 1 or Response 2), never by a fixed position preference. A random judge,
+or one that ignores the responses, scores 50% on this data by construction.
+
+Train and held-out splits draw their filler words from disjoint halves of the word list, so
+held-out accuracy measures the learned rule, not memorised pairs.
+
+This module imports nothing of the project except the record type (DESIGN.md 2).
+"""
+from __future__ import annotations
+
+import random
+from typing import List, Sequence
+
+from .augment import swapped_copy
+from .schema import DataError, PreferencePair
+
+# Common English words (each in the shipped samples, so the tiny tokenizer has them as one or
+# two tokens). Index parity splits them into the train and held-out pools.
+FILLER_WORDS = (
+    "apple", "river", "green", "table", "music", "stone", "light", "paper", "house", "water",
+    "cloud", "chair", "smile", "bread", "north", "money", "plant", "glass", "sound", "story",
+    "field", "night", "train", "voice", "metal", "floor", "dream", "power", "earth", "heart",
+    "color", "sugar", "horse", "small", "large", "quick", "happy", "early", "clean", "round",
+)
+TOPICS = ("cats", "rain", "maps", "tea", "boats", "songs", "trees", "games", "books", "stars")
+MARKER = "correct"
+SOURCE = "synthetic_marker"
+
+
+def word_pool(split: str) -> List[str]:
+    """The filler words of ``split``: ``"train"`` (even indices) or ``"val"`` (odd indices).
+
+    Raises:
+        DataError: unknown split name.
+    """
+    if split == "train":
+        return list(FILLER_WORDS[0::2])
+    if split == "val":
+        return list(FILLER_WORDS[1::2])
+    raise DataError(f"synthetic task: split must be 'train' or 'val', got {split!r}")
+
+
+def marker_pair(rng: random.Random, index: int, words: Sequence[str], marker: str = MARKER,
+                num_filler_words: int = 1, split: str = "train") -> PreferencePair:
+    """One pair in its seeded order: the preferred response holds ``marker``.
+
+    Args:
+        rng: source of the question topic, the filler words and the order.
+        index: row number (goes into the id ``"synthetic_marker:<split>:<index>"``).
+        words: filler-word pool (must not contain ``marker``).
+        marker: the word that makes a response the better one.
+        num_filler_words: filler words per response (>= 1).
+
+    Returns:
+        A validated :class:`PreferencePair`; ``preference`` is the position of the marker (1 or 2).
+
+    Raises:
+        DataError: ``num_filler_words`` < 1, an empty pool, or a pool containing the marker.
+    """
+    if num_filler_words < 1:
+        raise DataError(f"synthetic task: num_filler_words must be >= 1, got {num_filler_words}")
+    if not words or marker in words:
+        raise DataError(f"synthetic task: the filler pool must be non-empty and exclude the marker {marker!r}")
+    good = " ".join([rng.choice(words) for _ in range(num_filler_words)] + [marker])
+    bad = " ".join(rng.choice(words) for _ in range(num_filler_words + 1))
+    first = rng.random() < 0.5
+    r1, r2, pref = (good, bad, 1) if first else (bad, good, 2)
+    question = f"Tell me about {rng.choice(TOPICS)}."
+    return PreferencePair(id=f"{SOURCE}:{split}:{index}", context=[{"role": "user", "content": question}],
+                          response1=r1, response2=r2, preference=pref, domain="general",
+                          source=SOURCE).validate()
+
+
+def marker_task(num_pairs: int, seed: int, split: str = "train", both_orders: bool = True,
+                marker: str = MARKER, num_filler_words: int = 1) -> List[PreferencePair]:
+    """The synthetic marker task (module docstring): ``num_pairs`` base pairs of ``split``.
+
+    Args:
+        num_pairs: base pairs to draw (>= 1).
+        seed: RNG seed; the same arguments always give the same records.
+        split: ``"train"`` or ``"val"`` (disjoint filler-word pools).
+        both_orders: emit every pair followed by its swapped copy (label flipped, id
+            ``+ ":swap"``): ``2 * num_pairs`` records with exactly half labelled 1.
+        marker, num_filler_words: see :func:`marker_pair`.
+
+    Returns:
+        ``num_pairs`` (or ``2 * num_pairs``) :class:`PreferencePair` records.
+
+    Raises:
+        DataError: ``num_pairs`` < 1 or bad arguments (see :func:`marker_pair`).
+    """
+    if num_pairs < 1:
+        raise DataError(f"synthetic task: num_pairs must be >= 1, got {num_pairs}")
+    rng = random.Random(f"{seed}:{split}")
+    words = word_pool(split)
+    out: List[PreferencePair] = []
+    for i in range(num_pairs):
+        pair = marker_pair(rng, i, words, marker=marker, num_filler_words=num_filler_words, split=split)
+        out.append(pair)
+        if both_orders:
+            out.append(swapped_copy(pair))
+    return out

@@ -1,0 +1,243 @@
+"""GRPO learning check: ``python tools/learning_check.py [--quick] [--config ...] [key=value ...]``.
+
+The end-to-end test that catches sign, mask and advantage bugs (issue 5, "Learning check").
+
+Task (``megatron_brrm/data/synthetic.py``): in every preference pair the preferred response
+holds the marker word ``correct`` and the rejected one does not; both orders of every pair
+are present, so the verdict must depend on *where* the marker is. Held-out pairs use filler
+words disjoint from the training ones.
+
+Steps, all in this process with the project's own APIs:
+
+1. a tiny random Qwen3 model (sizes from ``model.tiny_*``) with the local tokenizer;
+2. train / held-out JSONL of the marker task;
+3. SFT warm start (:func:`megatron_brrm.sft.run_sft`, TP=2 policy ranks) on format-correct
+   BR-RM traces whose verdicts are seeded coin flips: it teaches the output format and
+   nothing about the answer, so held-out accuracy starts near 50%; the traces use short
+   analyses (one focus dimension, one-word analyses) so generations stay short on CPU;
+4. GRPO (:class:`megatron_brrm.train.GRPOTrainer` ``.fit()``: two-turn HF-engine rollouts,
+   Megatron policy at TP=2 in Ray actors, refit every step), with validation on the held-out
+   pairs every ``grpo.val_every_n_steps`` steps (one sample per pair, fixed seed);
+5. the summary: held-out accuracy and format-error rate after SFT (GRPO step 0) and after
+   GRPO, the per-step curves, the elapsed time and the load average, printed and written to
+   ``<output-dir>/learning_check.json``.
+
+Exit status 0 when the targets are met, 1 when they are missed, 2 on a bad config.
+
+Targets. Full form: final held-out accuracy >= 0.80, format-error rate not higher than after
+SFT (and strictly lower when SFT left any errors), within ``--time-limit`` seconds (600).
+``--quick`` (CI): fewer steps and pairs; accuracy must rise by at least ``3 * sigma_diff``
+where ``sigma_diff = sqrt(2 * 0.25 / N)`` is the standard deviation of the difference of two
+independent held-out accuracies of N Bernoulli(0.5) verdicts (the largest Bernoulli variance,
+so a conservative noise level: a judge that learned nothing passes with probability ~0.1%),
+and the format-error rate must not rise.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import math
+import os
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+DEFAULT_CONFIG = REPO_ROOT / "model_configs" / "learning_check.yaml"
+
+# The reduced CI form: applied before the user's overrides.
+QUICK_OVERRIDES = [
+    "grpo.max_num_steps=12", "grpo.val_every_n_steps=4", "grpo.val_num_pairs=64",
+]
+
+FULL_TARGETS = {"min_final_accuracy": 0.80}
+
+
+def _noise_sigma(n: int) -> float:
+    """Std of the difference of two held-out accuracies of ``n`` independent Bernoulli(0.5) verdicts."""
+    return math.sqrt(2 * 0.25 / max(n, 1))
+
+
+def short_traces(protocol, pairs, seed: int) -> List[List[Dict[str, str]]]:
+    """Format-correct BR-RM conversations with RANDOM verdicts for the SFT warm start.
+
+    Same construction as :func:`megatron_brrm.rollout.traces.synthetic_trace` (the protocol's
+    own ``format_turn_output``) with one focus dimension and one-word analyses, so a trace is
+    ~100 generated tokens instead of ~300. The verdict is ``rng.choice((1, 2))``, independent
+    of the pair: the traces carry no information about the answer.
+    """
+    from megatron_brrm.judge import DIMENSIONS
+
+    rng = random.Random(seed)
+    traces = []
+    for p in pairs:
+        pref = rng.choice((1, 2))
+        msgs = list(protocol.turn1_messages(p.context, p.response1, p.response2))
+        msgs.append({"role": "assistant", "content": protocol.format_turn_output(
+            0, preference=pref, dimensions=[rng.choice(list(DIMENSIONS))], analysis1="None.", analysis2="None.")})
+        msgs.append(protocol.followup_message(1))
+        msgs.append({"role": "assistant", "content": protocol.format_turn_output(
+            1, preference=pref, analysis1="Checked.", analysis2="Checked.")})
+        traces.append(msgs)
+    return traces
+
+
+def _resolve(path: Optional[str]) -> Optional[str]:
+    """A relative path that does not exist from the current folder is taken from the repo root."""
+    if path is None or os.path.isabs(path) or os.path.exists(path):
+        return path
+    return str(REPO_ROOT / path)
+
+
+def _read_metrics(path: Path) -> List[dict]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tools/learning_check.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default=str(DEFAULT_CONFIG), help="recipe (default model_configs/learning_check.yaml)")
+    p.add_argument("--quick", action="store_true", help="reduced CI form with the weaker criterion (module docstring)")
+    p.add_argument("--output-dir", default=None, help="default: logging.output_dir of the recipe (+ '_quick')")
+    p.add_argument("--num-train-pairs", type=int, default=128, help="base training pairs (x2 orders)")
+    p.add_argument("--num-val-pairs", type=int, default=64, help="base held-out pairs (x2 orders)")
+    p.add_argument("--tokenizer-dir", default=None, help="reuse a saved tiny tokenizer (skips training one)")
+    p.add_argument("--time-limit", type=float, default=600.0, help="seconds allowed for SFT + GRPO (full form)")
+    p.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. grpo.max_num_steps=40")
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("PYTHONWARNINGS", "ignore::UserWarning,ignore::FutureWarning")
+    from megatron_brrm.config import ConfigError, load_config
+
+    overrides = (QUICK_OVERRIDES if args.quick else []) + list(args.overrides)
+    try:
+        cfg = load_config(args.config, overrides)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if cfg.checkpoint.save_dir:
+        print("note: checkpoint.save_dir is set; the learning check writes no checkpoint, ignoring it", file=sys.stderr)
+    out = Path(args.output_dir or (cfg.logging.output_dir + ("_quick" if args.quick else ""))).absolute()
+    out.mkdir(parents=True, exist_ok=True)
+    load_start = os.getloadavg()
+    t_start = time.time()
+
+    from megatron_brrm.data import write_pairs
+    from megatron_brrm.data.synthetic import marker_task
+    from megatron_brrm.judge import get_protocol
+    from megatron_brrm.model.tiny import build_tiny_hf_model
+    from megatron_brrm.rollout.traces import write_traces
+
+    template_dir = _resolve(cfg.judge.template_dir)
+    protocol = get_protocol(cfg.judge.protocol, template_dir)
+    train = marker_task(args.num_train_pairs, seed=cfg.data.seed, split="train")
+    val = marker_task(args.num_val_pairs, seed=cfg.data.seed, split="val")
+    write_pairs(out / "train.jsonl", train)
+    write_pairs(out / "val.jsonl", val)
+    traces_path = out / "sft_traces.jsonl"
+    write_traces(traces_path, short_traces(protocol, train, seed=cfg.data.seed))
+
+    m = cfg.model
+    hf_dir = build_tiny_hf_model(out / "tiny_hf", arch="qwen3", seed=cfg.parallel.seed, tokenizer_dir=args.tokenizer_dir,
+                                 num_layers=m.tiny_num_layers, hidden_size=m.tiny_hidden_size,
+                                 num_attention_heads=m.tiny_num_attention_heads,
+                                 num_key_value_heads=m.tiny_num_key_value_heads, head_dim=m.tiny_head_dim,
+                                 intermediate_size=m.tiny_intermediate_size, vocab_size=m.tiny_vocab_size,
+                                 tie_word_embeddings=m.tiny_tie_word_embeddings)
+    cfg = dataclasses.replace(
+        cfg,
+        model=dataclasses.replace(cfg.model, hf_path=str(hf_dir), megatron_path=None),
+        data=dataclasses.replace(cfg.data, train_path=str(out / "train.jsonl"), val_path=str(out / "val.jsonl")),
+        judge=dataclasses.replace(cfg.judge, template_dir=template_dir),
+        checkpoint=dataclasses.replace(cfg.checkpoint, save_dir=None),
+        logging=dataclasses.replace(cfg.logging, output_dir=str(out)),
+        sft=dataclasses.replace(cfg.sft, traces_path=str(traces_path), output_hf_dir=str(out / "sft_hf")),
+    )
+    t_setup = time.time() - t_start
+
+    from megatron_brrm.sft import run_sft
+    from megatron_brrm.train import GRPOTrainer
+
+    t0 = time.time()
+    sft_hf = run_sft(cfg)
+    t_sft = time.time() - t0
+
+    metrics_path = out / "metrics.jsonl"
+    if metrics_path.exists():
+        metrics_path.unlink()  # fit() appends; a rerun into the same folder starts a fresh curve
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, hf_path=str(sft_hf)))
+    t0 = time.time()
+    trainer = GRPOTrainer(cfg, resume=False)
+    try:
+        last = trainer.fit()
+        if "validation/accuracy" not in last:
+            last = dict(last, **trainer.validate())
+            trainer.metrics.log(trainer.step, {k: v for k, v in last.items() if k.startswith("validation/")})
+    finally:
+        trainer.close()
+    t_grpo = time.time() - t0
+    elapsed = time.time() - t_start
+
+    rows = _read_metrics(metrics_path)
+    val_curve = [{"step": r["step"], "accuracy": r["validation/accuracy"],
+                  "format_error_rate": r["validation/format_error_rate"]} for r in rows if "validation/accuracy" in r]
+    train_curve = [{"step": r["step"], "accuracy": r.get("rollout/accuracy"),
+                    "format_error_rate": r.get("rollout/format_error_rate"), "reward_mean": r.get("rollout/reward_mean"),
+                    "step_s": r.get("timing/step")} for r in rows if "rollout/accuracy" in r]
+    if not val_curve or val_curve[0]["step"] != 0:
+        print("error: no step-0 validation in metrics.jsonl (data.val_path unset?)", file=sys.stderr)
+        return 1
+    before, after = val_curve[0], val_curve[-1]
+    n_val = min(len(val), cfg.grpo.val_num_pairs)
+    sigma = _noise_sigma(n_val)
+    checks: Dict[str, bool] = {}
+    fmt_before, fmt_after = before["format_error_rate"], after["format_error_rate"]
+    if args.quick:
+        checks["accuracy_gain>=3sigma"] = after["accuracy"] - before["accuracy"] >= 3 * sigma
+        checks["format_error_not_higher"] = fmt_after <= fmt_before
+    else:
+        checks["final_accuracy>=0.80"] = after["accuracy"] >= FULL_TARGETS["min_final_accuracy"]
+        checks["format_error_lowered"] = fmt_after < fmt_before if fmt_before > 0 else fmt_after == 0
+        checks["within_time_limit"] = t_sft + t_grpo <= args.time_limit
+    passed = all(checks.values())
+    summary = {
+        "mode": "quick" if args.quick else "full", "passed": passed, "checks": checks,
+        "signal": "the preferred response contains the marker word 'correct'; both orders present",
+        "before": before, "after": after, "num_val_trajectories": n_val, "noise_sigma_diff": sigma,
+        "validation_curve": val_curve, "train_curve": train_curve,
+        "seconds": {"setup": t_setup, "sft": t_sft, "grpo": t_grpo, "total": elapsed},
+        "load_average_start": load_start, "load_average_end": os.getloadavg(),
+        "config": {"grpo.max_num_steps": cfg.grpo.max_num_steps, "grpo.num_prompts_per_step": cfg.grpo.num_prompts_per_step,
+                   "grpo.num_generations": cfg.grpo.num_generations, "grpo.lr": cfg.grpo.lr,
+                   "grpo.kl_coef": cfg.grpo.kl_coef, "sft.num_steps": cfg.sft.num_steps, "sft.lr": cfg.sft.lr,
+                   "num_train_rows": len(train), "num_val_rows": len(val)},
+        "output_dir": str(out),
+    }
+    (out / "learning_check.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print("\nGRPO learning check (%s)" % summary["mode"])
+    print(f"  held-out accuracy     {before['accuracy']:.3f} (after SFT) -> {after['accuracy']:.3f} (after GRPO, "
+          f"step {after['step']}); noise sigma of the difference {sigma:.3f} (N={n_val})")
+    print(f"  held-out format error {fmt_before:.3f} -> {fmt_after:.3f}")
+    print("  validation curve: " + ", ".join(f"{r['step']}:{r['accuracy']:.2f}/{r['format_error_rate']:.2f}" for r in val_curve))
+    print(f"  time: setup {t_setup:.0f} s, SFT {t_sft:.0f} s, GRPO {t_grpo:.0f} s, total {elapsed:.0f} s; "
+          f"load average {load_start[0]:.1f} -> {os.getloadavg()[0]:.1f}")
+    print("  checks: " + ", ".join(f"{k}={'ok' if v else 'FAILED'}" for k, v in checks.items()))
+    print(f"  summary: {out / 'learning_check.json'}")
+    return 0 if passed else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
