@@ -138,7 +138,7 @@ class GRPOTrainer:
 
     def train_step(self) -> Dict[str, float]:
         """One GRPO step (rollout -> advantages -> logprobs -> optimizer steps -> refit)."""
-        from megatron_brrm.rl.advantages import compute_grpo_advantages
+        from megatron_brrm.rl.advantages import advantages_from_config
         from megatron_brrm.rollout.trajectory import rollout_metrics
         from megatron_brrm.rollout.two_turn import rollout
         from megatron_brrm.workers.batching import split_minibatches, trajectories_to_batch
@@ -155,9 +155,7 @@ class GRPOTrainer:
         m.update({f"rollout/{k}": v for k, v in rollout_metrics(trajs).items()})
 
         rewards = torch.tensor([t.reward for t in trajs], dtype=torch.float32)
-        adv = compute_grpo_advantages(rewards, [t.group_id for t in trajs],
-                                      leave_one_out_baseline=cfg.grpo.use_leave_one_out_baseline,
-                                      normalize_by_std=cfg.grpo.normalize_rewards_by_std)
+        adv = advantages_from_config(rewards, [t.group_id for t in trajs], cfg.grpo)
         m.update({f"advantages/{k}": v for k, v in adv.metrics.items()})
         batch = trajectories_to_batch(trajs, adv.advantages, pad_id=self.tokenizer.pad_token_id or 0)
 

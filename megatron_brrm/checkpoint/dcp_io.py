@@ -219,8 +219,11 @@ def write_dist_checkpoint(out_dir: str | os.PathLike, sharded_state_dict: dict, 
     save_config(CheckpointingConfig("torch_dist", 1), str(out_dir))  # metadata.json last: marks completion
 
 
-def load_tensors(ckpt_dir: str | os.PathLike, requests: Dict[str, Tuple[str, Optional[Tuple[int, int]], Tuple[int, ...], torch.dtype]]
-                 ) -> Dict[str, torch.Tensor]:
+# Load request: (key, (layer index, number of layers) or None, shape without the layer axis, dtype).
+LoadRequest = Tuple[str, Optional[Tuple[int, int]], Tuple[int, ...], torch.dtype]
+
+
+def load_tensors(ckpt_dir: str | os.PathLike, requests: Dict[str, LoadRequest]) -> Dict[str, torch.Tensor]:
     """Load whole tensors, or one layer of a stacked key, from a torch_dist checkpoint.
 
     Args:
@@ -249,4 +252,6 @@ def load_tensors(ckpt_dir: str | os.PathLike, requests: Dict[str, Tuple[str, Opt
             sharded[name] = ShardedTensor.from_rank_offsets(key, data, (0, layer[0], layer[1]), replica_id=0)
     with unwrap_dcp_errors():
         loaded = dist_checkpointing.load(sharded, str(ckpt_dir), validate_access_integrity=False)
-    return {name: (t[0] if requests[name][1] is not None else t) for name, t in loaded.items()}
+    # ``load`` also returns the checkpoint's common (non-tensor) state; keep the requests only.
+    return {name: (loaded[name][0] if layer is not None else loaded[name])
+            for name, (_, layer, _, _) in requests.items()}

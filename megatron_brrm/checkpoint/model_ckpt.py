@@ -407,7 +407,7 @@ def _check_reference_matches_stored(ckpt_dir: Path, ref_dir: Path, ref_config: d
 
 
 def _detect_key_prefix(meta: Dict[str, tuple], ckpt_dir: Path) -> str:
-    prefixes = sorted({k[: -len(_ANCHOR_KEY)] for k in meta if k.endswith(_ANCHOR_KEY)})
+    prefixes = sorted({k[: -len(_ANCHOR_KEY)] for k in meta if k.endswith(_ANCHOR_KEY) and not _is_non_model_key(k)})
     if not prefixes:
         raise ConversionError(f"{ckpt_dir} holds no GPT model weights (no {_ANCHOR_KEY!r} tensor); tensors found: "
                               f"{_names_list(sorted(meta))}")
@@ -458,7 +458,7 @@ def _groups(names: Sequence[str], sizes: Dict[str, int], budget: int) -> Iterato
 def convert_megatron_to_hf(megatron_path: str | os.PathLike, hf_path: str | os.PathLike,
                            hf_reference: Optional[str | os.PathLike] = None, dtype: Optional[str] = None,
                            max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES, key_prefix: Optional[str] = None,
-                           read_budget_bytes: int = 256 * 2**20, overwrite: bool = False,
+                           read_budget_bytes: int = 64 * 2**20, overwrite: bool = False,
                            progress: bool = False) -> ConversionSummary:
     """Convert a Megatron torch_dist checkpoint (any TP/PP it was saved with) to an HF folder.
 
@@ -505,39 +505,37 @@ def convert_megatron_to_hf(megatron_path: str | os.PathLike, hf_path: str | os.P
         raise ConversionError(f"vocab mismatch: checkpoint tensor {emb_key!r} has {padded} rows but config.json "
                               f"({ref_dir}) says vocab_size={vocab}")
     mapping = get_mapping(hf_config, padded_vocab_size=padded)
-    out_dtype = DTYPES[dtype] if dtype is not None else None
     if dtype is not None and dtype not in DTYPES:
         raise ConversionError(f"--dtype {dtype!r} is not one of {sorted(DTYPES)}")
+    out_dtype = DTYPES[dtype] if dtype is not None else None
 
     with conversion_parallel_state():
         layout = _tensor_layout(meta_sharded_state_dict(hf_config, torch.float32, padded))
-    _check_mapping_covers_model(mapping, layout)
-    expected = {st.key: tuple(st.global_shape) for shards in layout.values() for st in shards}
-    _validate_checkpoint_tensors(meta, prefix, expected, ckpt_dir, hf_config, vocab)
+        _check_mapping_covers_model(mapping, layout)
+        expected = {st.key: tuple(st.global_shape) for shards in layout.values() for st in shards}
+        _validate_checkpoint_tensors(meta, prefix, expected, ckpt_dir, hf_config, vocab)
+        names = mapping.megatron_param_names()
+        requests, sizes, plan = {}, {}, []
+        for name in names:
+            st = layout[name][0]
+            stored_dtype = meta[prefix + st.key][1]
+            layer = (st.global_offset[0], st.global_shape[0]) if st.prepend_axis_num else None
+            shape = tuple(mapping.full_shape(name))
+            requests[name] = (prefix + st.key, layer, shape, stored_dtype)
+            sizes[name] = dtype_nbytes(shape, stored_dtype)
+            for hf_name in mapping.hf_names_for(name):
+                plan.append((hf_name, tuple(mapping.hf_shape(hf_name)), out_dtype or stored_dtype))
 
-    names = mapping.megatron_param_names()
-    requests, sizes, plan = {}, {}, []
-    for name in names:
-        st = layout[name][0]
-        stored_dtype = meta[prefix + st.key][1]
-        layer = (st.global_offset[0], st.global_shape[0]) if st.prepend_axis_num else None
-        shape = tuple(mapping.full_shape(name))
-        requests[name] = (prefix + st.key, layer, shape, stored_dtype)
-        sizes[name] = dtype_nbytes(shape, stored_dtype)
-        for hf_name in mapping.hf_names_for(name):
-            plan.append((hf_name, tuple(mapping.hf_shape(hf_name)), out_dtype or stored_dtype))
-    config_dtype = out_dtype or meta[emb_key][1]
-
-    with conversion_parallel_state(), atomic_output_dir(hf_path, overwrite=overwrite) as tmp, \
-            _progress(sum(sizes.values()), f"Megatron -> HF {hf_path.name}", progress) as bar:
-        with ShardedSafetensorsWriter(tmp, plan, max_shard_bytes=max_shard_bytes) as writer:
-            for group in _groups(names, sizes, read_budget_bytes):
-                loaded = load_tensors(ckpt_dir, {n: requests[n] for n in group})
-                for name in group:
-                    for hf_name, tensor in mapping.to_hf(name, loaded.pop(name)).items():
-                        writer.write(hf_name, tensor if out_dtype is None else tensor.to(out_dtype))
-                    bar.update(sizes[name])
-        write_hf_config(raw_config, tmp, [arch.hf_class], config_dtype)
-        copy_hf_side_files(ref_dir, tmp)
+        with atomic_output_dir(hf_path, overwrite=overwrite) as tmp, \
+                _progress(sum(sizes.values()), f"Megatron -> HF {hf_path.name}", progress) as bar:
+            with ShardedSafetensorsWriter(tmp, plan, max_shard_bytes=max_shard_bytes) as writer:
+                for group in _groups(names, sizes, read_budget_bytes):
+                    loaded = load_tensors(ckpt_dir, {n: requests[n] for n in group})
+                    for name in group:
+                        for hf_name, tensor in mapping.to_hf(name, loaded.pop(name)).items():
+                            writer.write(hf_name, tensor if out_dtype is None else tensor.to(out_dtype))
+                        bar.update(sizes[name])
+            write_hf_config(raw_config, tmp, [arch.hf_class], out_dtype or meta[emb_key][1])
+            copy_hf_side_files(ref_dir, tmp)
     return ConversionSummary(hf_path, len(plan), sum(dtype_nbytes(s, d) for _, s, d in plan),
                              time.perf_counter() - start)

@@ -233,7 +233,8 @@ def _barrier() -> None:
 
 
 def _all_params_finite(model) -> bool:
-    bad = torch.zeros(1)
+    device = next((p.device for c in _chunks(model) for p in c.parameters()), torch.device("cpu"))
+    bad = torch.zeros(1, device=device)
     for chunk in _chunks(model):
         for p in chunk.parameters():
             if not torch.isfinite(p.detach()).all():

@@ -134,7 +134,9 @@ def build_tiny_hf_model(
     Args:
         out_dir: target folder; written atomically (temp folder renamed at the end).
         arch: "qwen3" or "llama".
-        seed: torch seed for the weights (initializer_range 0.02, as transformers inits).
+        seed: torch seed for the weights (initializer_range 0.02, as transformers inits;
+            RMSNorm weights are drawn around 1.0, ``1 + 0.1 * N(0, 1)``, so parity tests
+            notice a swapped or missing norm).
         tokenizer_dir: reuse a tokenizer saved there instead of training one (faster).
         **config_kwargs: forwarded to :func:`tiny_hf_config` (sizes, tying, head_dim...).
 
@@ -156,6 +158,10 @@ def build_tiny_hf_model(
     config = tiny_hf_config(arch=arch, **config_kwargs)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    with torch.no_grad():  # norms start at 1.0 in transformers; randomise them so a swapped norm shows
+        for name, param in model.named_parameters():
+            if "norm" in name:
+                param.mul_(1.0 + 0.1 * torch.randn_like(param))
     tmp = Path(tempfile.mkdtemp(prefix=out.name + ".tmp.", dir=out.parent if out.parent.exists() else None))
     try:
         model.save_pretrained(tmp, safe_serialization=True)

@@ -189,3 +189,12 @@ def expand_to_tokens(advantages: torch.Tensor, loss_mask: torch.Tensor) -> torch
         raise ValueError(f"advantages [B] and loss_mask [B, T] must agree, got {tuple(advantages.shape)} "
                          f"and {tuple(loss_mask.shape)}")
     return advantages.to(torch.float32).unsqueeze(1) * loss_mask.to(torch.float32)
+
+
+def advantages_from_config(rewards: torch.Tensor, group_ids: GroupIds, grpo_cfg) -> AdvantageResult:
+    """:func:`compute_grpo_advantages` with the settings of a
+    :class:`megatron_brrm.config.GRPOConfig` (``use_leave_one_out_baseline``,
+    ``normalize_rewards_by_std``, ``advantage_std_type``)."""
+    return compute_grpo_advantages(rewards, group_ids, leave_one_out_baseline=grpo_cfg.use_leave_one_out_baseline,
+                                   normalize_by_std=grpo_cfg.normalize_rewards_by_std,
+                                   std_type=getattr(grpo_cfg, "advantage_std_type", "nemo_rl"))

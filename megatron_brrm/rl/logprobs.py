@@ -43,7 +43,8 @@ def _all_reduce(t: torch.Tensor, op, group) -> None:
         dist.all_reduce(t, op=op, group=group)
 
 
-def _scaled_logits(logits: torch.Tensor, temperature: float, vocab_start: int, vocab_size: Optional[int]) -> torch.Tensor:
+def _scaled_logits(logits: torch.Tensor, temperature: float, vocab_start: int,
+                   vocab_size: Optional[int]) -> torch.Tensor:
     z = logits.float()
     if temperature != 1.0:
         z = z / temperature

@@ -227,7 +227,8 @@ def clipped_pg_loss(logprobs: torch.Tensor, batch: Mapping[str, torch.Tensor], c
     is_weight = None
     if cfg.truncated_importance_sampling is not None:
         if rollout is None:
-            raise KeyError("truncated importance sampling needs 'rollout_logprobs' (the engine's logprobs) in the batch")
+            raise KeyError("truncated importance sampling needs 'rollout_logprobs' (the engine's logprobs) "
+                           "in the batch")
         is_weight = torch.exp(old - rollout).clamp(max=cfg.truncated_importance_sampling).detach()
         pg = pg * is_weight
     per_token = pg

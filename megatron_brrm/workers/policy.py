@@ -19,6 +19,10 @@ share of the global batch, layout in :mod:`megatron_brrm.workers.policy_data`).
   ``lr_warmup_init_factor * lr`` to ``lr`` over ``lr_warmup_steps`` steps, then constant.
 * Forward/backward through ``get_forward_backward_func`` (no pipelining / 1F1B /
   interleaved); ``batch_p2p_comm=False`` is set by the model config (DESIGN.md 4.3).
+  Micro-batches come from :mod:`megatron_brrm.workers.policy_data` (padding, or sequence
+  packing with ``grpo.sequence_packing``); with a virtual pipeline, empty micro-batches are
+  appended so their number is a multiple of PP (the interleaved schedule requires it).
+  Batches are given on CPU; each micro-batch moves to the model's device in the forward step.
 * Loss normalisation: the loss function receives the global valid-token / sequence counts
   (summed over micro-batches and all-reduced over DP) and its micro-batch loss is multiplied
   by ``num_microbatches * dp_size`` to cancel Megatron's per-micro-batch division and DDP's
@@ -41,7 +45,8 @@ import torch
 
 from megatron_brrm.rl.logprobs import token_logprobs
 from megatron_brrm.rl.loss import Normalizer, reduce_metrics
-from megatron_brrm.workers.policy_data import Batch, make_microbatches, make_packed_microbatches
+from megatron_brrm.workers.policy_data import (Batch, MicroBatch, make_microbatches, make_packed_microbatches,
+                                                pad_microbatch_count)
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +108,9 @@ class PolicyWorker:
     Args:
         cfg: :class:`megatron_brrm.config.RunConfig` (``model``, ``parallel``, ``grpo``,
             ``rollout.temperature``).
-        hf_path: HF folder with the initial (and reference) weights; default ``cfg.model.hf_path``.
+        hf_path: HF folder with the config and, unless ``cfg.model.megatron_path`` is set, the
+            initial (and reference) weights; default ``cfg.model.hf_path``. With
+            ``cfg.model.megatron_path`` the weights come from that converted Megatron checkpoint.
         init_parallel: call :func:`megatron_brrm.parallel.initialize_parallel` (False when the
             caller already did, with the same ``cfg.parallel``).
 
@@ -136,6 +143,9 @@ class PolicyWorker:
         self.dp_size = mpu.get_data_parallel_world_size()
         self.vp_size = cfg.parallel.virtual_pipeline_model_parallel_size
         self.temperature = float(cfg.rollout.temperature)
+        # batches arrive on CPU; micro-batches move to the model's device in the forward step
+        self.device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else \
+            torch.device("cpu")
         g = cfg.grpo
 
         if g.sequence_packing:
@@ -150,7 +160,12 @@ class PolicyWorker:
                   for v in (range(self.vp_size) if self.vp_size else [None])]
         self.mapping = get_mapping(self.hf_config, make_vocab_size_divisible_by=cfg.model.make_vocab_size_divisible_by,
                                    tp_size=self.tp_size)
-        load_hf_weights_into_megatron(chunks, hf_weight_getter(self.hf_path), self.mapping, vp_size=self.vp_size)
+        if cfg.model.megatron_path:  # a converted Megatron checkpoint (tools/convert_hf_to_megatron.py)
+            from megatron_brrm.checkpoint.model_load import load_model_weights
+
+            load_model_weights(chunks, cfg.model.megatron_path)
+        else:
+            load_hf_weights_into_megatron(chunks, hf_weight_getter(self.hf_path), self.mapping, vp_size=self.vp_size)
         self.model_config = chunks[0].config
         ddp_cfg = DistributedDataParallelConfig(grad_reduce_in_fp32=True, overlap_grad_reduce=False,
                                                 use_distributed_optimizer=cfg.parallel.use_distributed_optimizer)
@@ -164,7 +179,8 @@ class PolicyWorker:
         opt_cfg = OptimizerConfig(
             optimizer="adam", lr=g.lr, min_lr=min_lr, weight_decay=g.weight_decay, adam_beta1=g.adam_beta1,
             adam_beta2=g.adam_beta2, adam_eps=g.adam_eps, clip_grad=g.clip_grad, decoupled_weight_decay=True,
-            use_distributed_optimizer=cfg.parallel.use_distributed_optimizer, params_dtype=self.model_config.params_dtype,
+            use_distributed_optimizer=cfg.parallel.use_distributed_optimizer,
+            params_dtype=self.model_config.params_dtype,
             bf16=self.model_config.bf16, fp16=self.model_config.fp16)
         self.optimizer = get_megatron_optimizer(opt_cfg, self.model)
         warmup = int(g.lr_warmup_steps)
@@ -183,15 +199,21 @@ class PolicyWorker:
         g = self.cfg.grpo
         pad = self.tp_size if self.model_config.sequence_parallel else 1
         if g.sequence_packing:
-            return make_packed_microbatches(batch, g.max_tokens_per_microbatch, pad_multiple=pad,
-                                            fixed_shape=self.pp_size > 1)
-        return make_microbatches(batch, g.micro_batch_size, g.max_tokens_per_microbatch, pad_multiple=pad,
-                                 fixed_shape=self.pp_size > 1)
+            mbs, stats = make_packed_microbatches(batch, g.max_tokens_per_microbatch, pad_multiple=pad,
+                                                  fixed_shape=self.pp_size > 1)
+        else:
+            mbs, stats = make_microbatches(batch, g.micro_batch_size, g.max_tokens_per_microbatch, pad_multiple=pad,
+                                           fixed_shape=self.pp_size > 1)
+        if self.vp_size:
+            mbs = pad_microbatch_count(mbs, self.pp_size)
+            stats["num_microbatches"] = len(mbs)
+        return mbs, stats
 
     def _forward_step(self, loss_func_factory, data_iterator, model):
         mb = next(data_iterator)
+        mb = MicroBatch(mb.rows, {k: v.to(self.device, non_blocking=True) for k, v in mb.data.items()}, mb.segments)
         ids = mb.data["input_ids"]
-        pos = torch.arange(ids.shape[1], dtype=torch.long).unsqueeze(0).expand_as(ids)
+        pos = torch.arange(ids.shape[1], dtype=torch.long, device=ids.device).unsqueeze(0).expand_as(ids)
         output = model(ids, pos, mb.data.get("attention_mask"))
         return output, partial(loss_func_factory, mb)
 
@@ -249,10 +271,9 @@ class PolicyWorker:
 
         store = self._run(mbs, stats, loss_func, forward_only=True)
         b, t = batch["input_ids"].shape
-        result = None
+        lp = torch.zeros(b, t)
+        ent = torch.zeros(b, t) if with_entropy else None
         if store:  # last pipeline stage
-            lp = torch.zeros(b, t)
-            ent = torch.zeros(b, t) if with_entropy else None
             for mb, out in zip(mbs, store):
                 for row, j, st, n in mb.segments:
                     lp[row, :n] = out["logprobs"][j, st:st + n].float()
@@ -260,14 +281,22 @@ class PolicyWorker:
                     if ent is not None:
                         ent[row, :n] = out["entropy"][j, st:st + n].float()
                         ent[row, 0] = 0.0
-            result = (lp, ent)
-        lp, ent = self._broadcast_from_last_stage(result)
+        if self.pp_size > 1:  # every stage returns the last stage's result (tensor broadcast)
+            from megatron.core import parallel_state as mpu
+
+            group = mpu.get_pipeline_model_parallel_group()
+            src = torch.distributed.get_global_rank(group, self.pp_size - 1)
+            for tensor in (lp, ent) if ent is not None else (lp,):
+                buf = tensor.to(self.device)
+                torch.distributed.broadcast(buf, src=src, group=group)
+                tensor.copy_(buf.cpu())
         return (lp, ent) if with_entropy else lp
 
     @contextlib.contextmanager
     def reference_weights(self):
-        """Context manager: the frozen initial weights are swapped into the model inside it."""
-        current = [p.detach().clone() for p in self._params]
+        """Context manager: the frozen initial weights are swapped into the model inside it
+        (the current weights wait in CPU memory and are copied back bit-exactly on exit)."""
+        current = [p.detach().to("cpu", copy=True) for p in self._params]
         with torch.no_grad():
             for p, r in zip(self._params, self._reference):
                 p.copy_(r)
@@ -290,9 +319,10 @@ class PolicyWorker:
 
         if "loss_mask" not in batch:
             raise PolicyError("train batch is missing 'loss_mask' ([B, T], 1 on generated tokens)")
-        counts = Normalizer.local_counts(batch["loss_mask"])
+        counts = Normalizer.local_counts(batch["loss_mask"]).to(self.device)
         if self.dp_size > 1:
             torch.distributed.all_reduce(counts, group=mpu.get_data_parallel_group())
+        counts = counts.cpu()
         return Normalizer(float(counts[0]), float(counts[1]))
 
     def _reduce_over_dp(self, metrics: Dict[str, float]) -> Dict[str, float]:
@@ -302,8 +332,10 @@ class PolicyWorker:
             return metrics
         keys = sorted(metrics)
         group = mpu.get_data_parallel_group()
-        sums = torch.tensor([metrics[k] if not k.endswith("_max") else 0.0 for k in keys], dtype=torch.float64)
-        maxes = torch.tensor([metrics[k] if k.endswith("_max") else -math.inf for k in keys], dtype=torch.float64)
+        sums = torch.tensor([metrics[k] if not k.endswith("_max") else 0.0 for k in keys], dtype=torch.float64,
+                            device=self.device)
+        maxes = torch.tensor([metrics[k] if k.endswith("_max") else -math.inf for k in keys], dtype=torch.float64,
+                             device=self.device)
         torch.distributed.all_reduce(sums, group=group)
         torch.distributed.all_reduce(maxes, op=torch.distributed.ReduceOp.MAX, group=group)
         return {k: float(maxes[i] if k.endswith("_max") else sums[i]) for i, k in enumerate(keys)}
@@ -358,8 +390,8 @@ class PolicyWorker:
         for sub in getattr(self.optimizer, "chained_optimizers", [self.optimizer]):
             params = sub.get_parameters()
             if clip > 0 and params:
-                clip_grad_by_total_norm_fp32(params, max_norm=clip, total_norm=grad_norm,
-                                             use_decoupled_grad=sub.config.use_precision_aware_optimizer_no_fp8_or_ds_fp8)
+                decoupled = sub.config.use_precision_aware_optimizer_no_fp8_or_ds_fp8
+                clip_grad_by_total_norm_fp32(params, max_norm=clip, total_norm=grad_norm, use_decoupled_grad=decoupled)
         self.optimizer.step_with_ready_grads()
         self.scheduler.step(increment=1)
         self.step += 1
@@ -381,8 +413,9 @@ class PolicyWorker:
 
     def load_checkpoint(self, path) -> Optional[dict]:
         """Resume from ``path``: a ``step_N`` folder, or a save_dir (its ``latest``). Works
-        across TP/PP/DP layouts. Returns the saved ``extra_state`` plus ``step``, or None
-        when ``path`` is a save_dir without any checkpoint (fresh start)."""
+        across TP/PP/DP layouts. Returns the saved ``extra_state`` plus ``optimizer_step``
+        (the restored :attr:`step`), or None when ``path`` is a save_dir without any
+        checkpoint (fresh start)."""
         from megatron_brrm.checkpoint.train_ckpt import STATE_FILE, latest_checkpoint, load_train_checkpoint
 
         path = Path(path)
@@ -394,7 +427,7 @@ class PolicyWorker:
         self.step = info["step"]
         extra = dict(info["extra_state"])
         self.skipped_steps = int(extra.pop("skipped_steps", 0))
-        extra["step"] = self.step
+        extra["optimizer_step"] = self.step
         return extra
 
     # ----------------------------------------------------------------- weights

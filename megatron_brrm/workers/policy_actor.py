@@ -116,16 +116,15 @@ class PolicyActor:
 
     # ----------------------------------------------------------- checkpoints
     def save_checkpoint(self, save_dir: str, step: int, extra: Optional[dict] = None, keep_last_k: int = 3) -> str:
-        """Save model + optimizer + scheduler + RNG + ``extra`` (data position, driver state)."""
-        from megatron_brrm.checkpoint.train_ckpt import save_train_checkpoint
+        """Save model + optimizer + scheduler + RNG + ``extra`` (data position, driver state).
 
-        return str(save_train_checkpoint(self.worker, save_dir, step, extra=extra or {}, keep_last_k=keep_last_k))
+        The folder is named after the worker's optimizer-step count (``step_<N>``); the
+        driver's own step travels in ``extra``, which :meth:`load_checkpoint` returns."""
+        return str(self.worker.save_checkpoint(save_dir, extra_state=extra, keep_last_k=keep_last_k))
 
     def load_checkpoint(self, save_dir: str) -> Optional[dict]:
         """Resume from ``save_dir``'s ``latest`` checkpoint; returns its ``extra`` (None: none found)."""
-        from megatron_brrm.checkpoint.train_ckpt import load_train_checkpoint
-
-        return load_train_checkpoint(self.worker, save_dir)
+        return self.worker.load_checkpoint(save_dir)
 
     def shutdown(self) -> None:
         """Tear down torch.distributed and Megatron's parallel state (call before killing the actor)."""

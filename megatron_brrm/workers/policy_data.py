@@ -232,3 +232,19 @@ def make_packed_microbatches(batch: Batch, max_tokens_per_microbatch: int, pad_m
         m.data["input_ids"].shape[1] for m in mbs), "real_tokens": real, "computed_tokens": computed,
         "padding_fraction": 1.0 - real / max(computed, 1)}
     return mbs, stats
+
+
+def pad_microbatch_count(mbs: List[MicroBatch], multiple: int) -> List[MicroBatch]:
+    """Append empty micro-batches (zero tokens, zero loss mask, no segments) until the count is
+    a multiple of ``multiple``: Megatron's interleaved (virtual) pipeline schedule requires
+    the number of micro-batches to be a multiple of the PP size (or leave a remainder >= PP)."""
+    out = list(mbs)
+    while multiple > 1 and len(out) % multiple:
+        proto = out[0]
+        data = {k: torch.zeros_like(v) for k, v in proto.data.items()}
+        if "input_lengths" in data:
+            data["input_lengths"].fill_(1)
+        if "attention_mask" in data:
+            data["attention_mask"] = proto.data["attention_mask"].clone()
+        out.append(MicroBatch([-1] * len(proto.rows), data, []))
+    return out

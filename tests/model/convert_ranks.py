@@ -171,3 +171,38 @@ def load_save_layout(rank: int, world_size: int, cases: List[Dict], tp: int, pp:
     finally:
         destroy_parallel()
     return outs
+
+
+def train_and_save(rank: int, world_size: int, model_dir: str, save_dir: str):
+    """One GRPO-loss step of the policy worker at TP=``world_size``, then a training checkpoint.
+
+    Returns the trained model as ``{hf_name: numpy array}`` on rank 0 (gathered with the
+    worker's own export, an independent path from the converter), None elsewhere.
+    """
+    import torch
+
+    from megatron_brrm.config import RunConfig
+    from megatron_brrm.parallel import destroy_parallel
+    from megatron_brrm.rl.loss import ClippedPGConfig
+    from megatron_brrm.workers.policy import PGLoss, PolicyWorker
+
+    cfg = RunConfig()
+    cfg.model.hf_path = model_dir
+    cfg.parallel.tensor_model_parallel_size, cfg.parallel.backend = world_size, "gloo"
+    cfg.grpo.lr, cfg.grpo.lr_warmup_steps, cfg.grpo.micro_batch_size = 1e-2, 0, 2
+    try:
+        worker = PolicyWorker(cfg)
+        gen = torch.Generator().manual_seed(7)
+        ids = torch.randint(0, worker.vocab_size, (2, 10), generator=gen)
+        mask = torch.zeros(2, 10)
+        mask[:, 4:] = 1
+        batch = {"input_ids": ids, "input_lengths": torch.tensor([10, 10]), "loss_mask": mask,
+                 "advantages": torch.tensor([1.0, -1.0])}
+        batch["old_logprobs"] = worker.get_logprobs(batch)
+        batch["ref_logprobs"] = worker.get_reference_logprobs(batch)
+        worker.train(batch, PGLoss(ClippedPGConfig(kl_coef=0.0)))
+        worker.save_checkpoint(save_dir, extra_state={}, keep_last_k=1)
+        state = {k: v.numpy() for k, v in worker.hf_state_dict().items()}  # collective: every rank
+        return state if rank == 0 else None
+    finally:
+        destroy_parallel()

@@ -106,3 +106,16 @@ def test_expand_to_tokens():
     mask = torch.tensor([[0, 1, 1, 0], [0, 0, 1, 1]])
     out = expand_to_tokens(torch.tensor([2.0, -1.0]), mask)
     assert torch.equal(out, torch.tensor([[0, 2.0, 2.0, 0], [0, 0, -1.0, -1.0]]))
+
+
+def test_settings_from_run_config():
+    from megatron_brrm.config import load_config
+    from megatron_brrm.rl.advantages import advantages_from_config
+    from megatron_brrm.rl.loss import ClippedPGConfig
+
+    cfg = load_config(overrides=["grpo.advantage_std_type=group", "grpo.ratio_clip_c=3.0", "grpo.kl_type=k1"])
+    res = advantages_from_config(torch.tensor([0.0, 0.0, 0.0, -100.0]), [1, 1, 1, 1], cfg.grpo)
+    assert torch.allclose(res.advantages, torch.tensor([100 / 3 / 50] * 3 + [-2.0]), atol=TOL)  # group std 50
+    pg = ClippedPGConfig.from_grpo_config(cfg.grpo)
+    assert (pg.ratio_clip_low, pg.ratio_clip_high, pg.ratio_clip_c, pg.kl_coef, pg.kl_type) == (0.2, 0.28, 3.0, 0.001, "k1")
+    assert pg.aggregation == "token_mean" and pg.truncated_importance_sampling is None

@@ -33,30 +33,34 @@ def _reference(temperature):
     return lp.detach(), ent.detach(), logits.grad
 
 
-def _tp_rank(rank, world, temperature):
+def _tp_rank(rank, world, temperatures):
     import torch.distributed as dist
 
     dist.init_process_group("gloo", rank=rank, world_size=world)
+    out = []
     try:
-        logits, ids, gout = _data()
-        v_local = V_PAD // world
-        local = logits[..., rank * v_local:(rank + 1) * v_local].clone().requires_grad_()
-        lp, ent = token_logprobs(local, ids, temperature=temperature, vocab_start=rank * v_local,
-                                 vocab_size=V_TRUE, with_entropy=True)
-        (lp * gout).sum().backward()
-        # plain numpy arrays: torch tensors cross the result queue as shared memory that
-        # vanishes when this process exits
-        return lp.detach().numpy(), ent.numpy(), local.grad.numpy()
+        for temperature in temperatures:
+            logits, ids, gout = _data()
+            v_local = V_PAD // world
+            local = logits[..., rank * v_local:(rank + 1) * v_local].clone().requires_grad_()
+            lp, ent = token_logprobs(local, ids, temperature=temperature, vocab_start=rank * v_local,
+                                     vocab_size=V_TRUE, with_entropy=True)
+            (lp * gout).sum().backward()
+            # plain numpy arrays: torch tensors cross the result queue as shared memory that
+            # vanishes when this process exits
+            out.append((lp.detach().numpy(), ent.numpy(), local.grad.numpy()))
+        return out
     finally:
         dist.destroy_process_group()
 
 
 @pytest.mark.multiprocess
 def test_tp2_matches_full_vocab_reference():
-    for temperature in (1.0, 0.7):
+    temperatures = (1.0, 0.7)
+    per_rank = run_on_ranks(_tp_rank, 2, args=(temperatures,), timeout_s=120)
+    for i, temperature in enumerate(temperatures):
         ref_lp, ref_ent, ref_grad = _reference(temperature)
-        outs = run_on_ranks(_tp_rank, 2, args=(temperature,), timeout_s=120)
-        outs = [tuple(torch.from_numpy(a) for a in o) for o in outs]
+        outs = [tuple(torch.from_numpy(a) for a in r[i]) for r in per_rank]
         for rank, (lp, ent, grad) in enumerate(outs):
             assert (lp - ref_lp).abs().max() <= 1e-5
             assert (ent - ref_ent).abs().max() <= 1e-5

@@ -195,7 +195,7 @@ def test_seq_mean_formula():
     cfg = ClippedPGConfig(kl_coef=0.0, aggregation="seq_mean")
     loss, _ = clipped_pg_loss(lp, data, cfg, Normalizer(num_tokens=4, num_seqs=2))
     # on-policy: ratio 1 -> per token -A; seq means -1 and 2; mean over 2 sequences = 0.5
-    assert float(loss) == pytest.approx(0.5)
+    assert float(loss.detach()) == pytest.approx(0.5)
     loss.backward()  # d/dlogp of -A*exp(logp-old) at ratio 1 = -A, over seq length, over num_seqs
     assert torch.allclose(lp.grad, torch.tensor([[0, -1 / 6, -1 / 6, -1 / 6], [0, 1.0, 0, 0]]))
 
@@ -210,7 +210,7 @@ def test_dual_clip_and_asymmetric_bounds_by_hand():
                                 Normalizer(4, 1))
     # r=0.5,A=1 -> max(-0.5, -0.8) = -0.5 ; r=1.5,A=1 -> max(-1.5,-1.28) = -1.28 (clipped high)
     # r=5,A=-1 -> max(5, 1.28)=5 -> dual clip min(5, 3) = 3 ; r=1.1,A=-1 -> max(1.1, 1.1) = 1.1
-    assert float(loss) == pytest.approx((-0.5 - 1.28 + 3.0 + 1.1) / 4, rel=1e-6)
+    assert float(loss.detach()) == pytest.approx((-0.5 - 1.28 + 3.0 + 1.1) / 4, rel=1e-6)
     assert float(met["clip_fraction"]) == pytest.approx(1 / 4)  # only the r=1.5, A>0 token
     assert float(met["dual_clip_fraction"]) == pytest.approx(1 / 4)
     loss.backward()  # clipped tokens have zero gradient; unclipped: -A * r / 4
@@ -251,7 +251,7 @@ def test_sft_nll_matches_cross_entropy():
     loss, met = sft_nll_loss(lp, {"loss_mask": mask}, Normalizer(float(mask.sum()), 3.0))
     labels = ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100)
     ref = F.cross_entropy(logits[:, :-1].reshape(-1, 11), labels.reshape(-1), ignore_index=-100)
-    assert float(loss) == pytest.approx(float(ref), rel=1e-6)
+    assert float(loss.detach()) == pytest.approx(float(ref.detach()), rel=1e-6)
     g = torch.autograd.grad(loss, logits)[0]
     g_ref = torch.autograd.grad(ref, logits)[0]
     assert torch.allclose(g, g_ref, atol=1e-7)
@@ -263,7 +263,7 @@ def test_bradley_terry_matches_formula():
     loss, met = bradley_terry_loss(rc, rr, num_pairs_global=3)
     d = torch.tensor([1.0, -1.0, 0.0])
     expected = torch.log1p(torch.exp(-d)).sum() / 3  # -log sigmoid(d)
-    assert float(loss) == pytest.approx(float(expected), rel=1e-6)
+    assert float(loss.detach()) == pytest.approx(float(expected), rel=1e-6)
     loss.backward()
     assert torch.allclose(rc.grad, (torch.sigmoid(d) - 1) / 3) and torch.allclose(rr.grad, (1 - torch.sigmoid(d)) / 3)
     assert float(met["accuracy"]) == pytest.approx(1 / 3)

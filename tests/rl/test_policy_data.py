@@ -59,3 +59,4 @@ def test_packed_seq_mean_equals_unpacked():
         loss, _ = clipped_pg_loss(mb.data["logprobs"], mb.data, cfg, norm)
         total += float(loss)
     assert total == pytest.approx(float(ref), rel=1e-6)
+

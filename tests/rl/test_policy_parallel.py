@@ -4,8 +4,9 @@ The reference is the HF model of the same folder, the GRPO loss written here fro
 formulas, ``torch.nn.utils.clip_grad_norm_`` and ``torch.optim.AdamW`` (no decay on 1-D
 parameters, as Megatron does) with the linear warm-up LR, for two optimizer steps on a
 fixed batch. The worker runs the same two steps at TP=2, PP=2, DP=2 (distributed optimizer
-sharding Adam state) and DP=2 with sequence packing, and TP=2+SP (plus TP=2+SP with packing, logprobs only),
-each with a different micro-batch split, in one spawned 2-rank job. Checked per layout:
+sharding Adam state) and DP=2 with sequence packing, TP=2+SP (plus TP=2+SP with packing, logprobs only) and
+PP=2 x VPP=2 (interleaved schedule), each with a different micro-batch split, in one
+spawned 2-rank job, on a 4-layer tiny Qwen3. Checked per layout:
 
 * ``get_logprobs`` and ``get_reference_logprobs`` = the HF full-vocabulary logprobs (<= 1e-5);
 * the loss and the (pre-clip) global grad norm of both steps (<= 1e-5 relative);
@@ -32,6 +33,7 @@ LAYOUTS = [  # (name, tp, pp, sp, micro_batch_size, max_tokens_per_microbatch, p
     ("dp2_packed", 1, 1, False, 1, 28, True, True),
     ("tp2_sp", 2, 1, True, 6, 32, False, True),
     ("tp2_sp_packed", 2, 1, True, 1, 40, True, False),  # logprobs only (packing + SP padding)
+    ("pp2_vpp2", 1, 2, False, 2, None, False, True, 2),  # interleaved schedule, 3 -> 4 micro-batches
 ]
 
 
@@ -95,7 +97,7 @@ def _reference(model_dir):
         loss = ((pg + KL * kl) * m).sum() / m.sum()
         loss.backward()
         norms.append(float(torch.nn.utils.clip_grad_norm_(model.parameters(), CLIP)))
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         opt.step()
     update = {n: (p.detach() - before[n]) for n, p in model.named_parameters()}
     return initial, losses, norms, update
@@ -109,7 +111,7 @@ def _worker_layouts(rank, world, model_dir, layouts):
 
     results = {}
     try:
-        for name, tp, pp, sp, mbs, max_tok, packing, do_train in layouts:
+        for name, tp, pp, sp, mbs, max_tok, packing, do_train, *vpp in layouts:
             cfg = RunConfig()
             cfg.model.hf_path = str(model_dir)
             cfg.parallel.tensor_model_parallel_size, cfg.parallel.pipeline_model_parallel_size = tp, pp
@@ -118,6 +120,7 @@ def _worker_layouts(rank, world, model_dir, layouts):
             g.lr, g.lr_warmup_steps, g.lr_warmup_init_factor, g.weight_decay, g.clip_grad = LR, WARMUP, INIT_FACTOR, WD, CLIP
             g.micro_batch_size, g.max_tokens_per_microbatch, g.max_num_steps = mbs, max_tok, 10
             g.sequence_packing = packing
+            cfg.parallel.virtual_pipeline_model_parallel_size = vpp[0] if vpp else None
             worker = PolicyWorker(cfg)
             full = _batch(worker.vocab_size)
             dp, dp_rank = worker.dp_size, __import__("megatron.core.parallel_state", fromlist=["x"]).get_data_parallel_rank()
@@ -145,13 +148,22 @@ def _worker_layouts(rank, world, model_dir, layouts):
     return results
 
 
+@pytest.fixture(scope="module")
+def qwen3_4_layers(tmp_path_factory, tiny_qwen3_dir):
+    """The tiny Qwen3 with 4 layers (2 per stage at PP=2, 1 per chunk at PP=2 x VPP=2)."""
+    from megatron_brrm.model.tiny import build_tiny_hf_model
+
+    return build_tiny_hf_model(tmp_path_factory.mktemp("models") / "tiny-qwen3-4l", arch="qwen3", seed=4,
+                               tokenizer_dir=tiny_qwen3_dir, num_layers=4)
+
+
 @pytest.mark.multiprocess
-def test_policy_layouts_match_single_process_reference(tiny_qwen3_dir):
+def test_policy_layouts_match_single_process_reference(qwen3_4_layers):
     from safetensors.torch import load_file
 
-    initial_ref, losses_ref, norms_ref, update_ref = _reference(tiny_qwen3_dir)
-    hf_before = load_file(str(tiny_qwen3_dir / "model.safetensors"))
-    outs = run_on_ranks(_worker_layouts, 2, args=(str(tiny_qwen3_dir), LAYOUTS), timeout_s=400)
+    initial_ref, losses_ref, norms_ref, update_ref = _reference(qwen3_4_layers)
+    hf_before = load_file(str(qwen3_4_layers / "model.safetensors"))
+    outs = run_on_ranks(_worker_layouts, 2, args=(str(qwen3_4_layers), LAYOUTS), timeout_s=400)
     for name, *_, do_train in LAYOUTS:
         per_rank = [o[name] for o in outs]
         for o in per_rank:

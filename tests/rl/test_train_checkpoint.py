@@ -130,7 +130,7 @@ def test_kill_resume_bit_identical_and_reshard(tiny_qwen3_dir, tmp_path):
     outs = run_on_ranks(_job, 2, args=(model_dir, str(save_dir), "resume"), timeout_s=300)
     res = outs[0]
     for o in outs:
-        assert o["extra_tp2"] == {"consumed_samples": 2 * B, "step": 2}
+        assert o["extra_tp2"] == {"consumed_samples": 2 * B, "optimizer_step": 2}
         assert o["losses_tp2"] == ref["losses"][2:]  # bit-identical
         assert o["nan_skipped"] and o["step_after_nan"] == 4 and o["unchanged_after_nan"]
     for k, v in ref["state"].items():

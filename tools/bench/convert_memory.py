@@ -9,9 +9,10 @@ in separate child processes
     tools/convert_megatron_to_hf.py logic   (Megatron torch_dist -> HF)
 
 and reports, per direction, the child's peak resident memory (``ru_maxrss``, which includes
-the ~0.5 GB of imported libraries) as a ratio of the checkpoint size (target <= 0.25: the
+the ~0.4 GB of imported torch/Megatron/transformers) as a ratio of the checkpoint size (target <= 0.25: the
 converters hold a few tensors, not the model), and its throughput as a ratio of a plain copy
-of the same safetensors files (``shutil.copyfile``) timed in the same run on the same disk.
+of the same safetensors files (``shutil.copyfile`` + fsync; the converters fsync too) timed in
+the same run on the same disk, before and after the conversions (mean of the two).
 With --verify (default) every exported tensor is compared bit for bit with the source.
 
 Shapes: Qwen3-1.7B-like layers (hidden 2048, 16 query heads of 128, 8 KV groups, ffn 6144,
@@ -24,7 +25,7 @@ Example:
     python tools/bench/convert_memory.py --size-gb 4 --workdir /scratch --keep
 
 Temporary files go to --workdir (default: the system temp dir) and are removed at the end
-unless --keep; the run needs about 3.2 x --size-gb of free disk.
+unless --keep; the run needs about 3 x --size-gb of free disk (4 x with --keep).
 """
 from __future__ import annotations
 
@@ -165,14 +166,26 @@ def main(argv=None) -> int:
         size = build_synthetic_checkpoint(work / "hf_src", int(args.size_gb * GB))
         print(f"synthetic Qwen3 checkpoint: {size / GB:.2f} GB, "
               f"{layers_for_size(int(args.size_gb * GB))} layers, built in {time.perf_counter() - t:.0f} s ({work})")
-        copy_s = copy_files(work / "hf_src", work / "copy")
-        shutil.rmtree(work / "copy")
-        copy_rate = size / copy_s
-        print(f"plain file copy:  {copy_s:7.1f} s  {copy_rate / GB:6.2f} GB/s")
-        report = {"checkpoint_bytes": size, "copy_seconds": copy_s}
+        copies = []
+
+        def timed_copy() -> None:
+            copies.append(copy_files(work / "hf_src", work / "copy"))
+            shutil.rmtree(work / "copy")
+            print(f"plain file copy:  {copies[-1]:7.1f} s  {size / copies[-1] / GB:6.2f} GB/s")
+
+        timed_copy()
+        report = {"checkpoint_bytes": size}
+        results = {}
         for direction, src, dst, label in (("hf2mg", work / "hf_src", work / "megatron", "HF -> Megatron"),
                                            ("mg2hf", work / "megatron", work / "hf_out", "Megatron -> HF")):
-            r = run_child(direction, src, dst)
+            results[direction] = (run_child(direction, src, dst), label)
+        if not args.keep:
+            shutil.rmtree(work / "megatron")  # bound disk use to ~3 x the checkpoint
+        timed_copy()  # again after the conversions: disk speed on a shared machine drifts
+        copy_s = sum(copies) / len(copies)
+        copy_rate = size / copy_s
+        report["copy_seconds"] = copies
+        for direction, (r, label) in results.items():
             rate = size / r["seconds"]
             r.update(rss_ratio=r["peak_rss"] / size, throughput_vs_copy=rate / copy_rate)
             report[direction] = r
