@@ -19,6 +19,7 @@ over). The resolved config is written to ``logging.output_dir/config.yaml``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 import time
@@ -30,6 +31,7 @@ import torch
 
 from megatron_brrm.config import ConfigError, RunConfig, config_to_dict, load_config, save_config
 from megatron_brrm.data import PairLoader, read_pairs
+from megatron_brrm.hub import resolve_hf_path
 from megatron_brrm.judge import RewardRule, get_protocol
 from megatron_brrm.metrics import MetricsLogger
 
@@ -70,13 +72,17 @@ class GRPOTrainer:
         from megatron_brrm.workers.policy_actor import PolicyActor
         from megatron_brrm.workers.worker_group import WorkerGroup
 
-        self.cfg = cfg
         self.optimizer_steps_per_rollout = _check_sizes(cfg)
         if cfg.model.hf_path == "tiny":
             raise TrainError("model.hf_path=tiny: the tiny CPU model is built by `python -m megatron_brrm.demo` "
                              "(or pass model.hf_path=<an HF folder>)")
-        if not cfg.model.hf_path or not Path(cfg.model.hf_path).is_dir():
-            raise TrainError(f"model.hf_path={cfg.model.hf_path!r} is not an HF model folder")
+        if not cfg.model.hf_path:
+            raise TrainError("model.hf_path is unset: give an HF model folder or hub id")
+        try:
+            cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, hf_path=resolve_hf_path(cfg.model.hf_path)))
+        except FileNotFoundError as exc:
+            raise TrainError(f"model.hf_path: {exc}") from None
+        self.cfg = cfg
         if not cfg.data.train_path or not Path(cfg.data.train_path).is_file():
             raise TrainError(f"data.train_path={cfg.data.train_path!r} does not exist; build it with "
                              "tools/preprocess_data.py")
