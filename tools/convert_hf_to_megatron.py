@@ -51,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=__doc__.split("\n\n", 1)[1])
     p.add_argument("--hf-path", required=True, type=Path,
                    help="HF model folder: config.json + model.safetensors (or sharded with model.safetensors.index.json) "
-                        "+ tokenizer files. Supported architectures: Qwen3, Llama.")
+                        "+ tokenizer files, or a Hub id such as Qwen/Qwen3-8B (fetched into the HF cache). "
+                        "Supported architectures: Qwen3, Llama.")
     p.add_argument("--megatron-path", required=True, type=Path,
                    help="output checkpoint folder (must not exist, unless --overwrite)")
     p.add_argument("--tp", type=int, default=1, help="tensor-parallel size the run will use (default 1): checked "
@@ -71,11 +72,14 @@ def main(argv=None) -> int:
     """Parse ``argv``, convert, print a summary; returns the exit status."""
     args = build_parser().parse_args(argv)
     _quiet_library_warnings()
-    from megatron_brrm.checkpoint.model_ckpt import CONVERSION_ERRORS, convert_hf_to_megatron
+    from megatron_brrm.checkpoint.hf_io import resolve_hf_source
+    from megatron_brrm.checkpoint.model_ckpt import (CONVERSION_ERRORS, convert_hf_to_megatron,
+                                                     use_mmap_for_large_allocations)
 
+    use_mmap_for_large_allocations()  # freed tensors go back to the OS (bounded peak RSS)
     try:
         summary = convert_hf_to_megatron(
-            args.hf_path, args.megatron_path, tp=args.tp, pp=args.pp, dtype=args.dtype,
+            resolve_hf_source(args.hf_path), args.megatron_path, tp=args.tp, pp=args.pp, dtype=args.dtype,
             make_vocab_size_divisible_by=args.make_vocab_size_divisible_by, overwrite=args.overwrite,
             progress=not args.no_progress)
     except CONVERSION_ERRORS as exc:

@@ -5,9 +5,10 @@ Examples:
     # a checkpoint written by tools/convert_hf_to_megatron.py (it stores config + tokenizer)
     python tools/convert_megatron_to_hf.py --megatron-path /ckpts/qwen3-8b-mcore --hf-path /out/qwen3-8b-hf
 
-    # a training checkpoint: name the HF model it started from for config.json and tokenizer
-    python tools/convert_megatron_to_hf.py --megatron-path outputs/run/checkpoints/step_100 \\
-        --hf-path /out/brrm-8b-step100 --hf-reference /models/Qwen3-8B
+    # the newest training checkpoint of a run (checkpoint.save_dir; its "latest" file names the
+    # step folder): name the HF model the run started from for config.json and tokenizer
+    python tools/convert_megatron_to_hf.py --megatron-path outputs/run/checkpoints \\
+        --hf-path /out/brrm-8b --hf-reference /models/Qwen3-8B
 
 The output (config.json with architectures and dtype, model-0000k-of-0000N.safetensors +
 model.safetensors.index.json, generation_config.json, tokenizer files and chat template) loads
@@ -47,12 +48,12 @@ def build_parser() -> argparse.ArgumentParser:
         description=__doc__.split("\n\n")[0].strip() + " Streams tensor by tensor; needs no GPU.",
         epilog=__doc__.split("\n\n", 1)[1])
     p.add_argument("--megatron-path", required=True, type=Path,
-                   help="dist checkpoint folder (with metadata.json), or a run folder with "
-                        "latest_checkpointed_iteration.txt")
+                   help="dist checkpoint folder (with metadata.json), a training save_dir (its 'latest' file "
+                        "names the step folder), or a Megatron-LM folder with latest_checkpointed_iteration.txt")
     p.add_argument("--hf-path", required=True, type=Path, help="output HF folder (must not exist, unless --overwrite)")
     p.add_argument("--hf-reference", type=Path, default=None,
-                   help="HF folder supplying config.json, generation config, tokenizer and chat template "
-                        "(default: the hf/ copy stored in the checkpoint by convert_hf_to_megatron.py)")
+                   help="HF folder (or Hub id) supplying config.json, generation config, tokenizer and chat "
+                        "template (default: the hf/ copy stored in the checkpoint by convert_hf_to_megatron.py)")
     p.add_argument("--dtype", choices=["bf16", "fp32", "fp16"], default=None,
                    help="cast the weights (default: keep the checkpoint's dtype)")
     p.add_argument("--max-shard-size", default="5GB",
@@ -69,16 +70,19 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _quiet_library_warnings()
-    from megatron_brrm.checkpoint.hf_io import parse_size
-    from megatron_brrm.checkpoint.model_ckpt import CONVERSION_ERRORS, convert_megatron_to_hf
+    from megatron_brrm.checkpoint.hf_io import parse_size, resolve_hf_source
+    from megatron_brrm.checkpoint.model_ckpt import CONVERSION_ERRORS, use_mmap_for_large_allocations
+    from megatron_brrm.checkpoint.model_export import convert_megatron_to_hf
 
     try:
         max_shard = parse_size(args.max_shard_size)
     except ValueError as exc:
         parser.error(f"--max-shard-size: {exc}")
+    use_mmap_for_large_allocations()  # freed tensors go back to the OS (bounded peak RSS)
     try:
         summary = convert_megatron_to_hf(
-            args.megatron_path, args.hf_path, hf_reference=args.hf_reference, dtype=args.dtype,
+            args.megatron_path, args.hf_path, dtype=args.dtype,
+            hf_reference=None if args.hf_reference is None else resolve_hf_source(args.hf_reference),
             max_shard_bytes=max_shard, key_prefix=args.key_prefix, overwrite=args.overwrite,
             progress=not args.no_progress)
     except CONVERSION_ERRORS as exc:

@@ -81,7 +81,7 @@ def short_traces(protocol, pairs, seed: int) -> List[List[Dict[str, str]]]:
         pref = rng.choice((1, 2))
         msgs = list(protocol.turn1_messages(p.context, p.response1, p.response2))
         msgs.append({"role": "assistant", "content": protocol.format_turn_output(
-            0, preference=pref, dimensions=[rng.choice(list(DIMENSIONS))], analysis1="None.", analysis2="None.")})
+            0, preference=pref, dimensions=[DIMENSIONS[0]], analysis1="None.", analysis2="None.")})
         msgs.append(protocol.followup_message(1))
         msgs.append({"role": "assistant", "content": protocol.format_turn_output(
             1, preference=pref, analysis1="Checked.", analysis2="Checked.")})

@@ -74,13 +74,16 @@ def resolve_checkpoint_dir(path: str | os.PathLike) -> Path:
     """The dist checkpoint folder a user means by ``path``.
 
     Accepts the checkpoint folder itself, a training ``save_dir`` whose ``latest`` file names
-    the newest ``step_XXXXXXXX/`` folder (:mod:`megatron_brrm.checkpoint.train_ckpt`), or a
+    the newest ``step_XXXXXXXX/`` folder (:mod:`megatron_brrm.checkpoint.train_ckpt`; the
+    ``latest`` file itself is accepted too), or a
     Megatron-LM run folder holding ``latest_checkpointed_iteration.txt`` and ``iter_XXXXXXX/``.
 
     Raises:
         DistCheckpointError: nothing loadable there; the message lists what was found.
     """
     p = Path(path)
+    if p.is_file() and p.name == "latest":  # ``save_dir/latest`` given directly
+        p = p.parent
     if not p.is_dir():
         raise DistCheckpointError(f"Megatron checkpoint folder not found: {p}")
     if is_dist_checkpoint(p):

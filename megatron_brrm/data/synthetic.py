@@ -33,6 +33,8 @@ FILLER_WORDS = (
 TOPICS = ("cats", "rain", "maps", "tea", "boats", "songs", "trees", "games", "books", "stars")
 MARKER = "correct"
 SOURCE = "synthetic_marker"
+SIGNALS = ("hint", "marker")
+HINT_WORDS = {1: "first", 2: "second"}
 
 
 def word_pool(split: str) -> List[str]:
@@ -49,7 +51,8 @@ def word_pool(split: str) -> List[str]:
 
 
 def marker_pair(rng: random.Random, index: int, words: Sequence[str], marker: str = MARKER,
-                num_filler_words: int = 1, split: str = "train") -> PreferencePair:
+                num_filler_words: int = 1, split: str = "train", signal: str = "marker",
+                hint_repeats: int = 16) -> PreferencePair:
     """One pair in its seeded order: the preferred response holds ``marker``.
 
     Args:
@@ -65,22 +68,35 @@ def marker_pair(rng: random.Random, index: int, words: Sequence[str], marker: st
     Raises:
         DataError: ``num_filler_words`` < 1, an empty pool, or a pool containing the marker.
     """
-    if num_filler_words < 1:
-        raise DataError(f"synthetic task: num_filler_words must be >= 1, got {num_filler_words}")
+    if num_filler_words < 0:
+        raise DataError(f"synthetic task: num_filler_words must be >= 0, got {num_filler_words}")
     if not words or marker in words:
         raise DataError(f"synthetic task: the filler pool must be non-empty and exclude the marker {marker!r}")
-    good = " ".join([rng.choice(words) for _ in range(num_filler_words)] + [marker])
+    good = " ".join([marker] + [rng.choice(words) for _ in range(num_filler_words)])
     bad = " ".join(rng.choice(words) for _ in range(num_filler_words + 1))
     first = rng.random() < 0.5
     r1, r2, pref = (good, bad, 1) if first else (bad, good, 2)
     question = f"Tell me about {rng.choice(TOPICS)}."
+    if signal == "hint":
+        question += " I like the reply: " + " ".join([HINT_WORDS[pref]] * hint_repeats)
+    elif signal != "marker":
+        raise DataError(f"synthetic task: signal must be one of {SIGNALS}, got {signal!r}")
     return PreferencePair(id=f"{SOURCE}:{split}:{index}", context=[{"role": "user", "content": question}],
                           response1=r1, response2=r2, preference=pref, domain="general",
                           source=SOURCE).validate()
 
 
+def _swapped(pair: PreferencePair, signal: str) -> PreferencePair:
+    out = swapped_copy(pair)
+    if signal == "hint":
+        text = pair.context[-1]["content"].replace(HINT_WORDS[pair.preference], HINT_WORDS[out.preference])
+        out.context = pair.context[:-1] + [{"role": "user", "content": text}]
+    return out
+
+
 def marker_task(num_pairs: int, seed: int, split: str = "train", both_orders: bool = True,
-                marker: str = MARKER, num_filler_words: int = 1) -> List[PreferencePair]:
+                marker: str = MARKER, num_filler_words: int = 1, signal: str = "marker",
+                hint_repeats: int = 16) -> List[PreferencePair]:
     """The synthetic marker task (module docstring): ``num_pairs`` base pairs of ``split``.
 
     Args:
@@ -103,8 +119,9 @@ def marker_task(num_pairs: int, seed: int, split: str = "train", both_orders: bo
     words = word_pool(split)
     out: List[PreferencePair] = []
     for i in range(num_pairs):
-        pair = marker_pair(rng, i, words, marker=marker, num_filler_words=num_filler_words, split=split)
+        pair = marker_pair(rng, i, words, marker=marker, num_filler_words=num_filler_words, split=split, signal=signal,
+                           hint_repeats=hint_repeats)
         out.append(pair)
         if both_orders:
-            out.append(swapped_copy(pair))
+            out.append(_swapped(pair, signal))
     return out

@@ -33,6 +33,7 @@ from typing import Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 
+from .refit import iter_buckets
 from .engine import GenerationEngine, GenerationOutput, SamplingParams
 from .sampling import derive_sample_seed, validate_request
 from .vllm_worker import WORKER_EXTENSION_CLS
@@ -102,24 +103,6 @@ def convert_request_outputs(request_outputs: Sequence, tokenizer, n: int, want_l
             grouped.append([])
         grouped[-1].append(out)
     return grouped
-
-
-def iter_buckets(named_tensors: Iterable[Tuple[str, torch.Tensor]], bucket_bytes: int) -> Iterator[List[Tuple[str, torch.Tensor]]]:
-    """Group a stream into lists whose total size is ``<= bucket_bytes`` (a larger tensor goes alone).
-
-    Each tensor is detached and moved to host memory as it enters a bucket.
-    """
-    bucket: List[Tuple[str, torch.Tensor]] = []
-    size = 0
-    for name, tensor in named_tensors:
-        nbytes = tensor.numel() * tensor.element_size()
-        if bucket and size + nbytes > bucket_bytes:
-            yield bucket
-            bucket, size = [], 0
-        bucket.append((name, tensor.detach().cpu()))
-        size += nbytes
-    if bucket:
-        yield bucket
 
 
 class VLLMEngine(GenerationEngine):
@@ -212,7 +195,8 @@ class VLLMEngine(GenerationEngine):
             KeyError / ValueError: a name or shape that the checkpoint does not have.
         """
         count = nbytes = 0
-        for bucket in iter_buckets(self._checked(named_tensors), self.refit_bucket_bytes):
+        host = ((n, t.detach().cpu()) for n, t in self._checked(named_tensors))
+        for bucket in iter_buckets(host, self.refit_bucket_bytes):
             self.llm.collective_rpc("brrm_load_weights", args=(bucket,))
             self._weights_dirty = True
             count += len(bucket)

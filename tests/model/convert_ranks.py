@@ -46,7 +46,8 @@ def run_jobs(rank: int, world_size: int, jobs: List[Dict]) -> List[Dict]:
     """
     import contextlib
 
-    from megatron_brrm.checkpoint.model_ckpt import convert_hf_to_megatron, convert_megatron_to_hf
+    from megatron_brrm.checkpoint.model_ckpt import convert_hf_to_megatron
+    from megatron_brrm.checkpoint.model_export import convert_megatron_to_hf
 
     from megatron_brrm.parallel import destroy_parallel
 

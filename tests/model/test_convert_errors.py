@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from convert_ranks import run_jobs
+from megatron_brrm.checkpoint.dcp_io import DistCheckpointError, resolve_checkpoint_dir
 from megatron_brrm.checkpoint.model_ckpt import ConversionError, convert_hf_to_megatron
 from megatron_brrm.model.architectures import UnsupportedArchitectureError
 from megatron_brrm.parallel.launch import run_on_ranks
@@ -80,6 +81,32 @@ def test_existing_output_is_kept(tmp_path, tiny_qwen3_dir):
     with pytest.raises(FileExistsError, match="--overwrite"):
         convert_hf_to_megatron(tiny_qwen3_dir, tmp_path / "mg")
     assert (tmp_path / "mg" / "keep.txt").read_text() == "x"
+
+
+def test_checkpoint_folder_resolution(tmp_path):
+    """Training save_dir (``latest`` pointer), the pointer file itself, Megatron-LM run folders; clear errors."""
+    def ckpt(path: Path) -> Path:
+        path.mkdir(parents=True)
+        (path / "metadata.json").write_text('{"sharded_backend": "torch_dist"}')
+        return path
+
+    step = ckpt(tmp_path / "run" / "step_00000002")
+    (tmp_path / "run" / "latest").write_text("step_00000002\n")
+    assert resolve_checkpoint_dir(tmp_path / "run") == step == resolve_checkpoint_dir(tmp_path / "run" / "latest")
+    assert resolve_checkpoint_dir(step) == step
+    it = ckpt(tmp_path / "mlm" / "iter_0000100")
+    (tmp_path / "mlm" / "latest_checkpointed_iteration.txt").write_text("100")
+    assert resolve_checkpoint_dir(tmp_path / "mlm") == it
+    (tmp_path / "run" / "latest").write_text("step_00000003")
+    with pytest.raises(DistCheckpointError, match="names 'step_00000003', which is not a finished"):
+        resolve_checkpoint_dir(tmp_path / "run")
+    (tmp_path / "half").mkdir()
+    (tmp_path / "half" / ".metadata").write_bytes(b"")
+    with pytest.raises(DistCheckpointError, match="the save did not finish"):
+        resolve_checkpoint_dir(tmp_path / "half")
+    with pytest.raises(DistCheckpointError, match="checkpoints found inside: iter_0000100"):
+        (tmp_path / "mlm" / "latest_checkpointed_iteration.txt").unlink()
+        resolve_checkpoint_dir(tmp_path / "mlm")
 
 
 @pytest.mark.multiprocess

@@ -8,7 +8,7 @@ in separate child processes
     tools/convert_hf_to_megatron.py logic   (HF -> Megatron torch_dist)
     tools/convert_megatron_to_hf.py logic   (Megatron torch_dist -> HF)
 
-and reports, per direction, the child's peak resident memory (``ru_maxrss``, which includes
+and reports, per direction, the child's peak resident memory (``VmHWM``, which includes
 the ~0.4 GB of imported torch/Megatron/transformers) as a ratio of the checkpoint size (target <= 0.25: the
 converters hold a few tensors, not the model), and its throughput as a ratio of a plain copy
 of the same safetensors files (``shutil.copyfile`` + fsync; the converters fsync too) timed in
@@ -104,8 +104,10 @@ def _child(direction: str, src: str, dst: str) -> None:
     import megatron.core  # noqa: F401  (imports are not part of the timed conversion)
     import transformers  # noqa: F401
 
-    from megatron_brrm.checkpoint.model_ckpt import convert_hf_to_megatron, convert_megatron_to_hf
+    from megatron_brrm.checkpoint.model_ckpt import convert_hf_to_megatron, use_mmap_for_large_allocations
+    from megatron_brrm.checkpoint.model_export import convert_megatron_to_hf
 
+    use_mmap_for_large_allocations()  # as the CLIs do
     baseline = psutil.Process().memory_info().rss
     start = time.perf_counter()
     if direction == "hf2mg":
@@ -113,8 +115,24 @@ def _child(direction: str, src: str, dst: str) -> None:
     else:
         convert_megatron_to_hf(src, dst)
     seconds = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
-    print(json.dumps({"seconds": seconds, "peak_rss": peak, "baseline_rss": baseline}))
+    print(json.dumps({"seconds": seconds, "peak_rss": peak_rss_bytes(), "baseline_rss": baseline}))
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident set size in bytes.
+
+    Linux: ``VmHWM`` of ``/proc/self/status``, the high-water mark of this address space.
+    (``getrusage().ru_maxrss`` is not used there: the kernel carries the forking parent's RSS
+    over ``execve`` into it, so a child would report at least its parent's size.) Elsewhere
+    ``ru_maxrss`` (bytes on macOS).
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024  # kB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
 def run_child(direction: str, src: Path, dst: Path) -> dict:
