@@ -119,7 +119,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                        ("sft_hf", "SFT warm-started HF model"), ("checkpoints", "GRPO training checkpoints"),
                        ("final_hf", "final judge, HF format"), ("metrics.jsonl", "metrics"), ("tensorboard", "TensorBoard logs")]:
         print(f"  {out / name}  ({what})")
-    print(f"Score it: python evaluation/run.py --bench rmb --model {final_hf} --engine hf --limit 8 --max-new-tokens 64")
+    print(f"Score it: python evaluation/run.py --bench rmb --model {final_hf} --engine hf --limit 8 --max-new-tokens 192")
     return 0
 
 

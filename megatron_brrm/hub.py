@@ -14,6 +14,11 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja", "*.tiktoken"]
 
 
+def is_hub_id(ref: str) -> bool:
+    """Whether ``ref`` has the shape of a hub model id (``org/name``)."""
+    return bool(_HUB_ID.match(ref)) and not ref.startswith((".", "/"))
+
+
 def resolve_hf_path(ref: str | os.PathLike) -> str:
     """A local folder for ``ref`` (an existing folder, or a hub id such as ``Qwen/Qwen3-8B``).
 
@@ -27,7 +32,7 @@ def resolve_hf_path(ref: str | os.PathLike) -> str:
     if path.is_dir():
         return str(path)
     ref = str(ref)
-    if not _HUB_ID.match(ref) or ref.startswith((".", "/")):
+    if not is_hub_id(ref):
         raise FileNotFoundError(f"model {ref!r}: no such folder (and not a hub id like 'Qwen/Qwen3-8B')")
     try:
         from huggingface_hub import snapshot_download

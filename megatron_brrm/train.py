@@ -10,7 +10,7 @@ engine in this process (CPU) or vLLM (GPU). Each step:
 3. old and reference logprobs (Megatron, forward only, vocab-parallel);
 4. ``P * G / grpo.global_batch_size`` optimizer steps of the clipped PG + KL loss;
 5. refit the new weights into the engine (bucketed HF-named tensors);
-6. metrics (TensorBoard + ``metrics.jsonl``), validation every ``grpo.val_every_n_steps``
+6. metrics (TensorBoard + ``metrics.jsonl``, trajectories in ``rollouts/step_N.jsonl``), validation every ``grpo.val_every_n_steps``
    steps, an atomic checkpoint every ``checkpoint.save_every_n_steps`` steps.
 
 A run resumes from ``checkpoint.save_dir/latest`` when it exists (``--no-resume`` starts
@@ -159,6 +159,7 @@ class GRPOTrainer:
         gen_tokens = sum(t.num_generated for t in trajs)
         m["timing/generation_tokens_per_s"] = gen_tokens / max(m["timing/generation"], 1e-9)
         m.update({f"rollout/{k}": v for k, v in rollout_metrics(trajs).items()})
+        self._dump_rollouts(trajs)
 
         rewards = torch.tensor([t.reward for t in trajs], dtype=torch.float32)
         adv = advantages_from_config(rewards, [t.group_id for t in trajs], cfg.grpo)
@@ -188,6 +189,19 @@ class GRPOTrainer:
         m["train/skipped_steps"] = skipped
         m.update(self.refit())
         return m
+
+    def _dump_rollouts(self, trajs) -> None:
+        """Write this step's trajectories (texts, rewards, verdicts) to ``rollouts/step_N.jsonl``."""
+        import json
+
+        path = self.out / "rollouts" / f"step_{self.step + 1}.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        keep = ("group_id", "sample_index", "pair_id", "label", "turn_texts", "turn_lengths", "finish_reasons",
+                "reward", "verdict", "truncated")
+        with path.open("w", encoding="utf-8") as f:
+            for t in trajs:
+                d = t.to_dict()
+                f.write(json.dumps({k: d[k] for k in keep}, ensure_ascii=False) + "\n")
 
     def validate(self) -> Dict[str, float]:
         """Judge accuracy and format-error rate on the held-out pairs (one sample each)."""

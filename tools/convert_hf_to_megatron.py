@@ -29,18 +29,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import warnings
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
-
-
-def _quiet_library_warnings() -> None:
-    """Hide Megatron's CPU-install notices (no TE/Apex) and torch DCP deprecation notices."""
-    warnings.filterwarnings("ignore", message=r".*(Transformer Engine|Apex|cuda_graph_scope).*", category=UserWarning)
-    warnings.filterwarnings("ignore", category=FutureWarning)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,7 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     """Parse ``argv``, convert, print a summary; returns the exit status."""
     args = build_parser().parse_args(argv)
-    _quiet_library_warnings()
+    from megatron_brrm.checkpoint import quiet_library_warnings
+
+    quiet_library_warnings()
     from megatron_brrm.checkpoint.hf_io import resolve_hf_source
     from megatron_brrm.checkpoint.model_ckpt import (CONVERSION_ERRORS, convert_hf_to_megatron,
                                                      use_mmap_for_large_allocations)

@@ -27,18 +27,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import warnings
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
-
-
-def _quiet_library_warnings() -> None:
-    """Hide Megatron's CPU-install notices (no TE/Apex) and torch DCP deprecation notices."""
-    warnings.filterwarnings("ignore", message=r".*(Transformer Engine|Apex|cuda_graph_scope).*", category=UserWarning)
-    warnings.filterwarnings("ignore", category=FutureWarning)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,7 +62,9 @@ def main(argv=None) -> int:
     """Parse ``argv``, convert, print a summary; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    _quiet_library_warnings()
+    from megatron_brrm.checkpoint import quiet_library_warnings
+
+    quiet_library_warnings()
     from megatron_brrm.checkpoint.hf_io import parse_size, resolve_hf_source
     from megatron_brrm.checkpoint.model_ckpt import CONVERSION_ERRORS, use_mmap_for_large_allocations
     from megatron_brrm.checkpoint.model_export import convert_megatron_to_hf

@@ -203,32 +203,25 @@ class HFSafetensorsReader:
             return f.get_tensor(name)
 
 
-_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
-# What a conversion needs from a hub repository: configs, weights, tokenizer, chat template.
-HUB_PATTERNS = ("*.json", "*.safetensors", "*.jinja", "*.txt", "*.model", "*.tiktoken")
-
-
 def resolve_hf_source(value: str | os.PathLike) -> Path:
     """A local HF folder, or a Hugging Face Hub model id (``Qwen/Qwen3-8B``) fetched into the HF cache.
 
     Only the command-line tools call this (tests never download). An existing path is
-    returned unchanged; ``org/name`` that is not a local path is fetched with
-    ``huggingface_hub.snapshot_download`` (configs, safetensors, tokenizer files; honours
-    ``HF_HOME`` / ``HF_HUB_OFFLINE``); anything else is returned for the caller to report.
+    returned unchanged; ``org/name`` that is not a local path is fetched by
+    :func:`megatron_brrm.hub.resolve_hf_path`; anything else is returned for the caller to report.
 
     Raises:
         HFCheckpointError: the hub download failed (the message says how to fix it).
     """
+    from megatron_brrm.hub import is_hub_id, resolve_hf_path
+
     path = Path(value)
-    if path.exists() or not _HUB_ID.fullmatch(str(value)):
+    if path.exists() or not is_hub_id(str(value)):
         return path
     try:
-        from huggingface_hub import snapshot_download
-
-        return Path(snapshot_download(str(value), allow_patterns=list(HUB_PATTERNS)))
-    except Exception as exc:  # network, auth, unknown repo, offline mode
-        raise HFCheckpointError(f"'{value}' is not a local folder and could not be fetched from the Hugging Face Hub "
-                                f"({type(exc).__name__}: {exc}); download it first and pass the folder") from None
+        return Path(resolve_hf_path(value))
+    except FileNotFoundError as exc:
+        raise HFCheckpointError(str(exc)) from None
 
 
 def parse_size(value: str | int) -> int:
