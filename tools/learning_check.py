@@ -30,13 +30,13 @@ Exit status 0 when the targets are met, 1 when they are missed, 2 on a bad confi
 
 Targets. Full form: final held-out accuracy >= 0.80, format-error rate not higher than after
 SFT (and strictly lower when SFT left any errors), within ``--time-limit`` seconds (600).
-``--quick`` (CI): fewer SFT and GRPO steps (SFT leaves many format errors); the held-out
-format-error rate must fall by at least ``3 * sigma_diff`` where ``sigma_diff = sqrt(2 * 0.25 / N)``
-is the largest possible standard deviation of the difference of two independent rates over N
-trajectories (Bernoulli variance <= 0.25; a policy that did not improve passes with probability
-~0.1%), and held-out accuracy must not fall below chance on the well-formed verdicts
-(``acc >= 0.5 * (1 - format_error) - 3 * sigma_diff``): a sign error in the advantages or a
-mask that misses generated tokens fails it. The quick form does not assert an accuracy gain:
+``--quick`` (CI): 10 GRPO steps instead of 30; the held-out format-error rate must fall by
+at least ``3 * sigma_diff``, ``sigma_diff = sqrt((p0 (1 - p0) + p1 (1 - p1)) / N)`` the standard
+deviation of the difference of two independent binomial rates p0 (after SFT) and p1 (after
+GRPO) over N = 128 held-out trajectories (a policy that did not improve passes with
+probability ~0.1%), and held-out accuracy must not fall below chance on the well-formed
+verdicts (``acc >= 0.5 * (1 - format_error) - 3 * sqrt(0.25 / N)``): a sign error in the
+advantages or a mask that misses generated tokens fails it. The quick form does not assert an accuracy gain:
 see the report in the summary's ``validation_curve`` (the tiny model did not learn the verdict
 rule within the CPU budget in our runs).
 """
@@ -62,15 +62,21 @@ DEFAULT_CONFIG = REPO_ROOT / "model_configs" / "learning_check.yaml"
 
 # The reduced CI form: applied before the user's overrides.
 QUICK_OVERRIDES = [
-    "sft.num_steps=65", "grpo.max_num_steps=8", "grpo.val_every_n_steps=4",
+    "grpo.max_num_steps=10", "grpo.val_every_n_steps=5",
 ]
 
 FULL_TARGETS = {"min_final_accuracy": 0.80}
 
 
 def _noise_sigma(n: int) -> float:
-    """Std of the difference of two held-out accuracies of ``n`` independent Bernoulli(0.5) verdicts."""
+    """Largest std of the difference of two independent rates over ``n`` trajectories (variance <= 0.25 each)."""
     return math.sqrt(2 * 0.25 / max(n, 1))
+
+
+def _diff_sigma(p0: float, p1: float, n: int) -> float:
+    """Std of ``p0 - p1`` for two independent binomial proportions over ``n`` trials each
+    (normal approximation, Wald): ``sqrt((p0 (1 - p0) + p1 (1 - p1)) / n)``."""
+    return math.sqrt((p0 * (1 - p0) + p1 * (1 - p1)) / max(n, 1))
 
 
 def short_traces(protocol, pairs, seed: int) -> List[List[Dict[str, str]]]:
@@ -237,8 +243,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     checks: Dict[str, bool] = {}
     fmt_before, fmt_after = before["format_error_rate"], after["format_error_rate"]
     if args.quick:
-        checks["format_error_drop>=3sigma"] = fmt_before - fmt_after >= 3 * sigma
-        checks["accuracy_not_below_chance"] = after["accuracy"] >= 0.5 * (1 - fmt_after) - 3 * sigma
+        checks["format_error_drop>=3sigma"] = fmt_before - fmt_after >= 3 * _diff_sigma(fmt_before, fmt_after, n_val)
+        checks["accuracy_not_below_chance"] = after["accuracy"] >= 0.5 * (1 - fmt_after) - 3 * math.sqrt(0.25 / n_val)
     else:
         checks["final_accuracy>=0.80"] = after["accuracy"] >= FULL_TARGETS["min_final_accuracy"]
         checks["format_error_lowered"] = fmt_after < fmt_before if fmt_before > 0 else fmt_after == 0
