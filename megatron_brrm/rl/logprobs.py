@@ -57,17 +57,24 @@ def _scaled_logits(logits: torch.Tensor, temperature: float, vocab_start: int,
     return z
 
 
+def _shifted_exp_sum(logits: torch.Tensor, temperature: float, vocab_start: int, vocab_size: Optional[int], group):
+    """``(z, exp(z), S)`` with ``z = logits / T - max`` (max over the whole split vocabulary) and
+    ``S = sum exp(z)`` all-reduced over ``group``: the numerically stable softmax pieces."""
+    z = _scaled_logits(logits, temperature, vocab_start, vocab_size)
+    m = z.max(dim=-1).values
+    _all_reduce(m, dist.ReduceOp.MAX, group)
+    z = z - m.unsqueeze(-1)
+    e = torch.exp(z)
+    s = e.sum(dim=-1)
+    _all_reduce(s, dist.ReduceOp.SUM, group)
+    return z, e, s
+
+
 class _VocabParallelLogprob(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits, target, vocab_start, vocab_size, temperature, group):
-        z = _scaled_logits(logits, temperature, vocab_start, vocab_size)
+        z, e, s = _shifted_exp_sum(logits, temperature, vocab_start, vocab_size, group)
         v_local = z.shape[-1]
-        m = z.max(dim=-1).values
-        _all_reduce(m, dist.ReduceOp.MAX, group)
-        z = z - m.unsqueeze(-1)
-        e = torch.exp(z)
-        s = e.sum(dim=-1)
-        _all_reduce(s, dist.ReduceOp.SUM, group)
         in_range = (target >= vocab_start) & (target < vocab_start + v_local)
         local_idx = (target - vocab_start).clamp(0, v_local - 1)
         zt = torch.gather(z, -1, local_idx.unsqueeze(-1)).squeeze(-1)
@@ -120,13 +127,7 @@ def vocab_parallel_entropy(logits: torch.Tensor, vocab_start: int = 0, vocab_siz
 
     Args/shapes as :func:`vocab_parallel_logprobs`; returns float32 ``[...]`` in nats.
     """
-    z = _scaled_logits(logits, temperature, vocab_start, vocab_size)
-    m = z.max(dim=-1).values
-    _all_reduce(m, dist.ReduceOp.MAX, group)
-    z = z - m.unsqueeze(-1)
-    e = torch.exp(z)
-    s = e.sum(dim=-1)
-    _all_reduce(s, dist.ReduceOp.SUM, group)
+    z, e, s = _shifted_exp_sum(logits, temperature, vocab_start, vocab_size, group)
     ez = torch.where(e > 0, e * z, torch.zeros_like(e)).sum(dim=-1)  # -inf padding contributes 0
     _all_reduce(ez, dist.ReduceOp.SUM, group)
     return torch.log(s) - ez / s
