@@ -66,6 +66,10 @@ QUICK_OVERRIDES = [
 ]
 
 FULL_TARGETS = {"min_final_accuracy": 0.80}
+SIGNAL_TEXT = {
+    "hint": "the user turn names the better reply ('first'/'second'), which also holds the word 'correct'",
+    "marker": "the better reply holds the word 'correct' (position must be read)",
+}
 
 
 def _noise_sigma(n: int) -> float:
@@ -252,7 +256,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     passed = all(checks.values())
     summary = {
         "mode": "quick" if args.quick else "full", "passed": passed, "checks": checks,
-        "signal": "the preferred response contains the marker word 'correct'; both orders present",
+        "signal": SIGNAL_TEXT[args.signal] + "; both orders of every pair present",
+        "hint_repeats": args.hint_repeats if args.signal == "hint" else 0,
         "before": before, "after": after, "num_val_trajectories": n_val, "noise_sigma_diff": sigma,
         "validation_curve": val_curve, "train_curve": train_curve,
         "seconds": {"setup": t_setup, "sft": t_sft, "grpo": t_grpo, "total": elapsed},

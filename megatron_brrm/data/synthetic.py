@@ -9,6 +9,12 @@ in BR-RM, DESIGN.md 4.1), so a judge can only score above chance by looking at *
 marker is (Response 1 or Response 2), never by a fixed position preference. A random judge,
 or one that ignores the responses, scores 50% on this data by construction.
 
+``signal="hint"`` adds a second, easier cue: the user turn names the better reply
+("... I like the reply: second second ...", the word repeated ``hint_repeats`` times; the
+swapped copy names the other one). The verdict is then a one-hop lookup of a context token
+instead of the two-hop "which block holds the marker" rule, which a 2-layer model did not
+pick up within a CPU budget (see ``tools/learning_check.py``).
+
 Train and held-out splits draw their filler words from disjoint halves of the word list, so
 held-out accuracy measures the learned rule, not memorised pairs.
 
@@ -60,13 +66,16 @@ def marker_pair(rng: random.Random, index: int, words: Sequence[str], marker: st
         index: row number (goes into the id ``"synthetic_marker:<split>:<index>"``).
         words: filler-word pool (must not contain ``marker``).
         marker: the word that makes a response the better one.
-        num_filler_words: filler words per response (>= 1).
+        num_filler_words: filler words per response besides the marker (>= 0; the rejected
+            response gets one more, so both have the same word count).
+        signal: ``"marker"`` or ``"hint"`` (module docstring); hint_repeats: copies of the hint word.
 
     Returns:
         A validated :class:`PreferencePair`; ``preference`` is the position of the marker (1 or 2).
 
     Raises:
-        DataError: ``num_filler_words`` < 1, an empty pool, or a pool containing the marker.
+        DataError: ``num_filler_words`` < 0, an empty pool, a pool containing the marker, or an
+            unknown ``signal``.
     """
     if num_filler_words < 0:
         raise DataError(f"synthetic task: num_filler_words must be >= 0, got {num_filler_words}")
@@ -78,6 +87,8 @@ def marker_pair(rng: random.Random, index: int, words: Sequence[str], marker: st
     r1, r2, pref = (good, bad, 1) if first else (bad, good, 2)
     question = f"Tell me about {rng.choice(TOPICS)}."
     if signal == "hint":
+        if hint_repeats < 1:
+            raise DataError(f"synthetic task: hint_repeats must be >= 1, got {hint_repeats}")
         question += " I like the reply: " + " ".join([HINT_WORDS[pref]] * hint_repeats)
     elif signal != "marker":
         raise DataError(f"synthetic task: signal must be one of {SIGNALS}, got {signal!r}")
@@ -105,7 +116,7 @@ def marker_task(num_pairs: int, seed: int, split: str = "train", both_orders: bo
         split: ``"train"`` or ``"val"`` (disjoint filler-word pools).
         both_orders: emit every pair followed by its swapped copy (label flipped, id
             ``+ ":swap"``): ``2 * num_pairs`` records with exactly half labelled 1.
-        marker, num_filler_words: see :func:`marker_pair`.
+        marker, num_filler_words, signal, hint_repeats: see :func:`marker_pair`.
 
     Returns:
         ``num_pairs`` (or ``2 * num_pairs``) :class:`PreferencePair` records.

@@ -7,6 +7,7 @@ that loads ``AutoTokenizer`` / ``AutoModelForCausalLM`` from a folder runs uncha
 """
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -44,10 +45,16 @@ def _iter_strings(obj) -> Iterator[str]:
 
 
 def default_corpus_files() -> List[Path]:
-    """Text sources for the tiny tokenizer: shipped samples and judge templates, sorted."""
-    files = sorted(p for p in SAMPLES_DIR.rglob("*") if p.suffix in (".json", ".jsonl", ".txt"))
-    files += sorted(p for p in TEMPLATES_DIR.rglob("*") if p.is_file())
-    return files
+    """Text sources for the tiny tokenizer: the shipped samples, sorted."""
+    return sorted(p for p in SAMPLES_DIR.rglob("*") if p.suffix in (".json", ".jsonl", ".txt"))
+
+
+def template_texts(repeats: int = 50) -> List[str]:
+    """The judge template files, each ``repeats`` times: BPE merges follow frequency, so the
+    protocol's markers and instructions (every judge prompt and output repeats them) get
+    whole-word tokens, which keeps the tiny model's sequences short."""
+    texts = [p.read_text(encoding="utf-8") for p in sorted(TEMPLATES_DIR.rglob("*")) if p.is_file()]
+    return texts * repeats
 
 
 def iter_corpus(files: Sequence[Path], max_chars: int = 3_000_000) -> Iterator[str]:
@@ -82,7 +89,8 @@ def train_tokenizer(vocab_size: int, corpus_files: Optional[Sequence[Path]] = No
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    files = list(corpus_files) if corpus_files is not None else default_corpus_files()
+    use_default = corpus_files is None
+    files = default_corpus_files() if use_default else list(corpus_files)
     if not files:
         raise FileNotFoundError(f"no tokenizer corpus found under {SAMPLES_DIR}; the repository's samples/ folder is missing")
     tok = Tokenizer(models.BPE())
@@ -92,7 +100,10 @@ def train_tokenizer(vocab_size: int, corpus_files: Optional[Sequence[Path]] = No
         vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS + EXTRA_TOKENS,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
     )
-    tok.train_from_iterator(iter_corpus(files), trainer=trainer)
+    corpus = iter_corpus(files)
+    if use_default:
+        corpus = itertools.chain(template_texts(), corpus)
+    tok.train_from_iterator(corpus, trainer=trainer)
     hf_tok = PreTrainedTokenizerFast(
         tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
         additional_special_tokens=["<|im_start|>"],
