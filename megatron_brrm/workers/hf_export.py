@@ -51,13 +51,8 @@ def export_policy_to_hf(policy_group, out_dir: str | Path, hf_reference: str | P
     mapping = get_mapping(load_hf_config(hf_reference))
     plan = [(n, mapping.hf_shape(n), dtype) for n in mapping.hf_param_names()]
     with atomic_output_dir(out_dir, overwrite=overwrite) as tmp:
-        writer = ShardedSafetensorsWriter(tmp, plan)
-        try:
+        with ShardedSafetensorsWriter(tmp, plan) as writer:  # closes (and checks completeness) on success
             refit_from_policy(policy_group, [_Writer(writer, dtype)], bucket_bytes)
-        except BaseException:
-            writer._close_files()
-            raise
-        writer.close()
         config = read_hf_config(hf_reference)
         write_hf_config(config, tmp, config.get("architectures") or [], dtype)
         copy_hf_side_files(hf_reference, tmp)

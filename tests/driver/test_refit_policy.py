@@ -12,11 +12,12 @@ pytestmark = pytest.mark.multiprocess
 
 
 @pytest.mark.parametrize("layout", [{"tp": 2, "pp": 1}, {"tp": 1, "pp": 2}], ids=["tp2", "pp2"])
-def test_refit_matches_trainer(layout, tiny_qwen3_dir):
+def test_refit_matches_trainer(layout, tiny_qwen3_dir, tmp_path):
     from megatron_brrm.config import load_config
     from megatron_brrm.rollout.hf_engine import HFEngine
     from megatron_brrm.workers.batching import sequences_to_batch
     from megatron_brrm.workers.cluster import Cluster
+    from megatron_brrm.workers.hf_export import export_policy_to_hf
     from megatron_brrm.workers.policy import SFTLoss
     from megatron_brrm.workers.policy_actor import PolicyActor
     from megatron_brrm.workers.refit_stream import refit_from_policy
@@ -39,6 +40,7 @@ def test_refit_matches_trainer(layout, tiny_qwen3_dir):
         expected = policy.run_all("hf_state_dict")[0]
         trainer_lp = policy.run_all("get_logprobs", batch)[0]
         stats = refit_from_policy(policy, [engine], bucket_bytes=64 * 1024)
+        exported = export_policy_to_hf(policy, tmp_path / "export", tiny_qwen3_dir)
     finally:
         cluster.shutdown()
     params = dict(engine.model.named_parameters())
@@ -49,6 +51,12 @@ def test_refit_matches_trainer(layout, tiny_qwen3_dir):
         assert torch.equal(params[name].detach(), tensor), name
         changed += int(not torch.equal(before[name], tensor))
     assert changed == len(expected)  # the optimizer step moved every tensor, so equality is not trivial
+    from safetensors.torch import load_file
+    from transformers import AutoTokenizer
+
+    saved = {k: v for f in sorted(exported.glob("*.safetensors")) for k, v in load_file(str(f)).items()}
+    assert set(saved) == set(expected) and all(torch.equal(saved[n], t) for n, t in expected.items())
+    assert AutoTokenizer.from_pretrained(exported).chat_template  # tokenizer + chat template travel along
     with torch.no_grad():
         ids = batch["input_ids"]
         logits = engine.model(input_ids=ids, attention_mask=(ids != -1).long()).logits.float()
