@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from megatron_brrm.data.io import iter_records
 from megatron_brrm.data.schema import DataError
 
 
@@ -80,21 +81,18 @@ def read_json_file(path: Path) -> Any:
 def read_jsonl_file(path: Path) -> List[Tuple[int, dict]]:
     """Parse a JSONL file into ``[(line_number, object), ...]``; blank lines are skipped.
 
+    Reads through :func:`megatron_brrm.data.io.iter_records` (the project's one JSONL reader).
+
     Raises:
         DataError: a line is not valid JSON or not an object (message names ``file:line``).
     """
     rows = []
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}:{lineno}: invalid JSON ({exc.msg})") from None
-            if not isinstance(obj, dict):
-                raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
-            rows.append((lineno, obj))
+    for rec in iter_records(path):
+        if rec.error is not None:
+            raise DataError(f"{rec.where}: {rec.error}")
+        if not isinstance(rec.value, dict):
+            raise DataError(f"{rec.where}: expected a JSON object, got {type(rec.value).__name__}")
+        rows.append((rec.index, rec.value))
     return rows
 
 

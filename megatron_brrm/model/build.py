@@ -6,7 +6,8 @@ The HF -> Megatron config translation follows DESIGN.md 4.4 (and Megatron-Bridge
 biases, ``num_query_groups = num_key_value_heads``, ``qk_layernorm`` for Qwen3 only,
 RoPE with ``rotary_base = rope_theta`` (a ``GPTModel`` argument), tied embeddings ->
 ``share_embeddings_and_output_weights``, vocab padded to a multiple of
-``make_vocab_size_divisible_by * TP`` (Megatron-LM ``_vocab_size_with_padding``).
+``make_vocab_size_divisible_by * lcm(TP, 8)`` (:func:`padded_vocab_size`: Megatron-LM's
+``_vocab_size_with_padding`` rule made TP-independent for TP <= 8).
 
 Layer spec: Transformer Engine when TE imports and CUDA is present (or when
 ``model.transformer_impl == "transformer_engine"``), else Megatron's local spec. On the

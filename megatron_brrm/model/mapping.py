@@ -32,6 +32,7 @@ The module needs only torch (the rollout side imports it without Megatron).
 """
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
@@ -98,10 +99,28 @@ def _pattern_regex(pattern: str) -> re.Pattern:
     return re.compile("^" + re.escape(pattern).replace(r"\{i\}", r"(\d+)") + "$")
 
 
+# TP sizes whose padded vocabulary is the same: a checkpoint written at any of them loads at any other.
+PORTABLE_TP = 8
+
+
 def padded_vocab_size(vocab_size: int, make_vocab_size_divisible_by: int = 128, tp_size: int = 1) -> int:
-    """Megatron's padded vocabulary: the next multiple of ``divisible_by * TP``
-    (Megatron-LM ``_vocab_size_with_padding``). The padding rows are zero."""
-    multiple = max(1, make_vocab_size_divisible_by) * tp_size
+    """Megatron's padded vocabulary rows: the next multiple of ``divisible_by * lcm(TP, 8)``.
+
+    Megatron-LM (``_vocab_size_with_padding``) pads to a multiple of ``divisible_by * TP``,
+    so the embedding's shape depends on TP: Qwen3's 151936 tokens become 151936 rows at
+    TP=1 but 152064 at TP=2, and a training checkpoint written at TP=2 cannot resume at
+    TP=1. Padding to ``divisible_by * lcm(TP, PORTABLE_TP)`` instead gives the same rows for
+    every TP in {1, 2, 4, 8} (Qwen3: 152576 = 149 * 1024, i.e. 640 zero rows, 6.5 MB of a
+    14B model in bf16) and is still divisible by TP, which vocab-parallel layers need. The
+    padding rows are zero and are excluded from logprobs (:mod:`megatron_brrm.rl.logprobs`)
+    and from HF exports.
+
+    Raises:
+        ValueError: ``vocab_size`` < 1 or ``tp_size`` < 1.
+    """
+    if vocab_size < 1 or tp_size < 1:
+        raise ValueError(f"padded_vocab_size: vocab_size={vocab_size} and tp_size={tp_size} must be >= 1")
+    multiple = max(1, make_vocab_size_divisible_by) * math.lcm(tp_size, PORTABLE_TP)
     return ((vocab_size + multiple - 1) // multiple) * multiple
 
 

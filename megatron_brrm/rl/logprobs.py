@@ -22,7 +22,7 @@ engine's per-token logprobs line up without shifting.
 Temperature is applied as in generation (vLLM and HF divide the logits by the temperature
 before the softmax), so logprobs are those of the distribution the tokens were sampled from.
 Vocabulary padding (Megatron pads the vocabulary to a multiple of
-``make_vocab_size_divisible_by * TP``) is excluded by ``vocab_size``.
+``make_vocab_size_divisible_by * lcm(TP, 8)``) is excluded by ``vocab_size``.
 """
 from __future__ import annotations
 

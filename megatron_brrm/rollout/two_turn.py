@@ -31,8 +31,10 @@ verdict there is rewarded normally.
 
 Randomness: turn ``k`` is called with seed ``params.seed + k`` and each sample's stream is
 derived from (seed, its input ids, its index) by the engine, so a rollout is reproducible
-and independent of batching; two trajectories with identical turn-2 inputs in one call get
-identical turn-2 samples.
+and independent of batching. Trajectories whose turn-k inputs are identical (a group whose
+turn-1 outputs coincide) are sent as ``n`` samples of one prompt, so they still get
+independent turn-k samples (:func:`_generate_distinct`); otherwise their verdicts would be
+equal and the group's GRPO advantages zero.
 """
 from __future__ import annotations
 
@@ -233,8 +235,7 @@ def rollout(engine: GenerationEngine, protocol, pairs: Sequence, params: Rollout
                 by_pair = {i: o for i, o in zip(pair_ids, outs)}
                 flat = [by_pair[s.pair_index][s.sample_index] for s, _ in runnable]
             else:
-                outs = engine.generate([s.ids for s, _ in runnable], sp)
-                flat = [o[0] for o in outs if len(o) == 1]
+                flat = _generate_distinct(engine, [s.ids for s, _ in runnable], sp)
             if len(flat) != len(runnable):
                 raise RuntimeError(f"engine returned {len(flat)} samples for {len(runnable)} requests")
             for (s, budget), out in zip(runnable, flat):
@@ -256,6 +257,41 @@ def rollout(engine: GenerationEngine, protocol, pairs: Sequence, params: Rollout
             s.add_context(continuation_ids(tok, suffix_cache[key], s.last_gen, eos))
 
     return [_finish(s, pairs[s.pair_index], group_offset, max_total, rule, num_turns) for s in states]
+
+
+def _generate_distinct(engine: GenerationEngine, inputs: List[List[int]], sp: SamplingParams) -> List[GenerationOutput]:
+    """One sample per input, where equal inputs get *different* samples.
+
+    Engines derive each sample's random stream from (seed, input ids, sample index), so two
+    equal inputs sent as two ``n=1`` requests would get the same sample. That happens in
+    every GRPO group whose turn-1 outputs coincide (a confident or low-temperature judge),
+    and it silently zeroes the group's advantages: all its verdicts are the same. Equal
+    inputs are therefore sent once, as ``n = multiplicity`` samples of one prompt (one engine
+    call per distinct multiplicity), so they are ``n`` independent draws, exactly as if the
+    turn had been sampled ``n`` times from that context.
+
+    Returns:
+        ``len(inputs)`` outputs, in input order.
+
+    Raises:
+        RuntimeError: the engine returned the wrong number of samples.
+    """
+    slots: Dict[Tuple[int, ...], List[int]] = {}
+    for k, ids in enumerate(inputs):
+        slots.setdefault(tuple(ids), []).append(k)
+    by_count: Dict[int, List[Tuple[int, ...]]] = {}
+    for key, ks in slots.items():
+        by_count.setdefault(len(ks), []).append(key)
+    flat: List[Optional[GenerationOutput]] = [None] * len(inputs)
+    for count in sorted(by_count):
+        keys = by_count[count]
+        outs = engine.generate([list(k) for k in keys], dataclasses.replace(sp, n=count))
+        if len(outs) != len(keys) or any(len(o) != count for o in outs):
+            raise RuntimeError(f"engine returned {[len(o) for o in outs]} samples for {len(keys)} prompts x n={count}")
+        for key, samples in zip(keys, outs):
+            for k, out in zip(slots[key], samples):
+                flat[k] = out
+    return flat  # type: ignore[return-value]
 
 
 def _finish(s: _State, pair, group_offset: int, max_total: int, rule: RewardRule, num_turns: int) -> Trajectory:

@@ -116,12 +116,12 @@ def test_converter_outputs_layout(chain):
 
 @pytest.mark.multiprocess
 def test_vocab_padding_rows(chain):
-    """Vocab 2100 converted for TP=2 is stored with Megatron's 2304 padded rows (zeros), exported as 2100."""
+    """Vocab 2100 converted for TP=2 is stored with 3072 padded rows (zeros; 128 * lcm(2, 8) = 1024 divides 3072), exported as 2100."""
     from megatron_brrm.checkpoint.dcp_io import read_tensor_metadata
 
     meta = read_tensor_metadata(chain["root"] / "mg_llama_padded")
-    assert meta["embedding.word_embeddings.weight"][0] == (2304, 64)
-    assert meta["output_layer.weight"][0] == (2304, 64)
+    assert meta["embedding.word_embeddings.weight"][0] == (3072, 64)
+    assert meta["output_layer.weight"][0] == (3072, 64)
     assert meta["decoder.layers.mlp.linear_fc1.weight"][0] == (4, 256, 64)  # [layers, gate + up, hidden]
     exported = HFSafetensorsReader(chain["root"] / "hf_llama_padded")
     assert exported.info("model.embed_tokens.weight").shape == (2100, 64)

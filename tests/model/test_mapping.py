@@ -109,12 +109,22 @@ def test_row_parallel_split_by_columns(tp, name, hf_name, cols):
     assert torch.equal(m.gather(name, shards), full)
 
 
+def test_padded_vocab_is_tp_independent():
+    """Qwen3's 151936 tokens pad to 149 * 1024 = 152576 rows for every TP in {1, 2, 4, 8} (a checkpoint
+    moves between those TP sizes); TP=3 pads to a multiple of 128 * 24 = 3072 (50 * 3072 = 153600)."""
+    assert {padded_vocab_size(151936, 128, tp) for tp in (1, 2, 4, 8)} == {152576}
+    assert padded_vocab_size(151936, 128, 3) == 153600
+    assert padded_vocab_size(1024, 128, 2) == 1024
+    with pytest.raises(ValueError, match="tp_size=0"):
+        padded_vocab_size(100, 128, 0)
+
+
 @pytest.mark.parametrize("tp", [1, 2, 4])
 @pytest.mark.parametrize("name,hf_name", [("embedding.word_embeddings.weight", "model.embed_tokens.weight"),
                                           ("output_layer.weight", "lm_head.weight")])
 def test_vocab_rows_padded_and_split(tp, name, hf_name):
     m = get_mapping(CFG, tp_size=tp, make_vocab_size_divisible_by=8)
-    padded = -(-V // (8 * tp)) * (8 * tp)  # next multiple of 8 * TP, computed independently
+    padded = -(-V // (8 * 8)) * (8 * 8)  # next multiple of 8 * lcm(TP, 8) = 64 for TP in {1, 2, 4}, by hand
     assert m.padded_vocab_size == padded == padded_vocab_size(V, 8, tp)
     w = _coded(V, HID, 3)
     full = m.to_megatron(name, {hf_name: w})

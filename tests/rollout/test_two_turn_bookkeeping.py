@@ -250,3 +250,30 @@ def test_engine_contract_violations_are_reported(tok):
         rollout(DropsASample(tok, brrm_script(tok, proto, pairs)), proto, pairs, RolloutParams(n=2), RewardRule())
     with pytest.raises(RuntimeError, match="logprobs"):
         rollout(NoLogprobs(tok, brrm_script(tok, proto, pairs)), proto, pairs, RolloutParams(n=1), RewardRule())
+
+
+def test_identical_turn1_outputs_still_get_independent_turn2_samples(tok):
+    """A group whose turn-1 outputs coincide must not get one repeated turn-2 sample (zero advantages):
+    equal turn-2 inputs are sent once as n samples, distinct inputs as their own prompts."""
+    proto = get_protocol("brrm")
+    pairs = make_pairs(3)
+
+    def turn1(c, i, j, prompt):  # pairs 0 and 1: both samples identical; pair 2: samples differ
+        k = j if "number 2" in tok.decode(prompt) else 0
+        return enc(tok, proto.format_turn_output(0, preference=1, dimensions=[DIMENSIONS[k]])) + [tok.eos_token_id]
+
+    def turn2(c, i, j, prompt):  # the verdict is the sample index within the call: j=0 -> 1, j=1 -> 2
+        return enc(tok, proto.format_turn_output(1, preference=1 + j)) + [tok.eos_token_id]
+
+    engine = ScriptedEngine(tok, [turn1, turn2, turn2])
+    trajs = rollout(engine, proto, pairs, RolloutParams(n=2, max_new_tokens=(400, 400), max_total_length=4096, seed=3),
+                    RewardRule.preset("reference"))
+    assert len(engine.calls) == 3
+    singles, doubles = engine.calls[1], engine.calls[2]  # one call per multiplicity, ascending
+    assert singles["params"].n == 1 and len(singles["prompts"]) == 2  # pair 2's two distinct inputs
+    assert doubles["params"].n == 2 and len(doubles["prompts"]) == 2  # pairs 0 and 1, once each
+    assert [t.verdict.preference for t in trajs[:4]] == [1, 2, 1, 2]  # independent draws inside each group
+    assert [t.verdict.preference for t in trajs[4:]] == [1, 1]
+    a, b = trajs[0], trajs[1]
+    start = a.turn_spans[1][0]
+    assert a.token_ids[:start] == b.token_ids[:start] and a.token_ids[start:] != b.token_ids[start:]
