@@ -130,10 +130,9 @@ def meta_sharded_state_dict(hf_config, params_dtype: torch.dtype, padded_vocab: 
     from megatron_brrm.config import ModelConfig, ParallelConfig
     from megatron_brrm.model.build import build_gpt_model
 
-    model_cfg = ModelConfig(params_dtype=DTYPE_TO_NAME[params_dtype], transformer_impl="local",
-                            make_vocab_size_divisible_by=padded_vocab)  # ceil(V / P) * P == P for V <= P
+    model_cfg = ModelConfig(params_dtype=DTYPE_TO_NAME[params_dtype], transformer_impl="local")
     with mock.patch("torch.cuda.is_available", return_value=False), torch.device("meta"):
-        model = build_gpt_model(hf_config, model_cfg, ParallelConfig())
+        model = build_gpt_model(hf_config, model_cfg, ParallelConfig(), padded_vocab=padded_vocab)
     return model.sharded_state_dict()
 
 

@@ -297,7 +297,8 @@ def layer_spec(config, model_cfg, vp_stage: Optional[int] = None, pp_rank: Optio
 
 
 def build_gpt_model(hf_config: Any, model_cfg, parallel_cfg, pre_process: Optional[bool] = None,
-                    post_process: Optional[bool] = None, vp_stage: Optional[int] = None):
+                    post_process: Optional[bool] = None, vp_stage: Optional[int] = None,
+                    padded_vocab: Optional[int] = None):
     """Build this rank's ``GPTModel`` chunk (random init; load weights with ``mapping``).
 
     Requires :func:`megatron_brrm.parallel.initialize_parallel` to have run with the same
@@ -312,6 +313,8 @@ def build_gpt_model(hf_config: Any, model_cfg, parallel_cfg, pre_process: Option
         pre_process / post_process: whether this chunk holds the embedding / output layer;
             default: first / last pipeline stage (and VPP chunk).
         vp_stage: virtual pipeline chunk index (with VPP).
+        padded_vocab: embedding / output rows to use instead of :func:`padded_vocab_size`
+            (e.g. the rows recorded in a checkpoint); must be >= the HF vocab and divisible by TP.
 
     Returns:
         ``megatron.core.models.gpt.GPTModel`` in ``model_cfg.params_dtype``.
@@ -328,8 +331,11 @@ def build_gpt_model(hf_config: Any, model_cfg, parallel_cfg, pre_process: Option
     if post_process is None:
         post_process = mpu.is_pipeline_last_stage(ignore_virtual=False, vp_stage=vp_stage)
     rope = rope_settings(hf_config)
-    vocab = padded_vocab_size(hf_get(hf_config, "vocab_size"), model_cfg.make_vocab_size_divisible_by,
-                              parallel_cfg.tensor_model_parallel_size)
+    vocab = padded_vocab or padded_vocab_size(hf_get(hf_config, "vocab_size"), model_cfg.make_vocab_size_divisible_by,
+                                              parallel_cfg.tensor_model_parallel_size)
+    if vocab < hf_get(hf_config, "vocab_size") or vocab % parallel_cfg.tensor_model_parallel_size:
+        raise ModelBuildError(f"padded vocab {vocab} must be >= vocab_size={hf_get(hf_config, 'vocab_size')} and "
+                              f"divisible by TP={parallel_cfg.tensor_model_parallel_size}")
     model = GPTModel(
         config=config,
         transformer_layer_spec=layer_spec(config, model_cfg, vp_stage=vp_stage),
