@@ -149,6 +149,7 @@ class RolloutConfig:
     enable_prefix_caching: bool = True
     colocated: bool = True
     refit_bucket_size_mb: int = 512
+    refit_transport: str = "auto"  # auto (shm when driver, policy and engines share a node, else ray) | shm | ray
     refit_check: bool = False
     seed: int = 0
     device: str = "auto"  # hf engine: auto (cuda if visible, else cpu) | cpu | cuda | cuda:N

@@ -138,7 +138,8 @@ class GRPOTrainer:
     def refit(self) -> Dict[str, float]:
         from megatron_brrm.workers.refit_stream import refit_from_policy
 
-        stats = refit_from_policy(self.policy, [self.engine], self.cfg.rollout.refit_bucket_size_mb * 2**20)
+        stats = refit_from_policy(self.policy, [self.engine], self.cfg.rollout.refit_bucket_size_mb * 2**20,
+                                  transport=self.cfg.rollout.refit_transport)
         return {"refit/bytes": stats.num_bytes, "refit/buckets": stats.num_buckets, "refit/gb_per_s": stats.gb_per_s,
                 "timing/refit": stats.seconds}
 

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator, List, Sequence, Tuple
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Iterable, Iterator, List, Sequence, Tuple
 
 import torch
 
@@ -57,12 +57,17 @@ def iter_buckets(named_tensors: Iterable[NamedTensor], bucket_bytes: int) -> Ite
 
 @dataclass
 class RefitStats:
-    """What one refit moved: tensors, bytes, buckets and wall time (seconds)."""
+    """What one refit moved: tensors, bytes, buckets and wall time (seconds).
+
+    ``phases`` optionally breaks the time down (seconds per named phase, e.g. the
+    shared-memory transport's ``alloc`` / ``write_wait`` / ``load``; phases may overlap).
+    """
 
     num_tensors: int = 0
     num_bytes: int = 0
     num_buckets: int = 0
     seconds: float = 0.0
+    phases: Dict[str, float] = field(default_factory=dict)
 
     @property
     def gb_per_s(self) -> float:

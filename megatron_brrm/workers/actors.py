@@ -8,7 +8,10 @@ class stays usable (and testable) without Ray.
 
 :class:`EngineActor` builds its engine *inside* the actor from a factory callable (the
 engine's weights and, on GPU, its CUDA context never exist in the driver) and forwards
-``generate`` / ``update_weights`` / ``sleep`` / ``wake``. :class:`RemoteEngine` is the
+``generate`` / ``update_weights`` / ``sleep`` / ``wake``; for the same-node refit
+(:mod:`megatron_brrm.workers.refit_shm`) it loads buckets from shared memory
+(``load_refit_bucket``) or moves its engine's weights into shared memory for the policy
+ranks to write directly (``share_refit_weights``). :class:`RemoteEngine` is the
 driver-side handle that implements the same ``GenerationEngine`` interface over it, so
 rollout code treats local and remote engines alike (used for vLLM engines in their own
 actors).
@@ -95,6 +98,70 @@ class EngineActor:
         self.engine.update_weights(iter(named_tensors))
         return int(sum(t.numel() * t.element_size() for _, t in named_tensors))
 
+    def load_refit_bucket(self, path: str, buffer_bytes: int, entries: Sequence[Any], num_threads: int = 1) -> int:
+        """Load one same-node refit bucket from the shared-memory file ``path``; returns the bytes loaded.
+
+        Maps the file (kept mapped until :meth:`release_refit_buffers`, at most two files),
+        builds a view per :class:`~megatron_brrm.workers.refit_shm.PlanEntry` and hands
+        them to ``engine.update_weights`` (which copies them into the engine's weights),
+        with ``num_threads`` torch threads for the copy (restored afterwards).
+
+        Raises:
+            FileNotFoundError / ValueError: the buffer is missing or too small; KeyError /
+            ValueError from the engine (unknown name, shape mismatch).
+        """
+        from megatron_brrm.workers.refit_shm import bucket_views, map_buffer
+
+        views = bucket_views(map_buffer(path, buffer_bytes), entries)
+        before = torch.get_num_threads()
+        torch.set_num_threads(max(1, int(num_threads)))
+        try:
+            self.engine.update_weights(iter(views))
+        finally:
+            torch.set_num_threads(before)
+        nbytes = int(sum(t.numel() * t.element_size() for _, t in views))
+        del views
+        return nbytes
+
+    def release_refit_buffers(self) -> int:
+        """Unmap the refit buffers this actor holds; returns how many."""
+        from megatron_brrm.workers.refit_shm import unmap_buffers
+
+        return unmap_buffers()
+
+    def share_refit_weights(self, names: Sequence[str], fresh: bool = False) -> Optional[dict]:
+        """Move the engine's weights into shared memory so that policy ranks write them directly.
+
+        See :class:`~megatron_brrm.workers.refit_shm.SharedModuleWeights`. Returns its
+        ``info()``, or None when the engine has no CPU torch ``model`` holding every name
+        (it then loads buckets through :meth:`load_refit_bucket`).
+        """
+        from megatron_brrm.workers.refit_shm import share_module_weights
+
+        shared = share_module_weights(getattr(self.engine, "model", None), names, fresh=fresh)
+        return None if shared is None else shared.info()
+
+    def seal_refit_weights(self) -> None:
+        """Remove the shared-weights file's name once the ranks have mapped it (memory stays mapped)."""
+        from megatron_brrm.workers.refit_shm import seal_module_weights
+
+        seal_module_weights(getattr(self.engine, "model", None))
+
+    def node_id(self) -> str:
+        """The Ray node id of this actor's node (hex)."""
+        return ray.get_runtime_context().get_node_id()
+
+    def state_dict_cpu(self) -> dict:
+        """``{name: CPU copy}`` of the engine model's parameters, for refit checks on small models.
+
+        Raises:
+            AttributeError: the engine has no torch ``model`` attribute (e.g. vLLM engines).
+        """
+        model = getattr(self.engine, "model", None)
+        if not isinstance(model, torch.nn.Module):
+            raise AttributeError(f"{type(self.engine).__name__} has no torch 'model' attribute to read weights from")
+        return {n: p.detach().cpu().clone() for n, p in model.named_parameters()}
+
     def sleep(self) -> None:
         """``engine.sleep()``."""
         self.engine.sleep()
@@ -176,6 +243,30 @@ class RemoteEngine(GenerationEngine):
             size += nbytes
         if bucket:
             self.get(self.handle.update_weights.remote(bucket), "update_weights")
+
+    def node_id(self) -> str:
+        """Ray node id of the actor's node (asked once, then cached)."""
+        cached = getattr(self, "_node_id", None)
+        if cached is None:
+            cached = self._node_id = self.get(self.handle.node_id.remote(), "node_id")
+        return cached
+
+    def load_refit_bucket_async(self, path: str, buffer_bytes: int, entries: Sequence[Any], num_threads: int = 1):
+        """Start :meth:`EngineActor.load_refit_bucket` and return its ``ObjectRef`` (resolve with
+        ``get(ref, "load_refit_bucket")``), so that several engines load a bucket concurrently."""
+        return self.handle.load_refit_bucket.remote(path, buffer_bytes, list(entries), num_threads)
+
+    def release_refit_buffers(self) -> int:
+        """Unmap the actor's refit buffers (see :meth:`EngineActor.release_refit_buffers`)."""
+        return self.get(self.handle.release_refit_buffers.remote(), "release_refit_buffers")
+
+    def share_refit_weights(self, names: Sequence[str], fresh: bool = False) -> Optional[dict]:
+        """See :meth:`EngineActor.share_refit_weights`."""
+        return self.get(self.handle.share_refit_weights.remote(list(names), fresh), "share_refit_weights")
+
+    def seal_refit_weights(self) -> None:
+        """See :meth:`EngineActor.seal_refit_weights`."""
+        self.get(self.handle.seal_refit_weights.remote(), "seal_refit_weights")
 
     def sleep(self) -> None:
         """Forwarded to the actor."""

@@ -12,13 +12,21 @@ what only the distributed setting needs:
   (the TP gathers / PP broadcasts of :func:`~megatron_brrm.model.weights.iter_megatron_to_hf`
   are collectives); global rank 0 yields size-bounded buckets of ``(hf_name, tensor)``, the
   other ranks yield nothing. The driver consumes rank 0's stream with Ray's streaming
-  generators and back-pressure, so at most a few buckets are in flight.
+  generators and back-pressure, so at most a few buckets are in flight. This is the
+  ``ray`` refit transport, used when the ranks and engines span several nodes.
+* **Same-node refit.** When the driver, every rank and every engine share one node, the
+  ``shm`` transport (:mod:`megatron_brrm.workers.refit_shm`, the CPU analog of NeMo-RL's
+  CUDA-IPC refit) is used instead: :meth:`write_refit_bucket` writes this rank's own TP
+  shards straight into their HF-layout place in shared memory, with no gather and no
+  collective: either into a bucket while the engines read the previous one (double
+  buffering), or directly into an engine's weights that it moved into shared memory.
 """
 from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Dict, Iterator, List, Optional
+import time
+from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 import torch
 
@@ -108,6 +116,76 @@ class PolicyActor:
         for bucket in iter_buckets(((n, t.detach().cpu()) for n, t in stream), bucket_bytes):
             if rank0:
                 yield bucket
+
+    def refit_shm_info(self) -> Dict[str, Any]:
+        """What the driver needs to plan a shared-memory refit (no collective).
+
+        Returns:
+            ``{"dtypes": {global Megatron name: dtype name} of this rank's parameters,
+            "mapping": the ArchMapping, "writer": whether this rank writes (DP rank 0 and
+            CP rank 0), "tp_rank", "pp_rank"}``.
+        """
+        from megatron.core import parallel_state as mpu
+
+        local = self._refit_local_params()
+        return {"dtypes": {n: str(p.dtype) for n, p in local.items()}, "mapping": self.worker.mapping,
+                "writer": self._refit_writer(), "tp_rank": mpu.get_tensor_model_parallel_rank(),
+                "pp_rank": mpu.get_pipeline_model_parallel_rank()}
+
+    def _refit_local_params(self) -> Dict[str, torch.Tensor]:
+        from megatron.core import parallel_state as mpu
+
+        from megatron_brrm.model.weights import local_global_params
+
+        return local_global_params(self.worker.model, self.worker.mapping, mpu.get_pipeline_model_parallel_rank(),
+                                   mpu.get_pipeline_model_parallel_world_size(), self.worker.vp_size)
+
+    @staticmethod
+    def _refit_writer() -> bool:
+        from megatron.core import parallel_state as mpu
+
+        return mpu.get_data_parallel_rank() == 0 and mpu.get_context_parallel_rank() == 0
+
+    @torch.no_grad()
+    def write_refit_bucket(self, path: str, buffer_bytes: int, entries: List,
+                           persistent: bool = False) -> Dict[str, float]:
+        """Write this rank's TP shards of one bucket into the shared-memory file ``path`` (no collective).
+
+        The same-node transport (:mod:`megatron_brrm.workers.refit_shm`): each tensor of
+        ``entries`` (:class:`~megatron_brrm.workers.refit_shm.PlanEntry`) held by this
+        rank's pipeline stage(s) is written at its HF-layout place; only DP rank 0 (CP rank
+        0) writes, the other replicas hold equal weights. The file stays mapped (at most two
+        bucket files; ``persistent`` files, an engine's own weights in shared memory, until
+        :meth:`release_refit_buffers` drops them).
+
+        Returns:
+            ``{"bytes": bytes written, "map_s": seconds mapping the file, "write_s": seconds
+            copying the shards}``.
+
+        Raises:
+            FileNotFoundError / ValueError: the buffer is missing or too small.
+            MappingError: a parameter's shape does not fit the plan.
+        """
+        if not self._refit_writer():
+            return {"bytes": 0, "map_s": 0.0, "write_s": 0.0}
+        from megatron.core import parallel_state as mpu
+
+        from megatron_brrm.workers.refit_shm import map_buffer, write_bucket_shards
+
+        t0 = time.perf_counter()
+        buffer = map_buffer(path, buffer_bytes, persistent=persistent)
+        t1 = time.perf_counter()
+        nbytes = write_bucket_shards(self._refit_local_params(), self.worker.mapping,
+                                     mpu.get_tensor_model_parallel_rank(), mpu.get_tensor_model_parallel_world_size(),
+                                     buffer, entries)
+        return {"bytes": nbytes, "map_s": t1 - t0, "write_s": time.perf_counter() - t1}
+
+    def release_refit_buffers(self, keep: Sequence[str] = ()) -> int:
+        """Unmap the refit buffers this rank holds, except the paths in ``keep`` (call when a refit
+        ends); returns how many were unmapped."""
+        from megatron_brrm.workers.refit_shm import unmap_buffers
+
+        return unmap_buffers(keep)
 
     def hf_state_dict(self) -> Optional[Dict[str, torch.Tensor]]:
         """All weights as full HF tensors on rank 0 (collective; small models only)."""

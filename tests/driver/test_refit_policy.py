@@ -1,14 +1,65 @@
-"""Refit from Megatron policy ranks (TP=2, PP=2) into the HF engine, through Ray, as the driver does.
+"""Refit from Megatron policy ranks (TP=2, PP=2) into the HF engine, as the driver does.
 
-After one optimizer step (so the weights differ from the initial HF folder), the refit must
-leave every engine parameter bit-equal to the policy's own gathered HF export, and the
-engine's logprobs must match the trainer's on the same tokens to 1e-4 (fp32: the two stacks
-differ only in kernel summation order, measured ~1e-6).
+After one optimizer step (so the weights differ from the initial HF folder), a refit must
+leave every engine parameter bit-equal to the policy's own gathered HF export (the
+``hf_state_dict`` collective: TP all-gather + ``mapping.to_hf``), through both transports:
+``ray`` (Ray object-store stream) and ``shm`` (same-node shared memory, each rank writing its
+own shards; checked for a local engine and an EngineActor-hosted one, starting from the initial
+weights, with no named shared-memory file left afterwards; once with double-buffered buckets
+and twice with the ranks writing straight into the engines' shared weights). ``shm`` with a
+rank on another node must fail naming the nodes. The engine's logprobs must match the
+trainer's on the same tokens to 1e-4 (fp32: the two stacks differ only in kernel summation order, measured ~1e-6).
 """
 import pytest
 import torch
 
 pytestmark = pytest.mark.multiprocess
+
+
+def _shm_refit(cluster, policy, engine, before, model_dir):
+    """Refit a local engine and an EngineActor-hosted engine through shared memory, both starting
+    from the initial weights: first with double-buffered buckets, then twice with direct writes
+    into the engines' weights (the second time through the ranks' cached mappings); then probe
+    the cross-node error with a fake placement. Returns what the test checks."""
+    import dataclasses
+    import functools
+    import glob
+    import os
+    import tempfile
+
+    from megatron_brrm.rollout.hf_engine import HFEngine
+    from megatron_brrm.workers.actors import create_engine_actors
+    from megatron_brrm.workers.refit_shm import mapped_paths, shm_dir
+    from megatron_brrm.workers.refit_stream import RefitTransportError, refit_from_policy
+
+    remote = create_engine_actors(cluster, functools.partial(HFEngine, str(model_dir)), num_engines=1, timeout_s=300)[0]
+    pids = [os.getpid(), remote.get(remote.handle.placement_info.remote(), "placement_info")["pid"]]
+
+    def reset():
+        with torch.no_grad():
+            for name, p in engine.model.named_parameters():
+                p.copy_(before[name])
+        remote.update_weights(iter(before.items()))
+
+    def run(**kwargs):
+        reset()
+        stats = refit_from_policy(policy, [engine, remote], bucket_bytes=64 * 1024, transport="shm", **kwargs)
+        return {"stats": stats, "local": {n: p.detach().clone() for n, p in engine.model.named_parameters()},
+                "remote": remote.get(remote.handle.state_dict_cpu.remote(), "state_dict_cpu"),
+                "files": [f for pid in pids for d in {shm_dir(), "/dev/shm", tempfile.gettempdir()}
+                          for f in glob.glob(os.path.join(d, f"brrm-*-{pid}-*"))],
+                "driver_mappings": mapped_paths()}
+
+    out = {"buckets": run(shm_direct=False), "direct": run(), "direct_again": run()}
+    real = policy.placements
+    policy.placements = [real[0]] + [dataclasses.replace(p, node_id="f" * 56, node_ip="10.255.0.2") for p in real[1:]]
+    try:
+        with pytest.raises(RefitTransportError) as err:
+            refit_from_policy(policy, [engine], bucket_bytes=64 * 1024, transport="shm")
+        out["error"] = str(err.value)
+    finally:
+        policy.placements = real
+    return out
 
 
 @pytest.mark.parametrize("layout", [{"tp": 2, "pp": 1}, {"tp": 1, "pp": 2}], ids=["tp2", "pp2"])
@@ -39,10 +90,27 @@ def test_refit_matches_trainer(layout, tiny_qwen3_dir, tmp_path):
         assert not res[0]["skipped"]
         expected = policy.run_all("hf_state_dict")[0]
         trainer_lp = policy.run_all("get_logprobs", batch)[0]
-        stats = refit_from_policy(policy, [engine], bucket_bytes=64 * 1024)
+        stats = refit_from_policy(policy, [engine], bucket_bytes=64 * 1024, transport="ray")
         exported = export_policy_to_hf(policy, tmp_path / "export", tiny_qwen3_dir)
+        after_ray = {n: p.detach().clone() for n, p in engine.model.named_parameters()}
+        shm = _shm_refit(cluster, policy, engine, before, tiny_qwen3_dir)
     finally:
         cluster.shutdown()
+    # same-node shared-memory transport: local engine and actor-hosted engine, no named files left behind
+    nbytes = sum(t.numel() * t.element_size() for t in expected.values())
+    for mode in ("buckets", "direct", "direct_again"):
+        run = shm[mode]
+        assert run["stats"].num_tensors == len(expected) and run["stats"].num_bytes == nbytes, mode
+        assert run["files"] == [] and run["driver_mappings"] == [], mode
+        for name, tensor in expected.items():
+            assert torch.equal(run["local"][name], tensor), (mode, name)
+            assert torch.equal(run["remote"][name], tensor), (mode, name)
+    assert shm["buckets"]["stats"].num_buckets > 1 and "alloc" in shm["buckets"]["stats"].phases
+    assert shm["direct"]["stats"].num_buckets == 1 and "alloc" not in shm["direct"]["stats"].phases
+    assert "refit_transport=shm" in shm["error"] and "10.255.0.2" in shm["error"]
+    engine_params = dict(engine.model.named_parameters())
+    for name, tensor in after_ray.items():  # the checks below are on the ray-path result
+        engine_params[name].data.copy_(tensor)
     params = dict(engine.model.named_parameters())
     assert stats.num_tensors == len(expected) and stats.num_buckets > 1
     assert set(expected) <= set(params)
