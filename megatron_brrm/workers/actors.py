@@ -110,18 +110,9 @@ class EngineActor:
             FileNotFoundError / ValueError: the buffer is missing or too small; KeyError /
             ValueError from the engine (unknown name, shape mismatch).
         """
-        from megatron_brrm.workers.refit_shm import bucket_views, map_buffer
+        from megatron_brrm.workers.refit_shm import load_bucket
 
-        views = bucket_views(map_buffer(path, buffer_bytes), entries)
-        before = torch.get_num_threads()
-        torch.set_num_threads(max(1, int(num_threads)))
-        try:
-            self.engine.update_weights(iter(views))
-        finally:
-            torch.set_num_threads(before)
-        nbytes = int(sum(t.numel() * t.element_size() for _, t in views))
-        del views
-        return nbytes
+        return load_bucket([self.engine], path, buffer_bytes, entries, num_threads)
 
     def release_refit_buffers(self) -> int:
         """Unmap the refit buffers this actor holds; returns how many."""
@@ -136,16 +127,15 @@ class EngineActor:
         ``info()``, or None when the engine has no CPU torch ``model`` holding every name
         (it then loads buckets through :meth:`load_refit_bucket`).
         """
-        from megatron_brrm.workers.refit_shm import share_module_weights
+        from megatron_brrm.workers.refit_shm import share_engine_weights
 
-        shared = share_module_weights(getattr(self.engine, "model", None), names, fresh=fresh)
-        return None if shared is None else shared.info()
+        return share_engine_weights(self.engine, names, fresh=fresh)
 
     def seal_refit_weights(self) -> None:
         """Remove the shared-weights file's name once the ranks have mapped it (memory stays mapped)."""
-        from megatron_brrm.workers.refit_shm import seal_module_weights
+        from megatron_brrm.workers.refit_shm import seal_engine_weights
 
-        seal_module_weights(getattr(self.engine, "model", None))
+        seal_engine_weights(self.engine)
 
     def node_id(self) -> str:
         """The Ray node id of this actor's node (hex)."""

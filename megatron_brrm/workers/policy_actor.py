@@ -122,15 +122,10 @@ class PolicyActor:
 
         Returns:
             ``{"dtypes": {global Megatron name: dtype name} of this rank's parameters,
-            "mapping": the ArchMapping, "writer": whether this rank writes (DP rank 0 and
-            CP rank 0), "tp_rank", "pp_rank"}``.
+            "mapping": the ArchMapping}``.
         """
-        from megatron.core import parallel_state as mpu
-
         local = self._refit_local_params()
-        return {"dtypes": {n: str(p.dtype) for n, p in local.items()}, "mapping": self.worker.mapping,
-                "writer": self._refit_writer(), "tp_rank": mpu.get_tensor_model_parallel_rank(),
-                "pp_rank": mpu.get_pipeline_model_parallel_rank()}
+        return {"dtypes": {n: str(p.dtype) for n, p in local.items()}, "mapping": self.worker.mapping}
 
     def _refit_local_params(self) -> Dict[str, torch.Tensor]:
         from megatron.core import parallel_state as mpu

@@ -31,6 +31,7 @@ write faults measured ~15x slower on the development VM) and cache the mappings
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import logging
 import mmap
 import os
@@ -126,7 +127,7 @@ def build_refit_plan(mapping, dtypes: Mapping[str, str], bucket_bytes: int) -> R
             if current and offset + entry.nbytes > bucket_bytes:
                 buckets.append(tuple(current))
                 current, offset = [], 0
-            current.append(PlanEntry(hf_name, megatron_name, offset, entry.shape, dtype))
+            current.append(dataclasses.replace(entry, offset=offset))
             end = offset + entry.nbytes
     if current:
         buckets.append(tuple(current))
@@ -166,6 +167,17 @@ def shm_dir(required_bytes: int = 0) -> str:
     return tempfile.gettempdir()
 
 
+def _create_file(path: str, nbytes: int) -> None:
+    """Create ``path`` (exclusive, mode 0600) with ``nbytes`` bytes allocated up front
+    (``posix_fallocate``: running out of shared memory fails here, not at first write)."""
+    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+    try:
+        os.ftruncate(fd, nbytes)
+        os.posix_fallocate(fd, 0, nbytes)
+    finally:
+        os.close(fd)
+
+
 def _remove(path: str) -> None:
     try:
         os.unlink(path)
@@ -193,13 +205,8 @@ class SharedBuffers:
         try:
             for i in range(2):
                 path = os.path.join(directory, f"{tag}-{i}")
-                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+                _create_file(path, self.nbytes)
                 self.paths.append(path)
-                try:
-                    os.ftruncate(fd, self.nbytes)
-                    os.posix_fallocate(fd, 0, self.nbytes)
-                finally:
-                    os.close(fd)
         except OSError as exc:
             self.close()
             raise OSError(exc.errno, f"refit: cannot create two {self.nbytes / 2**20:.0f} MiB shared-memory buffers in "
@@ -330,12 +337,7 @@ class SharedModuleWeights:
         self.linked = True
         atexit.register(self.close)
         try:
-            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
-            try:
-                os.ftruncate(fd, self.nbytes)
-                os.posix_fallocate(fd, 0, self.nbytes)
-            finally:
-                os.close(fd)
+            _create_file(self.path, self.nbytes)
             self._mm, buf = _mmap(self.path, self.nbytes)
         except OSError as exc:
             self.close()
@@ -399,6 +401,46 @@ def share_module_weights(model, names: Sequence[str], fresh: bool = False) -> Op
         log.warning("%s; loading buckets instead", exc)
         return None
     return shared
+
+
+def share_engine_weights(engine, names: Sequence[str], fresh: bool = False) -> Optional[Dict]:
+    """:func:`share_module_weights` for a generation engine's ``model``; returns the writers'
+    ``info()``, or None when the engine cannot share (it then loads buckets)."""
+    shared = share_module_weights(getattr(engine, "model", None), names, fresh=fresh)
+    return None if shared is None else shared.info()
+
+
+def seal_engine_weights(engine) -> bool:
+    """:func:`seal_module_weights` for a generation engine's ``model``."""
+    return seal_module_weights(getattr(engine, "model", None))
+
+
+def load_bucket(engines: Sequence, path: str, buffer_bytes: int, entries: Sequence[PlanEntry],
+                num_threads: int = 1) -> int:
+    """Load one bucket from the shared-memory file ``path`` into every engine of this process.
+
+    Maps the file (:func:`map_buffer`), builds one view per entry (:func:`bucket_views`) and
+    hands them to each engine's ``update_weights`` (which copies them into its weights), with
+    ``num_threads`` torch threads for the copies (restored afterwards).
+
+    Returns:
+        The bytes of the bucket (loaded into each engine).
+
+    Raises:
+        FileNotFoundError / ValueError: the buffer is missing or too small; KeyError /
+        ValueError from an engine (unknown name, shape mismatch).
+    """
+    views = bucket_views(map_buffer(path, buffer_bytes), entries)
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, int(num_threads)))
+    try:
+        for engine in engines:
+            engine.update_weights(iter(views))
+    finally:
+        torch.set_num_threads(before)
+    nbytes = int(sum(t.numel() * t.element_size() for _, t in views))
+    del views
+    return nbytes
 
 
 def write_bucket_shards(local_params: Mapping[str, torch.Tensor], mapping, tp_rank: int, tp_size: int,

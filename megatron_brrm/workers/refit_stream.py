@@ -176,26 +176,14 @@ def refit_plan(policy_group, bucket_bytes: int, timeout_s: float = 600.0):
 def _load(engines: Sequence, path: str, nbytes: int, entries, phases: Dict[str, float], threads: int) -> None:
     """Load one bucket into every engine: remote ones concurrently, local ones in this process
     with ``threads`` torch threads."""
-    import torch
-
-    from megatron_brrm.workers.refit_shm import bucket_views, map_buffer
+    from megatron_brrm.workers.refit_shm import load_bucket
 
     refs = [(e, e.load_refit_bucket_async(path, nbytes, entries, threads)) for e in engines if _is_remote(e)]
     local = [e for e in engines if not _is_remote(e)]
     if local:
         t0 = time.perf_counter()
-        views = bucket_views(map_buffer(path, nbytes), entries)
-        t1 = time.perf_counter()
-        before = torch.get_num_threads()
-        torch.set_num_threads(threads)
-        try:
-            for engine in local:
-                engine.update_weights(iter(views))
-        finally:
-            torch.set_num_threads(before)
-        del views
-        _add(phases, "driver_map", t1 - t0)
-        _add(phases, "local_load", time.perf_counter() - t1)
+        load_bucket(local, path, nbytes, entries, threads)
+        _add(phases, "local_load", time.perf_counter() - t0)  # includes mapping the buffer
     t0 = time.perf_counter()
     for engine, ref in refs:
         engine.get(ref, "load_refit_bucket")
@@ -204,6 +192,12 @@ def _load(engines: Sequence, path: str, nbytes: int, entries, phases: Dict[str, 
 
 def _add(phases: Dict[str, float], key: str, seconds: float) -> None:
     phases[key] = phases.get(key, 0.0) + seconds
+
+
+def _add_rank_times(phases: Dict[str, float], results: Sequence[Dict[str, float]]) -> None:
+    """Add the slowest rank's mapping and writing seconds of one ``write_refit_bucket`` call."""
+    _add(phases, "rank_map", max(r["map_s"] for r in results))
+    _add(phases, "rank_write", max(r["write_s"] for r in results))
 
 
 def _release(policy_group, engines: Sequence, keep: Sequence[str], timeout_s: float) -> None:
@@ -227,13 +221,12 @@ _RANK_MAPPED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 def _share(engine, names: List[str], mapped: set):
     """The engine's shared-weights info (None: it cannot share, it loads buckets)."""
-    from megatron_brrm.workers.refit_shm import share_module_weights
+    from megatron_brrm.workers.refit_shm import share_engine_weights
 
     def get(fresh: bool):
         if _is_remote(engine):
             return engine.share_refit_weights(names, fresh)
-        shared = share_module_weights(getattr(engine, "model", None), names, fresh=fresh)
-        return None if shared is None else shared.info()
+        return share_engine_weights(engine, names, fresh=fresh)
 
     info = get(False)
     if info is not None and not info["linked"] and info["path"] not in mapped:
@@ -242,12 +235,12 @@ def _share(engine, names: List[str], mapped: set):
 
 
 def _seal(engine) -> None:
-    from megatron_brrm.workers.refit_shm import seal_module_weights
+    from megatron_brrm.workers.refit_shm import seal_engine_weights
 
     if _is_remote(engine):
         engine.seal_refit_weights()
     else:
-        seal_module_weights(getattr(engine, "model", None))
+        seal_engine_weights(engine)
 
 
 def _write_direct(policy_group, targets, plan, timeout_s: float, phases: Dict[str, float]) -> None:
@@ -263,9 +256,7 @@ def _write_direct(policy_group, targets, plan, timeout_s: float, phases: Dict[st
                                                   persistent=True))
     t0 = time.perf_counter()
     for future in futures:
-        done = future.result(timeout_s)
-        _add(phases, "rank_map", max(r["map_s"] for r in done))
-        _add(phases, "rank_write", max(r["write_s"] for r in done))
+        _add_rank_times(phases, future.result(timeout_s))
     _add(phases, "write_wait", time.perf_counter() - t0)
 
 
@@ -289,8 +280,7 @@ def _write_buckets(policy_group, engines: Sequence, plan, timeout_s: float, phas
             t0 = time.perf_counter()
             done = pending.result(timeout_s)  # bucket k is complete in buffer k % 2
             _add(phases, "write_wait", time.perf_counter() - t0)
-            _add(phases, "rank_map", max(r["map_s"] for r in done))
-            _add(phases, "rank_write", max(r["write_s"] for r in done))
+            _add_rank_times(phases, done)
             if k + 1 < len(plan.buckets):  # buffer (k+1) % 2 was last read for bucket k-1, already loaded
                 pending = write(k + 1)
             _load(engines, buffers.paths[k % 2], plan.buffer_bytes, entries, phases, threads)
@@ -309,7 +299,10 @@ def _refit_shm(policy_group, engines: Sequence, bucket_bytes: int, timeout_s: fl
     t0 = time.perf_counter()
     for engine in engines:
         info = _share(engine, names, mapped) if direct else None
-        (rest.append(engine) if info is None else targets.append((engine, info)))
+        if info is None:
+            rest.append(engine)
+        else:
+            targets.append((engine, info))
     phases["share"] = time.perf_counter() - t0
     keep = [info["path"] for _, info in targets]
     try:
