@@ -68,24 +68,17 @@ def main(argv=None) -> int:
 
     quiet_library_warnings()
     from megatron_brrm.checkpoint.hf_io import resolve_hf_source
-    from megatron_brrm.checkpoint.model_ckpt import (CONVERSION_ERRORS, convert_hf_to_megatron,
+    from megatron_brrm.checkpoint.model_ckpt import (convert_hf_to_megatron, run_conversion_cli,
                                                      use_mmap_for_large_allocations)
 
     use_mmap_for_large_allocations()  # freed tensors go back to the OS (bounded peak RSS)
-    try:
-        summary = convert_hf_to_megatron(
+    return run_conversion_cli(
+        "convert_hf_to_megatron", args.megatron_path,
+        lambda: convert_hf_to_megatron(
             resolve_hf_source(args.hf_path), args.megatron_path, tp=args.tp, pp=args.pp, dtype=args.dtype,
             make_vocab_size_divisible_by=args.make_vocab_size_divisible_by, overwrite=args.overwrite,
-            progress=not args.no_progress)
-    except CONVERSION_ERRORS as exc:
-        print(f"convert_hf_to_megatron: error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"convert_hf_to_megatron: interrupted; nothing was written to {args.megatron_path}", file=sys.stderr)
-        return 130
-    print(f"wrote {summary.tensors} Megatron tensors ({summary.bytes / 2**30:.2f} GiB) to {summary.output} "
-          f"in {summary.seconds:.1f} s; run config: {summary.output / 'run_config.yaml'}")
-    return 0
+            progress=not args.no_progress),
+        "Megatron tensors", note="; run config: {output}/run_config.yaml")
 
 
 if __name__ == "__main__":

@@ -66,7 +66,7 @@ def main(argv=None) -> int:
 
     quiet_library_warnings()
     from megatron_brrm.checkpoint.hf_io import parse_size, resolve_hf_source
-    from megatron_brrm.checkpoint.model_ckpt import CONVERSION_ERRORS, use_mmap_for_large_allocations
+    from megatron_brrm.checkpoint.model_ckpt import run_conversion_cli, use_mmap_for_large_allocations
     from megatron_brrm.checkpoint.model_export import convert_megatron_to_hf
 
     try:
@@ -74,21 +74,14 @@ def main(argv=None) -> int:
     except ValueError as exc:
         parser.error(f"--max-shard-size: {exc}")
     use_mmap_for_large_allocations()  # freed tensors go back to the OS (bounded peak RSS)
-    try:
-        summary = convert_megatron_to_hf(
+    return run_conversion_cli(
+        "convert_megatron_to_hf", args.hf_path,
+        lambda: convert_megatron_to_hf(
             args.megatron_path, args.hf_path, dtype=args.dtype,
             hf_reference=None if args.hf_reference is None else resolve_hf_source(args.hf_reference),
             max_shard_bytes=max_shard, key_prefix=args.key_prefix, overwrite=args.overwrite,
-            progress=not args.no_progress)
-    except CONVERSION_ERRORS as exc:
-        print(f"convert_megatron_to_hf: error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"convert_megatron_to_hf: interrupted; nothing was written to {args.hf_path}", file=sys.stderr)
-        return 130
-    print(f"wrote {summary.tensors} HF tensors ({summary.bytes / 2**30:.2f} GiB) to {summary.output} "
-          f"in {summary.seconds:.1f} s")
-    return 0
+            progress=not args.no_progress),
+        "HF tensors")
 
 
 if __name__ == "__main__":

@@ -22,11 +22,12 @@ renamed at the end (:func:`megatron_brrm.checkpoint.hf_io.atomic_output_dir`).
 from __future__ import annotations
 
 import os
+import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterator, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterator, Optional, Sequence, Tuple
 from unittest import mock
 
 import torch
@@ -69,6 +70,28 @@ class ConversionSummary:
     tensors: int
     bytes: int
     seconds: float
+
+
+def run_conversion_cli(tool: str, output: str | os.PathLike, convert: Callable[[], ConversionSummary],
+                       what: str, note: str = "") -> int:
+    """Run one converter CLI's conversion; returns its exit status.
+
+    Prints ``wrote N <what> (G GiB) to OUTPUT in S s`` + ``note`` and returns 0; a
+    :data:`CONVERSION_ERRORS` error is printed as ``<tool>: error: ...`` (no traceback) and
+    gives 1; Ctrl-C says that nothing was written to ``output`` (the output folder is atomic)
+    and gives 130.
+    """
+    try:
+        summary = convert()
+    except CONVERSION_ERRORS as exc:
+        print(f"{tool}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{tool}: interrupted; nothing was written to {output}", file=sys.stderr)
+        return 130
+    print(f"wrote {summary.tensors} {what} ({summary.bytes / 2**30:.2f} GiB) to {summary.output} "
+          f"in {summary.seconds:.1f} s{note.format(output=summary.output)}")
+    return 0
 
 
 # ----------------------------------------------------------------------------- process state
