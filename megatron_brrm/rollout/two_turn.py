@@ -5,13 +5,14 @@ For each preference pair (duck-typed: ``.id``, ``.context``, ``.response1``, ``.
 
 1. Turn-1 prompt = chat-templated ``protocol.turn1_messages(...)`` token ids
    (:func:`~megatron_brrm.rollout.chat.render_prompt_ids`). One engine call generates
-   ``n`` samples for every pair, stop strings ``protocol.stop_strings(0)``.
+   ``n`` samples for every pair (the ``n`` equal inputs of a group, see Randomness), stop
+   strings ``protocol.stop_strings(0)``.
 2. Each trajectory's :class:`~megatron_brrm.judge.Episode` consumes its turn-1 text and
    returns the turn-2 user message. Turn-2 input = turn-1 prompt ids + turn-1 generated ids
    (as generated) + the user message's template tokens (:mod:`.chat` gives the splicing
    rule, including a turn 1 that ended by length or on a stop string: the template's
    end-of-turn tokens are then inserted, loss mask 0).
-3. One engine call generates turn 2 for all trajectories (``n=1`` each, stop strings
+3. The engine generates turn 2 for all trajectories (one sample each; stop strings
    ``protocol.stop_strings(1)``, e.g. BR-RM's ``[The End of Ranking Score]``, kept).
 4. The episode consumes the turn-2 text and returns the verdict and the reward.
 
@@ -31,10 +32,11 @@ verdict there is rewarded normally.
 
 Randomness: turn ``k`` is called with seed ``params.seed + k`` and each sample's stream is
 derived from (seed, its input ids, its index) by the engine, so a rollout is reproducible
-and independent of batching. Trajectories whose turn-k inputs are identical (a group whose
-turn-1 outputs coincide) are sent as ``n`` samples of one prompt, so they still get
-independent turn-k samples (:func:`_generate_distinct`); otherwise their verdicts would be
-equal and the group's GRPO advantages zero.
+and independent of batching. Every turn goes through :func:`_generate_distinct`: identical
+inputs are sent as ``n`` samples of one prompt, so they get independent samples. At turn 1
+these are a group's ``n`` copies of its prompt; at later turns, trajectories whose earlier
+outputs coincide (otherwise their verdicts would be equal and the group's GRPO advantages
+zero).
 """
 from __future__ import annotations
 
@@ -223,21 +225,10 @@ def rollout(engine: GenerationEngine, protocol, pairs: Sequence, params: Rollout
             else:
                 runnable.append((s, budget))
         if runnable:
-            sp = SamplingParams(n=n if turn == 0 else 1, temperature=params.temperature, top_p=params.top_p,
+            sp = SamplingParams(n=1, temperature=params.temperature, top_p=params.top_p,
                                 max_new_tokens=max(b for _, b in runnable), stop=list(protocol.stop_strings(turn)),
                                 seed=None if params.seed is None else int(params.seed) + turn, logprobs=True)
-            if turn == 0:
-                pair_ids = sorted({s.pair_index for s, _ in runnable})
-                outs = engine.generate([prompts[i] for i in pair_ids], sp)
-                if len(outs) != len(pair_ids) or any(len(o) != n for o in outs):
-                    raise RuntimeError(f"engine returned {[len(o) for o in outs]} samples for {len(pair_ids)} prompts "
-                                       f"x n={n}")
-                by_pair = {i: o for i, o in zip(pair_ids, outs)}
-                flat = [by_pair[s.pair_index][s.sample_index] for s, _ in runnable]
-            else:
-                flat = _generate_distinct(engine, [s.ids for s, _ in runnable], sp)
-            if len(flat) != len(runnable):
-                raise RuntimeError(f"engine returned {len(flat)} samples for {len(runnable)} requests")
+            flat = _generate_distinct(engine, [s.ids for s, _ in runnable], sp)
             for (s, budget), out in zip(runnable, flat):
                 s.add_generated(out, budget, cap, tok)
         for s in states:
@@ -263,12 +254,12 @@ def _generate_distinct(engine: GenerationEngine, inputs: List[List[int]], sp: Sa
     """One sample per input, where equal inputs get *different* samples.
 
     Engines derive each sample's random stream from (seed, input ids, sample index), so two
-    equal inputs sent as two ``n=1`` requests would get the same sample. That happens in
-    every GRPO group whose turn-1 outputs coincide (a confident or low-temperature judge),
-    and it silently zeroes the group's advantages: all its verdicts are the same. Equal
-    inputs are therefore sent once, as ``n = multiplicity`` samples of one prompt (one engine
-    call per distinct multiplicity), so they are ``n`` independent draws, exactly as if the
-    turn had been sampled ``n`` times from that context.
+    equal inputs sent as two ``n=1`` requests would get the same sample. Equal inputs are
+    therefore sent once, as ``n = multiplicity`` samples of one prompt (one engine call per
+    distinct multiplicity; ``sp.n`` is replaced), so they are independent draws. Turn 1 uses
+    it for the ``n`` samples of each group; later turns need it for every group whose
+    earlier outputs coincide (a confident or low-temperature judge), whose verdicts would
+    otherwise all be equal and whose advantages would silently be zero.
 
     Returns:
         ``len(inputs)`` outputs, in input order.
