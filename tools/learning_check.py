@@ -30,15 +30,18 @@ Exit status 0 when the targets are met, 1 when they are missed, 2 on a bad confi
 
 Targets. Full form: final held-out accuracy >= 0.80, format-error rate not higher than after
 SFT (and strictly lower when SFT left any errors), within ``--time-limit`` seconds (600).
-``--quick`` (CI): 10 GRPO steps instead of 30; the held-out format-error rate must fall by
+Rollouts (and validation) sample at temperature 0.7; the reasons, and why GRPO needs ~60
+steps before accuracy moves (a saddle left by the random-verdict SFT), are in
+``model_configs/learning_check.yaml``.
+``--quick`` (CI): temperature 1.0 after a shorter SFT (80 steps at lr 1e-2, format errors
+~0.5), 10 GRPO steps; the held-out format-error rate must fall by
 at least ``3 * sigma_diff``, ``sigma_diff = sqrt((p0 (1 - p0) + p1 (1 - p1)) / N)`` the standard
 deviation of the difference of two independent binomial rates p0 (after SFT) and p1 (after
 GRPO) over N = 128 held-out trajectories (a policy that did not improve passes with
 probability ~0.1%), and held-out accuracy must not fall below chance on the well-formed
 verdicts (``acc >= 0.5 * (1 - format_error) - 3 * sqrt(0.25 / N)``): a sign error in the
-advantages or a mask that misses generated tokens fails it. The quick form does not assert an accuracy gain:
-see the report in the summary's ``validation_curve`` (the tiny model did not learn the verdict
-rule within the CPU budget in our runs).
+advantages or a mask that misses generated tokens fails it. The quick form does not assert an
+accuracy gain: 10 steps are far too few to leave the saddle.
 """
 from __future__ import annotations
 
@@ -60,9 +63,14 @@ if str(REPO_ROOT) not in sys.path:
 
 DEFAULT_CONFIG = REPO_ROOT / "model_configs" / "learning_check.yaml"
 
-# The reduced CI form: applied before the user's overrides.
+# The reduced CI form, applied before the user's overrides: a short, weakly warm-started run at
+# temperature 1.0 whose format-error rate starts high (~0.5), so 10 GRPO steps must lower it by
+# far more than sampling noise. It checks the sign of the whole signal path (reward ->
+# advantage -> masked token loss -> optimizer -> refit) in ~3 minutes; the accuracy target
+# needs the full form (module docstring).
 QUICK_OVERRIDES = [
-    "grpo.max_num_steps=10", "grpo.val_every_n_steps=5",
+    "grpo.max_num_steps=10", "grpo.val_every_n_steps=5", "rollout.temperature=1.0", "grpo.kl_coef=0.01",
+    "sft.num_steps=80", "sft.lr=1e-2",
 ]
 
 FULL_TARGETS = {"min_final_accuracy": 0.80}
@@ -264,7 +272,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "load_average_start": load_start, "load_average_end": os.getloadavg(),
         "config": {"grpo.max_num_steps": cfg.grpo.max_num_steps, "grpo.num_prompts_per_step": cfg.grpo.num_prompts_per_step,
                    "grpo.num_generations": cfg.grpo.num_generations, "grpo.lr": cfg.grpo.lr,
-                   "grpo.kl_coef": cfg.grpo.kl_coef, "sft.num_steps": cfg.sft.num_steps, "sft.lr": cfg.sft.lr,
+                   "grpo.kl_coef": cfg.grpo.kl_coef, "rollout.temperature": cfg.rollout.temperature,
+                   "sft.num_steps": cfg.sft.num_steps, "sft.lr": cfg.sft.lr,
                    "num_train_rows": len(train), "num_val_rows": len(val)},
         "output_dir": str(out),
     }
