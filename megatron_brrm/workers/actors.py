@@ -131,11 +131,17 @@ class EngineActor:
 
         return share_engine_weights(self.engine, names, fresh=fresh)
 
-    def seal_refit_weights(self) -> None:
-        """Remove the shared-weights file's name once the ranks have mapped it (memory stays mapped)."""
+    def seal_refit_weights(self, num_tensors: int = 0, num_bytes: int = 0) -> None:
+        """After a direct refit of ``num_tensors`` tensors (``num_bytes`` bytes): remove the
+        shared-weights file's name once the ranks have mapped it (memory stays mapped) and record
+        the refit in the engine's ``last_update_stats``."""
         from megatron_brrm.workers.refit_shm import seal_engine_weights
 
-        seal_engine_weights(self.engine)
+        seal_engine_weights(self.engine, num_tensors, num_bytes)
+
+    def last_update_stats(self) -> dict:
+        """The engine's ``last_update_stats`` (tensors and bytes of its last weight update)."""
+        return dict(self.engine.last_update_stats)
 
     def node_id(self) -> str:
         """The Ray node id of this actor's node (hex)."""
@@ -254,9 +260,9 @@ class RemoteEngine(GenerationEngine):
         """See :meth:`EngineActor.share_refit_weights`."""
         return self.get(self.handle.share_refit_weights.remote(list(names), fresh), "share_refit_weights")
 
-    def seal_refit_weights(self) -> None:
+    def seal_refit_weights(self, num_tensors: int = 0, num_bytes: int = 0) -> None:
         """See :meth:`EngineActor.seal_refit_weights`."""
-        self.get(self.handle.seal_refit_weights.remote(), "seal_refit_weights")
+        self.get(self.handle.seal_refit_weights.remote(num_tensors, num_bytes), "seal_refit_weights")
 
     def sleep(self) -> None:
         """Forwarded to the actor."""

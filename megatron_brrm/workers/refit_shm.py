@@ -410,8 +410,12 @@ def share_engine_weights(engine, names: Sequence[str], fresh: bool = False) -> O
     return None if shared is None else shared.info()
 
 
-def seal_engine_weights(engine) -> bool:
-    """:func:`seal_module_weights` for a generation engine's ``model``."""
+def seal_engine_weights(engine, num_tensors: int = 0, num_bytes: int = 0) -> bool:
+    """:func:`seal_module_weights` for a generation engine's ``model``, after a direct refit
+    wrote ``num_tensors`` tensors (``num_bytes`` bytes) into its shared weights: the engine's
+    ``last_update_stats`` then reports that refit, as ``update_weights`` does for the others."""
+    if hasattr(engine, "last_update_stats"):
+        engine.last_update_stats = {"tensors": int(num_tensors), "bytes": int(num_bytes)}
     return seal_module_weights(getattr(engine, "model", None))
 
 

@@ -234,13 +234,13 @@ def _share(engine, names: List[str], mapped: set):
     return info
 
 
-def _seal(engine) -> None:
+def _seal(engine, plan) -> None:
     from megatron_brrm.workers.refit_shm import seal_engine_weights
 
     if _is_remote(engine):
-        engine.seal_refit_weights()
+        engine.seal_refit_weights(plan.num_tensors, plan.num_bytes)
     else:
-        seal_engine_weights(engine)
+        seal_engine_weights(engine, plan.num_tensors, plan.num_bytes)
 
 
 def _write_direct(policy_group, targets, plan, timeout_s: float, phases: Dict[str, float]) -> None:
@@ -311,7 +311,7 @@ def _refit_shm(policy_group, engines: Sequence, bucket_bytes: int, timeout_s: fl
             mapped.clear()
             mapped.update(keep)
             for engine, _ in targets:
-                _seal(engine)
+                _seal(engine, plan)
         if rest:
             _write_buckets(policy_group, rest, plan, timeout_s, phases)
     finally:

@@ -39,6 +39,7 @@ def _shm_refit(cluster, policy, engine, before, model_dir):
         with torch.no_grad():
             for name, p in engine.model.named_parameters():
                 p.copy_(before[name])
+        engine.last_update_stats = {"tensors": 0, "bytes": 0}
         remote.update_weights(iter(before.items()))
 
     def run(**kwargs):
@@ -46,6 +47,8 @@ def _shm_refit(cluster, policy, engine, before, model_dir):
         stats = refit_from_policy(policy, [engine, remote], bucket_bytes=64 * 1024, transport="shm", **kwargs)
         return {"stats": stats, "local": {n: p.detach().clone() for n, p in engine.model.named_parameters()},
                 "remote": remote.get(remote.handle.state_dict_cpu.remote(), "state_dict_cpu"),
+                "update_stats": [engine.last_update_stats,
+                                 remote.get(remote.handle.last_update_stats.remote(), "last_update_stats")],
                 "files": [f for pid in pids for d in {shm_dir(), "/dev/shm", tempfile.gettempdir()}
                           for f in glob.glob(os.path.join(d, f"brrm-*-{pid}-*"))],
                 "driver_mappings": mapped_paths()}
@@ -107,6 +110,10 @@ def test_refit_matches_trainer(layout, tiny_qwen3_dir, tmp_path):
             assert torch.equal(run["remote"][name], tensor), (mode, name)
     assert shm["buckets"]["stats"].num_buckets > 1 and "alloc" in shm["buckets"]["stats"].phases
     assert shm["direct"]["stats"].num_buckets == 1 and "alloc" not in shm["direct"]["stats"].phases
+    for mode in ("direct", "direct_again"):  # a direct refit is one update of every tensor, for both engines
+        assert shm[mode]["update_stats"] == [{"tensors": len(expected), "bytes": nbytes}] * 2, mode
+    # bucket mode: each engine's last update_weights call was one bucket, a strict part of the model
+    assert all(0 < s["tensors"] < len(expected) for s in shm["buckets"]["update_stats"])
     assert "refit_transport=shm" in shm["error"] and "10.255.0.2" in shm["error"]
     engine_params = dict(engine.model.named_parameters())
     for name, tensor in after_ray.items():  # the checks below are on the ray-path result
