@@ -131,7 +131,7 @@ class EngineActor:
 
         return share_engine_weights(self.engine, names, fresh=fresh)
 
-    def seal_refit_weights(self, num_tensors: int = 0, num_bytes: int = 0) -> None:
+    def seal_refit_weights(self, num_tensors: int, num_bytes: int) -> None:
         """After a direct refit of ``num_tensors`` tensors (``num_bytes`` bytes): remove the
         shared-weights file's name once the ranks have mapped it (memory stays mapped) and record
         the refit in the engine's ``last_update_stats``."""
@@ -260,7 +260,7 @@ class RemoteEngine(GenerationEngine):
         """See :meth:`EngineActor.share_refit_weights`."""
         return self.get(self.handle.share_refit_weights.remote(list(names), fresh), "share_refit_weights")
 
-    def seal_refit_weights(self, num_tensors: int = 0, num_bytes: int = 0) -> None:
+    def seal_refit_weights(self, num_tensors: int, num_bytes: int) -> None:
         """See :meth:`EngineActor.seal_refit_weights`."""
         self.get(self.handle.seal_refit_weights.remote(num_tensors, num_bytes), "seal_refit_weights")
 

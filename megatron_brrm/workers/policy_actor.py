@@ -128,12 +128,19 @@ class PolicyActor:
         return {"dtypes": {n: str(p.dtype) for n, p in local.items()}, "mapping": self.worker.mapping}
 
     def _refit_local_params(self) -> Dict[str, torch.Tensor]:
-        from megatron.core import parallel_state as mpu
+        """``{global Megatron name: parameter}`` of this rank, named once: the model's parameter
+        objects never change (optimizer steps and checkpoint loads write into them), and a
+        refit asks for them once per bucket."""
+        cached = getattr(self, "_refit_params", None)
+        if cached is None:
+            from megatron.core import parallel_state as mpu
 
-        from megatron_brrm.model.weights import local_global_params
+            from megatron_brrm.model.weights import local_global_params
 
-        return local_global_params(self.worker.model, self.worker.mapping, mpu.get_pipeline_model_parallel_rank(),
-                                   mpu.get_pipeline_model_parallel_world_size(), self.worker.vp_size)
+            cached = self._refit_params = local_global_params(
+                self.worker.model, self.worker.mapping, mpu.get_pipeline_model_parallel_rank(),
+                mpu.get_pipeline_model_parallel_world_size(), self.worker.vp_size)
+        return cached
 
     @staticmethod
     def _refit_writer() -> bool:

@@ -296,6 +296,13 @@ def mapped_paths() -> List[str]:
 
 
 # ---------------------------------------------------------------- engine weights in shared memory
+def _unshareable(params: Mapping[str, torch.Tensor], names: Sequence[str]) -> Tuple[List[str], List[str]]:
+    """``(names that are not parameters, names whose parameter is not a contiguous CPU tensor)``."""
+    missing = [n for n in names if n not in params]
+    bad = [n for n in names if n in params and (params[n].device.type != "cpu" or not params[n].is_contiguous())]
+    return missing, bad
+
+
 class SharedModuleWeights:
     """A torch module's parameters moved into one shared-memory file, so that the policy ranks
     write their shards straight into the engine's weights (one copy per refit instead of two).
@@ -319,10 +326,9 @@ class SharedModuleWeights:
 
     def __init__(self, model: torch.nn.Module, names: Sequence[str]):
         params = dict(model.named_parameters(remove_duplicate=False))
-        missing = [n for n in names if n not in params]
+        missing, bad = _unshareable(params, names)
         if missing:
             raise ValueError(f"cannot share the engine's weights: no parameter(s) {missing[:3]} in the model")
-        bad = [n for n in names if params[n].device.type != "cpu" or not params[n].is_contiguous()]
         if bad:
             raise ValueError(f"cannot share the engine's weights: {bad[:3]} are not contiguous CPU tensors")
         self.layout: Dict[str, Tuple[int, Tuple[int, ...], str]] = {}
@@ -383,7 +389,7 @@ def share_module_weights(model, names: Sequence[str], fresh: bool = False) -> Op
     if not isinstance(model, torch.nn.Module):
         return None
     params = dict(model.named_parameters(remove_duplicate=False))
-    if any(n not in params or params[n].device.type != "cpu" or not params[n].is_contiguous() for n in names):
+    if any(_unshareable(params, names)):
         return None
     shared = _SHARED.get(model)
     if not fresh and shared is not None and list(shared.layout) == list(names) and shared.valid(model):
@@ -410,7 +416,7 @@ def share_engine_weights(engine, names: Sequence[str], fresh: bool = False) -> O
     return None if shared is None else shared.info()
 
 
-def seal_engine_weights(engine, num_tensors: int = 0, num_bytes: int = 0) -> bool:
+def seal_engine_weights(engine, num_tensors: int, num_bytes: int) -> bool:
     """:func:`seal_module_weights` for a generation engine's ``model``, after a direct refit
     wrote ``num_tensors`` tensors (``num_bytes`` bytes) into its shared weights: the engine's
     ``last_update_stats`` then reports that refit, as ``update_weights`` does for the others."""
