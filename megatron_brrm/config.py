@@ -111,7 +111,8 @@ class GRPOConfig:
     sequence_packing: bool = False  # pack rows up to max_tokens_per_microbatch (local spec only)
     max_num_steps: int = 1000
     lr: float = 5e-7
-    min_lr: Optional[float] = None
+    min_lr: Optional[float] = None  # end of the decay (lr_decay_style); None = lr
+    lr_decay_style: str = "constant"  # constant | linear | cosine, from lr to min_lr over max_num_steps
     weight_decay: float = 0.0
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999

@@ -59,8 +59,10 @@ def build_sft_sequences(cfg: RunConfig, tokenizer) -> List[Tuple[List[int], List
 
 
 def sft_policy_config(cfg: RunConfig) -> RunConfig:
-    """The config the policy workers get for SFT: ``grpo.lr = sft.lr``, no warm-up, no KL."""
-    grpo = dataclasses.replace(cfg.grpo, lr=cfg.sft.lr, lr_warmup_steps=0, kl_coef=0.0)
+    """The config the policy workers get for SFT: ``grpo.lr = sft.lr``, constant (no warm-up, no decay:
+    the GRPO schedule's ``max_num_steps`` is not the SFT's), no KL."""
+    grpo = dataclasses.replace(cfg.grpo, lr=cfg.sft.lr, lr_warmup_steps=0, lr_decay_style="constant", min_lr=None,
+                               max_num_steps=cfg.sft.num_steps, kl_coef=0.0)
     return dataclasses.replace(cfg, grpo=grpo)
 
 

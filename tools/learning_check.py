@@ -16,9 +16,13 @@ Steps, all in this process with the project's own APIs:
    the task's traces and the shipped samples (markers become whole-word tokens);
 2. train / held-out JSONL of the marker task;
 3. SFT warm start (:func:`megatron_brrm.sft.run_sft`, TP=2 policy ranks) on format-correct
-   BR-RM traces whose verdicts are seeded coin flips: it teaches the output format and
-   nothing about the answer, so held-out accuracy starts near 50%; the traces use short
-   analyses (one focus dimension, one-word analyses) so generations stay short on CPU;
+   BR-RM traces (:func:`warm_start_traces`): every task pair with a seeded coin-flip verdict
+   (the format, and nothing about what ``first``/``second`` mean, so held-out accuracy starts
+   near 50%), plus as many labelled *cue* pairs whose user turn names the better reply with
+   other words (``--sft-cue-words``: left/right, up/down, ... eight pairs; no marker in either
+   response). The cue pairs teach the skill "read the preference named in the user turn"; GRPO
+   must then learn the task's own words from rewards alone. The traces use short analyses (one
+   focus dimension, one-word analyses) so generations stay short on CPU;
 4. GRPO (:class:`megatron_brrm.train.GRPOTrainer` ``.fit()``: two-turn HF-engine rollouts,
    Megatron policy at TP=2 in Ray actors, refit every step), with validation on the held-out
    pairs every ``grpo.val_every_n_steps`` steps (one sample per pair, fixed seed);
@@ -28,20 +32,22 @@ Steps, all in this process with the project's own APIs:
 
 Exit status 0 when the targets are met, 1 when they are missed, 2 on a bad config.
 
-Targets. Full form: final held-out accuracy >= 0.80, format-error rate not higher than after
-SFT (and strictly lower when SFT left any errors), within ``--time-limit`` seconds (600).
-Rollouts (and validation) sample at temperature 0.7; the reasons, and why GRPO needs ~60
-steps before accuracy moves (a saddle left by the random-verdict SFT), are in
-``model_configs/learning_check.yaml``.
-``--quick`` (CI): temperature 1.0 after a shorter SFT (80 steps at lr 1e-2, format errors
-~0.5), 10 GRPO steps; the held-out format-error rate must fall by
+Targets. Full form: final held-out accuracy >= 0.80, format-error rate not raised beyond
+sampling noise (``p1 <= p0 + 3 * sigma_diff``, below), within ``--time-limit`` seconds (600).
+Its warm start leaves only ~1-7% malformed outputs at temperature 0.7, too few for a
+significant drop at N = 128; the quick form is the one that asserts GRPO lowers the rate.
+Rollouts (and validation) sample at temperature 0.7, GRPO runs 40 steps with a 10-step lr
+warm-up; the reasons for each setting are in ``model_configs/learning_check.yaml``.
+``--quick`` (CI): temperature 1.0 after a shorter SFT without cue pairs (80 steps at lr 1e-2,
+format errors ~0.5; with the cue pairs the same SFT left only ~0.04 at temperature 1.0, and
+nothing to lower), 10 GRPO steps at a constant lr; the held-out format-error rate must fall by
 at least ``3 * sigma_diff``, ``sigma_diff = sqrt((p0 (1 - p0) + p1 (1 - p1)) / N)`` the standard
 deviation of the difference of two independent binomial rates p0 (after SFT) and p1 (after
 GRPO) over N = 128 held-out trajectories (a policy that did not improve passes with
 probability ~0.1%), and held-out accuracy must not fall below chance on the well-formed
 verdicts (``acc >= 0.5 * (1 - format_error) - 3 * sqrt(0.25 / N)``): a sign error in the
 advantages or a mask that misses generated tokens fails it. The quick form does not assert an
-accuracy gain: 10 steps are far too few to leave the saddle.
+accuracy gain: at temperature 1.0 the format, not the verdict, dominates its 10 steps.
 """
 from __future__ import annotations
 
@@ -70,7 +76,7 @@ DEFAULT_CONFIG = REPO_ROOT / "model_configs" / "learning_check.yaml"
 # needs the full form (module docstring).
 QUICK_OVERRIDES = [
     "grpo.max_num_steps=10", "grpo.val_every_n_steps=5", "rollout.temperature=1.0", "grpo.kl_coef=0.01",
-    "sft.num_steps=80", "sft.lr=1e-2",
+    "grpo.lr_warmup_steps=0", "grpo.lr_decay_style=constant", "sft.num_steps=80", "sft.lr=1e-2",
 ]
 
 FULL_TARGETS = {"min_final_accuracy": 0.80}
@@ -91,20 +97,24 @@ def _diff_sigma(p0: float, p1: float, n: int) -> float:
     return math.sqrt((p0 * (1 - p0) + p1 * (1 - p1)) / max(n, 1))
 
 
-def short_traces(protocol, pairs, seed: int) -> List[List[Dict[str, str]]]:
-    """Format-correct BR-RM conversations with RANDOM verdicts for the SFT warm start.
+def short_traces(protocol, pairs, verdicts: Sequence[int]) -> List[List[Dict[str, str]]]:
+    """Format-correct BR-RM conversations for the SFT warm start, one per pair, with the given verdicts.
 
     Same construction as :func:`megatron_brrm.rollout.traces.synthetic_trace` (the protocol's
     own ``format_turn_output``) with one focus dimension and one-word analyses, so a trace is
-    ~100 generated tokens instead of ~300. The verdict is ``rng.choice((1, 2))``, independent
-    of the pair: the traces carry no information about the answer.
+    ~100 generated tokens instead of ~300. ``verdicts[i]`` (1 or 2) is written in both turns of
+    trace ``i``: seeded coin flips carry no information about the answer, the labels of the
+    cue pairs teach the reading skill (:func:`warm_start_traces`).
+
+    Raises:
+        ValueError: ``verdicts`` and ``pairs`` differ in length.
     """
     from megatron_brrm.judge import DIMENSIONS
 
-    rng = random.Random(seed)
+    if len(verdicts) != len(pairs):
+        raise ValueError(f"short_traces: {len(pairs)} pairs but {len(verdicts)} verdicts")
     traces = []
-    for p in pairs:
-        pref = rng.choice((1, 2))
+    for p, pref in zip(pairs, verdicts):
         msgs = list(protocol.turn1_messages(p.context, p.response1, p.response2))
         msgs.append({"role": "assistant", "content": protocol.format_turn_output(
             0, preference=pref, dimensions=[DIMENSIONS[0]], analysis1="None.", analysis2="None.")})
@@ -113,6 +123,64 @@ def short_traces(protocol, pairs, seed: int) -> List[List[Dict[str, str]]]:
             1, preference=pref, analysis1="Checked.", analysis2="Checked.")})
         traces.append(msgs)
     return traces
+
+
+def warm_start_traces(protocol, train, cue_pairs, seed: int) -> List[List[Dict[str, str]]]:
+    """The SFT traces: every task pair with a coin-flip verdict, then every cue pair with its label.
+
+    The task pairs (hint words ``first``/``second``) teach the format and nothing about the
+    answer: their verdicts are ``random.Random(seed)`` coin flips, and SFT drives the verdict
+    of exactly these words to 50/50. The cue pairs (other hint words, no marker in either
+    response) carry correct verdicts: they teach the judge to read a preference cue from the
+    user turn, a skill, without the task's own words. Without them the random-verdict SFT
+    leaves a saddle (the verdict logit does not depend on the input at all) that GRPO left
+    after 60-80 steps at one model seed and not within 80 at another; with them GRPO only has
+    to learn what ``first``/``second`` mean (measured in ``model_configs/learning_check.yaml``).
+    """
+    rng = random.Random(seed)
+    coin = [rng.choice((1, 2)) for _ in train]
+    return short_traces(protocol, train, coin) + short_traces(protocol, cue_pairs, [p.preference for p in cue_pairs])
+
+
+def teacher_forced_verdicts(model_dir, protocol, pairs) -> Dict[str, float]:
+    """How a model's verdict depends on the input, read off its logits (no sampling).
+
+    For each pair, the short trace of :func:`short_traces` is written twice, with verdict 1
+    and with verdict 2; the two token sequences first differ at the verdict token. The model
+    (``transformers``, fp32, CPU) reads the shared prefix, and ``d = logit(verdict-1 token) -
+    logit(verdict-2 token)`` at its last position is the judge's preference for Response 1.
+
+    Returns:
+        ``{"accuracy": share of pairs with sign(d) matching the label, "logit_diff_std": std of
+        d over the pairs}``. A judge that ignores the input has std ~0 (and accuracy 0.5 on
+        pairs present in both orders).
+
+    Raises:
+        ValueError: no pairs, or the two traces of a pair do not differ (the protocol does not
+            write the verdict as text).
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from megatron_brrm.rollout.traces import tokenize_trace
+
+    if not pairs:
+        raise ValueError("teacher_forced_verdicts: no pairs")
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    diffs, right = [], 0
+    with torch.no_grad():
+        for p in pairs:
+            ids1, ids2 = (tokenize_trace(tok, t, tok.eos_token_id)[0] for t in short_traces(protocol, [p, p], [1, 2]))
+            pos = next((i for i, (a, b) in enumerate(zip(ids1, ids2)) if a != b), None)
+            if pos is None:
+                raise ValueError(f"teacher_forced_verdicts: verdicts 1 and 2 give the same tokens for pair {p.id}")
+            logits = model(torch.tensor([ids1[:pos]])).logits[0, -1]
+            d = float(logits[ids1[pos]] - logits[ids2[pos]])
+            diffs.append(d)
+            right += (d > 0) == (p.preference == 1)
+    mean = sum(diffs) / len(diffs)
+    return {"accuracy": right / len(pairs), "logit_diff_std": math.sqrt(sum((d - mean) ** 2 for d in diffs) / len(diffs))}
 
 
 def _task_tokenizer(out: Path, traces, vocab_size: int) -> str:
@@ -144,6 +212,31 @@ def _read_metrics(path: Path) -> List[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+DEFAULT_CUE_WORDS = "left,right;up,down;red,blue;hot,cold;east,west;black,white;old,new;top,bottom"
+
+
+def _cue_words(text: str) -> List[Dict[int, str]]:
+    """argparse type of ``--sft-cue-words``: ``none``, or ``;``-separated pairs ``w1,w2`` of distinct
+    single words, none of them a task hint word, a filler word or a question topic
+    (:mod:`megatron_brrm.data.synthetic`)."""
+    from megatron_brrm.data.synthetic import FILLER_WORDS, HINT_WORDS, TOPICS
+
+    if text == "none":
+        return []
+    reserved = set(HINT_WORDS.values()) | set(FILLER_WORDS) | set(TOPICS)
+    out, seen = [], set()
+    for item in text.split(";"):
+        words = item.split(",")
+        if (len(words) != 2 or not all(w.isalpha() for w in words) or words[0] == words[1]
+                or set(words) & (reserved | seen)):
+            raise argparse.ArgumentTypeError(
+                f"expected 'none' or ';'-separated pairs 'w1,w2' of distinct words, each used once and none of "
+                f"the task's hint, filler or topic words; bad pair {item!r} in {text!r}")
+        seen |= set(words)
+        out.append({1: words[0], 2: words[1]})
+    return out
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tools/learning_check.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -152,11 +245,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", default=None, help="default: logging.output_dir of the recipe (+ '_quick')")
     p.add_argument("--num-train-pairs", type=int, default=128, help="base training pairs (x2 orders)")
     p.add_argument("--num-val-pairs", type=int, default=64, help="base held-out pairs (x2 orders)")
+    p.add_argument("--num-cue-pairs", type=int, default=None,
+                   help="base cue pairs (x2 orders) in the warm start, split over --sft-cue-words (default: twice "
+                        "--num-train-pairs; with as many as the task pairs one of three seeds had not learned to read "
+                        "the cue after the 150 SFT steps)")
     p.add_argument("--tokenizer-dir", default=None, help="reuse a saved tiny tokenizer (skips training one)")
     p.add_argument("--signal", choices=("hint", "marker"), default="hint",
                    help="task signal (megatron_brrm/data/synthetic.py): hint (the user names the better reply) or "
                         "marker (the better reply holds the word 'correct')")
     p.add_argument("--hint-repeats", type=int, default=16, help="repetitions of the hint word in the context")
+    p.add_argument("--sft-cue-words", default=None, type=_cue_words,
+                   help="hint-word pairs ('w1,w2;w3,w4;...') of the warm start's labelled cue pairs, which teach reading "
+                        "a cue from the user turn (several pairs, so the skill is not tied to one word); 'none': the "
+                        f"warm start has only the task's random-verdict traces (default: {DEFAULT_CUE_WORDS}; "
+                        "with --quick: none, see the module docstring)")
     p.add_argument("--time-limit", type=float, default=600.0, help="seconds allowed for SFT + GRPO (full form)")
     p.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. grpo.max_num_steps=40")
     return p
@@ -192,9 +294,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     task = dict(signal=args.signal, hint_repeats=args.hint_repeats, num_filler_words=0)
     train = marker_task(args.num_train_pairs, seed=cfg.data.seed, split="train", **task)
     val = marker_task(args.num_val_pairs, seed=cfg.data.seed, split="val", **task)
+    if args.sft_cue_words is None:
+        args.sft_cue_words = [] if args.quick else _cue_words(DEFAULT_CUE_WORDS)
+    cue_pairs = []  # --num-cue-pairs base pairs (x2 orders), split over the cue-word pairs
+    num_cue = 2 * args.num_train_pairs if args.num_cue_pairs is None else args.num_cue_pairs
+    for k, words in enumerate(args.sft_cue_words):
+        n = num_cue // len(args.sft_cue_words) + (k < num_cue % len(args.sft_cue_words))
+        if n:
+            cue_pairs += marker_task(n, seed=cfg.data.seed + 1 + k, split="train", marker=None, signal="hint",
+                                     hint_repeats=args.hint_repeats, num_filler_words=0, hint_words=words)
     write_pairs(out / "train.jsonl", train)
     write_pairs(out / "val.jsonl", val)
-    traces = short_traces(protocol, train, seed=cfg.data.seed)
+    traces = warm_start_traces(protocol, train, cue_pairs, seed=cfg.data.seed)
     traces_path = out / "sft_traces.jsonl"
     write_traces(traces_path, traces)
     tokenizer_dir = args.tokenizer_dir or _task_tokenizer(out, traces, cfg.model.tiny_vocab_size)
@@ -223,6 +334,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     t0 = time.time()
     sft_hf = run_sft(cfg)
     t_sft = time.time() - t0
+    warm_start = {"task": teacher_forced_verdicts(sft_hf, protocol, val)}
+    if cue_pairs:
+        cue_val = marker_task(args.num_val_pairs, seed=cfg.data.seed + 1, split="val", marker=None, signal="hint",
+                              hint_repeats=args.hint_repeats, num_filler_words=0, hint_words=args.sft_cue_words[0])
+        warm_start["cue"] = teacher_forced_verdicts(sft_hf, protocol, cue_val)
+        if warm_start["cue"]["accuracy"] < 0.9:
+            print(f"warning: the warm start does not read the cue (held-out cue accuracy "
+                  f"{warm_start['cue']['accuracy']:.2f}, teacher-forced); GRPO will likely stay near chance. "
+                  f"Raise sft.num_steps or --num-cue-pairs.", file=sys.stderr)
 
     metrics_path = out / "metrics.jsonl"
     if metrics_path.exists():
@@ -259,13 +379,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         checks["accuracy_not_below_chance"] = after["accuracy"] >= 0.5 * (1 - fmt_after) - 3 * math.sqrt(0.25 / n_val)
     else:
         checks["final_accuracy>=0.80"] = after["accuracy"] >= FULL_TARGETS["min_final_accuracy"]
-        checks["format_error_lowered"] = fmt_after < fmt_before if fmt_before > 0 else fmt_after == 0
+        # a guard, not a gain: after this warm start only ~1-7% of held-out outputs are malformed at
+        # temperature 0.7, too few for a significant drop at N=128 (the quick form asserts the drop)
+        checks["format_error_not_raised"] = fmt_after <= fmt_before + 3 * _diff_sigma(fmt_before, fmt_after, n_val)
         checks["within_time_limit"] = t_sft + t_grpo <= args.time_limit
     passed = all(checks.values())
     summary = {
         "mode": "quick" if args.quick else "full", "passed": passed, "checks": checks,
         "signal": SIGNAL_TEXT[args.signal] + "; both orders of every pair present",
-        "hint_repeats": args.hint_repeats if args.signal == "hint" else 0,
+        "hint_repeats": args.hint_repeats if args.signal == "hint" else 0, "sft_cue_words": [[w[1], w[2]] for w in args.sft_cue_words],
+        "warm_start_teacher_forced": warm_start,
         "before": before, "after": after, "num_val_trajectories": n_val, "noise_sigma_diff": sigma,
         "validation_curve": val_curve, "train_curve": train_curve,
         "seconds": {"setup": t_setup, "sft": t_sft, "grpo": t_grpo, "total": elapsed},
@@ -282,6 +405,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f"  held-out accuracy     {before['accuracy']:.3f} (after SFT) -> {after['accuracy']:.3f} (after GRPO, "
           f"step {after['step']}); noise sigma of the difference {sigma:.3f} (N={n_val})")
     print(f"  held-out format error {fmt_before:.3f} -> {fmt_after:.3f}")
+    print("  warm start, teacher-forced verdicts on held-out pairs: " + ", ".join(
+        f"{k} accuracy {v['accuracy']:.2f} (logit-difference std {v['logit_diff_std']:.3f})" for k, v in warm_start.items()))
     print("  validation curve: " + ", ".join(f"{r['step']}:{r['accuracy']:.2f}/{r['format_error_rate']:.2f}" for r in val_curve))
     print(f"  time: setup {t_setup:.0f} s, SFT {t_sft:.0f} s, GRPO {t_grpo:.0f} s, total {elapsed:.0f} s; "
           f"load average {load_start[0]:.1f} -> {os.getloadavg()[0]:.1f}")

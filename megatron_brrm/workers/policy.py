@@ -16,7 +16,8 @@ share of the global batch, layout in :mod:`megatron_brrm.workers.policy_data`).
 * Optimizer: ``get_megatron_optimizer`` (Adam with decoupled weight decay = AdamW, no decay
   on 1-D parameters, distributed optimizer per ``parallel.use_distributed_optimizer``),
   global-norm gradient clipping, and ``OptimizerParamScheduler`` with a linear warm-up from
-  ``lr_warmup_init_factor * lr`` to ``lr`` over ``lr_warmup_steps`` steps, then constant.
+  ``lr_warmup_init_factor * lr`` to ``lr`` over ``lr_warmup_steps`` steps, then ``lr_decay_style``
+  (constant, or linear / cosine down to ``min_lr`` at ``max_num_steps``).
 * Forward/backward through ``get_forward_backward_func`` (no pipelining / 1F1B /
   interleaved); ``batch_p2p_comm=False`` is set by the model config (DESIGN.md 4.3).
   Micro-batches come from :mod:`megatron_brrm.workers.policy_data` (padding, or sequence
@@ -50,11 +51,46 @@ from megatron_brrm.workers.policy_data import (Batch, MicroBatch, make_microbatc
 
 log = logging.getLogger(__name__)
 
+LR_DECAY_STYLES = ("constant", "linear", "cosine")  # OptimizerParamScheduler styles offered by grpo.lr_decay_style
 LossFn = Callable[..., Any]  # (logprobs [b,s], micro-batch dict, Normalizer, entropy=None) -> (loss, metrics)
 
 
 class PolicyError(RuntimeError):
     """A policy worker call got inconsistent input (named in the message)."""
+
+
+def _checked_decay_style(g) -> str:
+    if g.lr_decay_style not in LR_DECAY_STYLES:
+        raise ValueError(f"grpo.lr_decay_style must be one of {LR_DECAY_STYLES}, got {g.lr_decay_style!r}")
+    return g.lr_decay_style
+
+
+def build_lr_scheduler(optimizer, g):
+    """Megatron-Core's ``OptimizerParamScheduler`` for the GRPO config ``g``, stepped once per optimizer step.
+
+    Learning rate: a linear warm-up from ``lr_warmup_init_factor * lr`` to ``lr`` over
+    ``lr_warmup_steps`` steps (none when 0), then ``lr_decay_style`` over the remaining steps up
+    to ``max_num_steps``: ``constant`` (stays at ``lr``), ``linear`` or ``cosine``
+    (``min_lr + (lr - min_lr) * (1 + cos(pi * t)) / 2``, ``t`` the fraction of the decay done)
+    down to ``min_lr`` (default ``lr``). Weight decay is constant.
+
+    Args:
+        optimizer: a Megatron optimizer (or any object with torch-style ``param_groups``).
+        g: :class:`megatron_brrm.config.GRPOConfig`.
+
+    Raises:
+        ValueError: an unknown ``lr_decay_style``.
+    """
+    from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
+
+    style = _checked_decay_style(g)
+    warmup = int(g.lr_warmup_steps)
+    min_lr = min(g.min_lr if g.min_lr is not None else g.lr, g.lr)
+    return OptimizerParamScheduler(
+        optimizer, init_lr=g.lr * g.lr_warmup_init_factor if warmup > 0 else g.lr, max_lr=g.lr,
+        min_lr=min_lr, lr_warmup_steps=warmup, lr_decay_steps=max(int(g.max_num_steps), warmup + 1),
+        lr_decay_style=style, start_wd=g.weight_decay, end_wd=g.weight_decay,
+        wd_incr_steps=max(int(g.max_num_steps), 1), wd_incr_style="constant")
 
 
 def hf_weight_getter(hf_path) -> Callable[[str], torch.Tensor]:
@@ -123,7 +159,6 @@ class PolicyWorker:
         from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
         from megatron.core.distributed import finalize_model_grads
         from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
-        from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
         from megatron_brrm.model.build import build_gpt_model, load_hf_config
         from megatron_brrm.model.mapping import get_mapping
@@ -131,6 +166,7 @@ class PolicyWorker:
         from megatron_brrm.parallel import initialize_parallel
 
         self.cfg = cfg
+        _checked_decay_style(cfg.grpo)  # fail before the model is built
         hf_path = hf_path or cfg.model.hf_path
         if not hf_path:
             raise PolicyError("model.hf_path is not set: the policy needs an HF folder for its initial weights")
@@ -183,12 +219,7 @@ class PolicyWorker:
             params_dtype=self.model_config.params_dtype,
             bf16=self.model_config.bf16, fp16=self.model_config.fp16)
         self.optimizer = get_megatron_optimizer(opt_cfg, self.model)
-        warmup = int(g.lr_warmup_steps)
-        self.scheduler = OptimizerParamScheduler(
-            self.optimizer, init_lr=g.lr * g.lr_warmup_init_factor if warmup > 0 else g.lr, max_lr=g.lr,
-            min_lr=min(min_lr, g.lr), lr_warmup_steps=warmup, lr_decay_steps=max(int(g.max_num_steps), warmup + 1),
-            lr_decay_style="constant", start_wd=g.weight_decay, end_wd=g.weight_decay,
-            wd_incr_steps=max(int(g.max_num_steps), 1), wd_incr_style="constant")
+        self.scheduler = build_lr_scheduler(self.optimizer, g)
         self.step = 0
         self.skipped_steps = 0
         self._params = [p for m in self.model for p in m.parameters()]

@@ -50,9 +50,83 @@ def test_splits_use_disjoint_words_and_are_deterministic():
     assert [p.to_dict() for p in val] != [p.to_dict() for p in marker_task(20, seed=4, split="val")]
 
 
+def test_cue_pairs_carry_only_the_hint():
+    """The warm start's cue pairs: other hint words, no marker, label = the hinted position."""
+    cue = {1: "left", 2: "right"}
+    pairs = marker_task(40, seed=5, split="train", marker=None, signal="hint", hint_words=cue, num_filler_words=0)
+    assert len(pairs) == 80 and sum(p.preference == 1 for p in pairs) == 40
+    for a, b in zip(pairs[0::2], pairs[1::2]):
+        assert (a.response1, a.response2) == (b.response2, b.response1) and a.preference == 3 - b.preference
+    for p in pairs:
+        words = p.context[-1]["content"].split()
+        assert words.count(cue[p.preference]) == 16 and cue[3 - p.preference] not in words
+        assert not set(words) & set(HINT_WORDS.values())
+        assert MARKER not in (p.response1 + " " + p.response2).split()
+        assert {p.response1, p.response2} <= set(word_pool("train"))
+
+
+def test_warm_start_traces_verdicts():
+    """Task traces get seeded coin flips (about half right, no better), cue traces their labels."""
+    sys.path.insert(0, str(REPO_ROOT / "tools"))
+    import learning_check as lc
+    from megatron_brrm.judge import get_protocol
+
+    protocol = get_protocol("brrm", str(REPO_ROOT / "model_configs" / "templates" / "brrm_short"))
+    train = marker_task(100, seed=7, split="train", signal="hint", num_filler_words=0)
+    cue = marker_task(50, seed=8, split="train", marker=None, signal="hint", hint_words={1: "left", 2: "right"},
+                      num_filler_words=0)
+    traces = lc.warm_start_traces(protocol, train, cue, seed=7)
+    assert len(traces) == len(train) + len(cue)
+    verdicts = [protocol.parse_verdict(t[-1]["content"]).preference for t in traces]
+    task_right = sum(v == p.preference for v, p in zip(verdicts, train))
+    # 200 fair coin flips: 100 +- 3 sigma (sigma = sqrt(200 / 4) ~ 7.1)
+    assert abs(task_right - 100) <= 21
+    assert verdicts[len(train):] == [p.preference for p in cue]
+    assert traces != lc.warm_start_traces(protocol, train, cue, seed=8)
+    with pytest.raises(ValueError, match="verdicts"):
+        lc.short_traces(protocol, train, [1])
+
+
+def test_teacher_forced_verdicts_match_full_sequence_logprobs(tiny_qwen3_dir):
+    """The prefix-logit difference equals the difference of the two verdict tokens' log-probs read
+    from a forward pass over the whole verdict-1 trace (causal: same logits at that position).
+    Tolerance 1e-4: fp32, different sequence lengths give different reduction orders (~1e-6)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    sys.path.insert(0, str(REPO_ROOT / "tools"))
+    import learning_check as lc
+    from megatron_brrm.judge import get_protocol
+    from megatron_brrm.rollout.traces import tokenize_trace
+
+    protocol = get_protocol("brrm", str(REPO_ROOT / "model_configs" / "templates" / "brrm_short"))
+    pairs = marker_task(3, seed=2, split="val", signal="hint", num_filler_words=0)
+    got = lc.teacher_forced_verdicts(tiny_qwen3_dir, protocol, pairs)
+    tok = AutoTokenizer.from_pretrained(tiny_qwen3_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_qwen3_dir, dtype=torch.float32).eval()
+    one, two = (tok(f"\\boxed{{{v}}}", add_special_tokens=False)["input_ids"] for v in (1, 2))
+    diffs = []
+    for p in pairs:
+        ids = tokenize_trace(tok, lc.short_traces(protocol, [p], [1])[0], tok.eos_token_id)[0]
+        # the verdict token: the first token where "\boxed{1}" and "\boxed{2}" differ, at its last occurrence
+        k = next(i for i, (a, b) in enumerate(zip(one, two)) if a != b)
+        pos = max(i for i in range(len(ids) - len(one) + 1) if ids[i:i + len(one)] == one) + k
+        with torch.no_grad():
+            lp = torch.log_softmax(model(torch.tensor([ids])).logits[0, pos - 1], -1)
+        diffs.append(float(lp[one[k]] - lp[two[k]]))
+    mean = sum(diffs) / len(diffs)
+    assert got["logit_diff_std"] == pytest.approx(math.sqrt(sum((d - mean) ** 2 for d in diffs) / len(diffs)), abs=1e-4)
+    assert got["accuracy"] == sum((d > 0) == (p.preference == 1) for d, p in zip(diffs, pairs)) / len(pairs)
+    with pytest.raises(ValueError, match="no pairs"):
+        lc.teacher_forced_verdicts(tiny_qwen3_dir, protocol, [])
+
+
 @pytest.mark.parametrize("kwargs, match", [
     (dict(num_pairs=0), "num_pairs"), (dict(num_pairs=2, split="test"), "split"),
     (dict(num_pairs=2, signal="length"), "signal"), (dict(num_pairs=2, num_filler_words=-1), "num_filler_words"),
+    (dict(num_pairs=2, marker=None), "marker=None"),
+    (dict(num_pairs=2, signal="hint", hint_words={1: "same", 2: "same"}), "hint_words"),
+    (dict(num_pairs=2, signal="hint", hint_words={1: "first"}), "hint_words"),
 ])
 def test_bad_arguments_are_named(kwargs, match):
     with pytest.raises(DataError, match=match):
@@ -80,3 +154,22 @@ def test_quick_learning_check(tmp_path):
     # and must not push the verdicts of well-formed answers below chance
     assert after["accuracy"] >= 0.5 * (1 - p1) - 3 * math.sqrt(0.25 / n), s["validation_curve"]
     assert proc.returncode == 0 and s["passed"], proc.stdout[-3000:]
+
+
+@pytest.mark.parametrize("text, ok", [
+    ("none", True), ("left,right;up,down", True), ("left,first", False), ("left,right;right,up", False),
+    ("left,apple", False), ("left,cats", False), ("left", False), ("left,left", False), ("le ft,right", False),
+])
+def test_cue_words_argument(text, ok):
+    """--sft-cue-words: pairs of distinct words, each once, none of the task's hint, filler or topic words."""
+    import argparse
+
+    sys.path.insert(0, str(REPO_ROOT / "tools"))
+    import learning_check as lc
+
+    if ok:
+        got = lc._cue_words(text)
+        assert got == ([] if text == "none" else [dict(zip((1, 2), p.split(","))) for p in text.split(";")])
+    else:
+        with pytest.raises(argparse.ArgumentTypeError, match="bad pair"):
+            lc._cue_words(text)
