@@ -26,7 +26,9 @@ copy them into their weights). Here the bytes travel through files in ``/dev/shm
 
 Processes map the files with ``MAP_POPULATE`` (one call faults every page in; page-by-page
 write faults measured ~15x slower on the development VM) and cache the mappings
-(:func:`map_buffer`, released by :func:`unmap_buffers`).
+(:func:`map_buffer`, released by :func:`unmap_buffers`). A process killed before it could
+remove its files (SIGKILL runs no exit handler) leaves them behind; the next one to create
+files removes those of dead processes (:func:`remove_stale_files`).
 """
 from __future__ import annotations
 
@@ -35,6 +37,7 @@ import dataclasses
 import logging
 import mmap
 import os
+import re
 import tempfile
 import uuid
 import weakref
@@ -185,11 +188,70 @@ def _remove(path: str) -> None:
         pass
 
 
+def _pid_namespace() -> Optional[str]:
+    """This process's PID-namespace id (inode of ``/proc/self/ns/pid``); None where unknown."""
+    try:
+        return str(os.stat("/proc/self/ns/pid").st_ino)
+    except OSError:
+        return None
+
+
+def _file_name(kind: str) -> str:
+    """``brrm-<kind>-<pid namespace>-<pid>-<uuid12>``: the owner can be told from the name."""
+    return f"brrm-{kind}-{_pid_namespace() or 0}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+
+
+_FILE_NAME = re.compile(r"brrm-(?:refit|weights)-(\d+)-(\d+)-[0-9a-f]{12}(?:-[01])?")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def remove_stale_files(directory: str) -> List[str]:
+    """Remove the refit files that dead processes of this PID namespace left in ``directory``.
+
+    A process killed with SIGKILL (or by the OOM killer) runs no ``atexit`` handler, so the
+    files it created (:class:`SharedBuffers`, :class:`SharedModuleWeights`) stay in
+    ``/dev/shm`` and hold memory until reboot. This runs before new files are created. A file
+    is removed only when its name (:func:`_file_name`) carries this process's PID namespace
+    and a PID that no longer exists: files of live processes, and of other namespaces (e.g.
+    containers sharing ``/dev/shm``, where a PID means another process), are kept; where the
+    namespace cannot be read nothing is removed. A reused PID keeps a stale file (safe side).
+
+    Returns:
+        The removed paths (also logged as a warning).
+    """
+    ns = _pid_namespace()
+    try:
+        names = os.listdir(directory) if ns is not None else []
+    except OSError:
+        return []
+    removed = []
+    for name in names:
+        m = _FILE_NAME.fullmatch(name)
+        if m and m.group(1) == ns and not _pid_alive(int(m.group(2))):
+            path = os.path.join(directory, name)
+            _remove(path)
+            removed.append(path)
+    if removed:
+        log.warning("refit: removed %d shared-memory file(s) left by dead processes: %s", len(removed), removed[:4])
+    return removed
+
+
 class SharedBuffers:
     """Two shared-memory files of ``nbytes`` bytes each, removed by :meth:`close` (and at exit).
 
-    Names: ``brrm-refit-<pid>-<uuid>-<0|1>`` in :func:`shm_dir`. The pages are allocated up
-    front (``posix_fallocate``), so running out of shared memory fails here, not in a rank.
+    Names: ``brrm-refit-<pid namespace>-<pid>-<uuid>-<0|1>`` in :func:`shm_dir`; files that
+    dead processes left there are removed first (:func:`remove_stale_files`). The pages are
+    allocated up front (``posix_fallocate``), so running out of shared memory fails here, not
+    in a rank.
 
     Raises:
         OSError: the files cannot be created or ``2 * nbytes`` bytes are not free in the
@@ -198,8 +260,9 @@ class SharedBuffers:
 
     def __init__(self, nbytes: int):
         self.nbytes = int(nbytes)
+        remove_stale_files(shm_dir())
         directory = shm_dir(2 * self.nbytes)
-        tag = f"brrm-refit-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+        tag = _file_name("refit")
         self.paths: List[str] = []
         atexit.register(self.close)
         try:
@@ -339,7 +402,8 @@ class SharedModuleWeights:
             self.layout[n] = (offset, tuple(p.shape), str(p.dtype).split(".")[-1])
             end = offset + p.numel() * p.element_size()
         self.nbytes = _align(max(end, 1))
-        self.path = os.path.join("/dev/shm", f"brrm-weights-{os.getpid()}-{uuid.uuid4().hex[:12]}")
+        remove_stale_files("/dev/shm")
+        self.path = os.path.join("/dev/shm", _file_name("weights"))
         self.linked = True
         atexit.register(self.close)
         try:

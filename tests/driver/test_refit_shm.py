@@ -110,3 +110,36 @@ def test_unknown_transport_is_named():
 
     with pytest.raises(ValueError, match="refit_transport='nccl'.*auto, shm, ray"):
         choose_transport(object(), [], "nccl")
+
+
+def test_stale_files_of_dead_processes_are_removed(tmp_path):
+    """A SIGKILLed process leaves its files; the next SharedBuffers removes those of dead PIDs in this PID
+    namespace only: a live PID's file, another namespace's file and foreign names are kept."""
+    import subprocess
+    import sys
+    import uuid
+
+    from megatron_brrm.workers.refit_shm import remove_stale_files, shm_dir
+
+    ns = str(os.stat("/proc/self/ns/pid").st_ino)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    names = {
+        "dead_refit": f"brrm-refit-{ns}-{dead}-{uuid.uuid4().hex[:12]}-0",
+        "dead_weights": f"brrm-weights-{ns}-{dead}-{uuid.uuid4().hex[:12]}",
+        "live": f"brrm-weights-{ns}-{os.getpid()}-{uuid.uuid4().hex[:12]}",
+        "other_namespace": f"brrm-refit-{int(ns) + 1}-{dead}-{uuid.uuid4().hex[:12]}-1",
+        "foreign": f"brrm-notes-{ns}-{dead}-x",
+    }
+    for n in names.values():
+        (tmp_path / n).write_bytes(b"x")
+    removed = remove_stale_files(str(tmp_path))
+    assert sorted(removed) == sorted(str(tmp_path / names[k]) for k in ("dead_refit", "dead_weights"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names[k] for k in ("live", "other_namespace", "foreign"))
+
+    # the sweep runs when new buffers are created, in the directory they go to
+    stale = os.path.join(shm_dir(), f"brrm-refit-{ns}-{dead}-{uuid.uuid4().hex[:12]}-0")
+    open(stale, "wb").close()
+    with SharedBuffers(4096) as bufs:
+        assert not os.path.exists(stale) and all(os.path.exists(p) for p in bufs.paths)
+        assert all(f"-{ns}-{os.getpid()}-" in os.path.basename(p) for p in bufs.paths)
