@@ -294,12 +294,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     task = dict(signal=args.signal, hint_repeats=args.hint_repeats, num_filler_words=0)
     train = marker_task(args.num_train_pairs, seed=cfg.data.seed, split="train", **task)
     val = marker_task(args.num_val_pairs, seed=cfg.data.seed, split="val", **task)
-    if args.sft_cue_words is None:
-        args.sft_cue_words = [] if args.quick else _cue_words(DEFAULT_CUE_WORDS)
+    cue_words = args.sft_cue_words
+    if cue_words is None:
+        cue_words = [] if args.quick else _cue_words(DEFAULT_CUE_WORDS)
     cue_pairs = []  # --num-cue-pairs base pairs (x2 orders), split over the cue-word pairs
     num_cue = 2 * args.num_train_pairs if args.num_cue_pairs is None else args.num_cue_pairs
-    for k, words in enumerate(args.sft_cue_words):
-        n = num_cue // len(args.sft_cue_words) + (k < num_cue % len(args.sft_cue_words))
+    for k, words in enumerate(cue_words):
+        n = num_cue // len(cue_words) + (k < num_cue % len(cue_words))
         if n:
             cue_pairs += marker_task(n, seed=cfg.data.seed + 1 + k, split="train", marker=None, signal="hint",
                                      hint_repeats=args.hint_repeats, num_filler_words=0, hint_words=words)
@@ -337,7 +338,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     warm_start = {"task": teacher_forced_verdicts(sft_hf, protocol, val)}
     if cue_pairs:
         cue_val = marker_task(args.num_val_pairs, seed=cfg.data.seed + 1, split="val", marker=None, signal="hint",
-                              hint_repeats=args.hint_repeats, num_filler_words=0, hint_words=args.sft_cue_words[0])
+                              hint_repeats=args.hint_repeats, num_filler_words=0, hint_words=cue_words[0])
         warm_start["cue"] = teacher_forced_verdicts(sft_hf, protocol, cue_val)
         if warm_start["cue"]["accuracy"] < 0.9:
             print(f"warning: the warm start does not read the cue (held-out cue accuracy "
@@ -387,7 +388,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     summary = {
         "mode": "quick" if args.quick else "full", "passed": passed, "checks": checks,
         "signal": SIGNAL_TEXT[args.signal] + "; both orders of every pair present",
-        "hint_repeats": args.hint_repeats if args.signal == "hint" else 0, "sft_cue_words": [[w[1], w[2]] for w in args.sft_cue_words],
+        "hint_repeats": args.hint_repeats if args.signal == "hint" else 0, "sft_cue_words": [[w[1], w[2]] for w in cue_words],
         "warm_start_teacher_forced": warm_start,
         "before": before, "after": after, "num_val_trajectories": n_val, "noise_sigma_diff": sigma,
         "validation_curve": val_curve, "train_curve": train_curve,

@@ -107,9 +107,8 @@ def marker_pair(rng: random.Random, index: int, words: Sequence[str], marker: Op
 
 
 def _check_hint_words(hint_words: Dict[int, str]) -> Dict[int, str]:
-    words = [hint_words.get(1), hint_words.get(2)] if isinstance(hint_words, dict) else [None]
-    if (set(hint_words) != {1, 2} or not all(isinstance(w, str) and w and len(w.split()) == 1 for w in words)
-            or words[0] == words[1]):
+    if (not isinstance(hint_words, dict) or set(hint_words) != {1, 2} or hint_words[1] == hint_words[2]
+            or not all(isinstance(w, str) and len(w.split()) == 1 for w in hint_words.values())):
         raise DataError(f"synthetic task: hint_words must map 1 and 2 to two distinct single words, got {hint_words!r}")
     return hint_words
 

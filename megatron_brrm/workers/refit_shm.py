@@ -260,8 +260,11 @@ class SharedBuffers:
 
     def __init__(self, nbytes: int):
         self.nbytes = int(nbytes)
-        remove_stale_files(shm_dir())
+        swept = shm_dir()
+        remove_stale_files(swept)  # before the free-space check: stale files may be what fills /dev/shm
         directory = shm_dir(2 * self.nbytes)
+        if directory != swept:  # the fallback directory can hold stale buffers too
+            remove_stale_files(directory)
         tag = _file_name("refit")
         self.paths: List[str] = []
         atexit.register(self.close)
