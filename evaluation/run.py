@@ -76,41 +76,35 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 
 def check_engine_args(args: argparse.Namespace) -> None:
-    """Fail fast (before loading data) when the engine cannot run: no model folder, vLLM without CUDA."""
+    """Fail fast (before loading data) when the engine cannot run: no model folder, vLLM not installed."""
     if not args.model:
         raise UsageError(f"--model HF_DIR is required with --engine {args.engine}")
     if not (Path(args.model) / "config.json").is_file():
         raise UsageError(f"--model {args.model}: not an HF model folder (no config.json)")
     if args.engine == "vllm":
-        import torch
+        try:
+            import vllm  # noqa: F401
+        except ImportError:
+            from megatron_brrm.rollout.vllm_engine import VLLM_MISSING
 
-        if not torch.cuda.is_available():
-            raise UsageError("--engine vllm needs a CUDA GPU and the gpu extra (pip install -e .[gpu]); "
-                             "on CPU use --engine hf")
+            raise UsageError(f"--engine vllm: {VLLM_MISSING.replace('rollout.engine=hf', '--engine hf')}") from None
 
 
 def make_engine(args: argparse.Namespace):
-    """Build the HF or vLLM engine; raise :class:`UsageError` with the fix when it cannot run here."""
-    import torch
+    """Build the HF or vLLM engine through the project's engine factory; raise :class:`UsageError`
+    with the fix when it cannot run here."""
+    from megatron_brrm.config import RolloutConfig
+    from megatron_brrm.rollout.factory import make_engine as build
 
     check_engine_args(args)
-    model = Path(args.model)
-    if args.engine == "vllm":
-        from megatron_brrm.rollout.vllm_engine import VLLMEngine
-
-        dtype = {"auto": "auto", "fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[args.dtype]
-        try:
-            return VLLMEngine(str(model), tensor_parallel_size=args.tp, gpu_memory_utilization=args.gpu_memory_utilization,
-                              enable_prefix_caching=True, seed=args.seed, dtype=dtype,
-                              max_model_len=args.max_total_length, enable_sleep_mode=False)
-        except RuntimeError as exc:
-            raise UsageError(str(exc)) from None
-    from megatron_brrm.rollout.hf_engine import HFEngine
-
-    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-    dtype = dtypes.get(args.dtype) or (torch.float32 if device == "cpu" else torch.bfloat16)
-    return HFEngine(str(model), device=device, dtype=dtype, max_batch_size=max(1, args.batch_size))
+    cfg = RolloutConfig(engine=args.engine, device=args.device, dtype=args.dtype, max_batch_size=max(1, args.batch_size),
+                        tensor_parallel_size=args.tp, gpu_memory_utilization=args.gpu_memory_utilization,
+                        enable_prefix_caching=True, seed=args.seed, max_total_sequence_length=args.max_total_length,
+                        colocated=False)
+    try:
+        return build(cfg, str(Path(args.model)))
+    except RuntimeError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def resolve_replay_settings(args: argparse.Namespace) -> tuple:
@@ -188,13 +182,16 @@ def run(args: argparse.Namespace) -> dict:
                 bar = tqdm(total=len(todo), desc="judging", unit="cmp")
             from evaluation.judging import judge_presentations
 
-            judgements.update(judge_presentations(
-                engine, protocol, todo, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                top_p=args.top_p, seed=args.seed, batch_size=args.batch_size,
-                max_total_length=args.max_total_length, cache=cache,
-                progress=bar.update if bar is not None else None))
-            if bar is not None:
-                bar.close()
+            try:
+                judgements.update(judge_presentations(
+                    engine, protocol, todo, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                    top_p=args.top_p, seed=args.seed, batch_size=args.batch_size,
+                    max_total_length=args.max_total_length, cache=cache,
+                    progress=bar.update if bar is not None else None))
+            finally:
+                engine.shutdown()
+                if bar is not None:
+                    bar.close()
     benches = {name: score_benchmark(data[name], selected[name], judgements, args.orders) for name in names}
     records: List[Judgement] = [j for name in names for j in records_in_order(selected[name], judgements)]
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}

@@ -156,6 +156,10 @@ class RolloutConfig:
     device: str = "auto"  # hf engine: auto (cuda if visible, else cpu) | cpu | cuda | cuda:N
     dtype: str = "auto"  # auto (hf: fp32 on cpu, bf16 on cuda; vllm: checkpoint dtype) | fp32 | bf16 | fp16
     max_batch_size: int = 64  # hf engine: rows (prompt x sample) decoded together
+    kv_cache_memory_mb: Optional[int] = None  # vllm: KV-cache size (None: 256 on CPU, from gpu_memory_utilization on GPU)
+    enforce_eager: Optional[bool] = None  # vllm: no CUDA graphs / compilation (None: True on CPU, False on GPU)
+    cpu_threads_bind: Optional[str] = None  # vllm on CPU: cores of the engine's threads, e.g. "0-3" (None: vLLM's default)
+    quantization: Optional[str] = None  # vllm: e.g. fp8 (weights quantised when loaded, at start and after each refit)
 
 
 @dataclass

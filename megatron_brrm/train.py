@@ -254,7 +254,9 @@ class GRPOTrainer:
         return last
 
     def close(self) -> None:
-        """Stop the policy ranks (each tears down its process groups), the cluster and the logger."""
+        """Stop the engine (e.g. vLLM's engine process), the policy ranks (each tears down its
+        process groups), the cluster and the logger."""
+        self.engine.shutdown()
         self.cluster.shutdown()
         self.metrics.close()
 

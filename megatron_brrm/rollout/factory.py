@@ -21,9 +21,10 @@ def make_engine(rollout_cfg, model_path: str) -> GenerationEngine:
 
     Args:
         rollout_cfg: a ``RolloutConfig`` (read by attribute: ``engine``, ``device``, ``dtype``,
-            ``max_batch_size``, ``tensor_parallel_size``, ``gpu_memory_utilization``,
+            ``max_batch_size``; for vLLM also ``tensor_parallel_size``, ``gpu_memory_utilization``,
             ``enable_prefix_caching``, ``seed``, ``refit_bucket_size_mb``,
-            ``max_total_sequence_length``, ``colocated``).
+            ``max_total_sequence_length``, ``colocated``, ``kv_cache_memory_mb``, ``enforce_eager``,
+            ``cpu_threads_bind``, ``quantization``).
         model_path: HF model folder.
 
     Returns:
@@ -31,7 +32,7 @@ def make_engine(rollout_cfg, model_path: str) -> GenerationEngine:
 
     Raises:
         ValueError: unknown ``rollout.engine`` or ``rollout.dtype`` (the message lists the choices).
-        RuntimeError: ``vllm`` selected on a machine without vLLM/CUDA.
+        RuntimeError: ``vllm`` selected but vLLM is not installed (the message says how).
     """
     name = rollout_cfg.engine
     dtype = getattr(rollout_cfg, "dtype", "auto")
@@ -47,10 +48,14 @@ def make_engine(rollout_cfg, model_path: str) -> GenerationEngine:
     if name == "vllm":
         from .vllm_engine import VLLMEngine
 
+        kv_mb = rollout_cfg.kv_cache_memory_mb
         return VLLMEngine(model_path, tensor_parallel_size=rollout_cfg.tensor_parallel_size,
                           gpu_memory_utilization=rollout_cfg.gpu_memory_utilization,
                           enable_prefix_caching=rollout_cfg.enable_prefix_caching, seed=rollout_cfg.seed,
                           dtype=_VLLM_DTYPES[dtype], max_model_len=rollout_cfg.max_total_sequence_length,
-                          enable_sleep_mode=bool(getattr(rollout_cfg, "colocated", True)),
-                          refit_bucket_bytes=int(rollout_cfg.refit_bucket_size_mb) << 20)
+                          enable_sleep_mode=bool(rollout_cfg.colocated),
+                          refit_bucket_bytes=int(rollout_cfg.refit_bucket_size_mb) << 20,
+                          kv_cache_memory_bytes=None if kv_mb is None else int(kv_mb) << 20,
+                          enforce_eager=rollout_cfg.enforce_eager, cpu_threads_bind=rollout_cfg.cpu_threads_bind,
+                          quantization=rollout_cfg.quantization)
     raise ValueError(f"rollout.engine={name!r} is not a known engine; choose one of {list(ENGINES)}")

@@ -21,7 +21,7 @@ from typing import Iterable, List, Optional, Sequence, Tuple
 
 import torch
 
-from .engine import GenerationEngine, GenerationOutput, SamplingParams
+from .engine import EngineAbilities, GenerationEngine, GenerationOutput, SamplingParams
 from .sampling import derive_sample_seed, make_generators, sample_tokens, validate_request
 from .stops import StopStringChecker
 from .weights import copy_named_tensors
@@ -88,6 +88,13 @@ class HFEngine(GenerationEngine):
     @property
     def tokenizer(self):
         return self._tokenizer
+
+    @property
+    def abilities(self) -> EngineAbilities:
+        """EOS ids from the model's generation config, config and tokenizer; no sleep (the
+        weights stay where they are); shares its weights when they live on the CPU."""
+        return EngineAbilities(eos_token_ids=self.eos_token_ids, supports_sleep=False,
+                               shares_weights=self.device.type == "cpu")
 
     # ------------------------------------------------------------------ generation
     def generate(self, prompts: List[List[int]], params: SamplingParams) -> List[List[GenerationOutput]]:
@@ -181,6 +188,32 @@ class HFEngine(GenerationEngine):
             logprobs=logprobs[r] if params.logprobs else [],
             finish_reason=finish[r] or "length",
         ) for r in range(n_rows)]
+
+    @torch.inference_mode()
+    def score(self, sequences: Sequence[Sequence[int]]) -> List[List[float]]:
+        """Per-token logprobs at temperature 1 (see ``GenerationEngine.score``), computed in
+        batches of ``max_batch_size`` right-padded rows (float32 log-softmax).
+
+        Raises:
+            ValueError: an empty sequence.
+        """
+        seqs = [[int(t) for t in s] for s in sequences]
+        if any(len(s) == 0 for s in seqs):
+            raise ValueError("score: every sequence needs at least one token")
+        out: List[List[float]] = []
+        for start in range(0, len(seqs), self.max_batch_size):
+            chunk = seqs[start:start + self.max_batch_size]
+            width = max(len(s) for s in chunk)
+            ids = torch.full((len(chunk), width), self.pad_token_id, dtype=torch.long, device=self.device)
+            mask = torch.zeros_like(ids)
+            for r, s in enumerate(chunk):
+                ids[r, :len(s)] = torch.tensor(s, dtype=torch.long, device=self.device)
+                mask[r, :len(s)] = 1
+            logits = self.model(input_ids=ids, attention_mask=mask).logits.float()
+            lp = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+            for r, s in enumerate(chunk):
+                out.append([0.0] + lp[r, :len(s) - 1].tolist())
+        return out
 
     # ------------------------------------------------------------------ refit
     def update_weights(self, named_tensors: Iterable[Tuple[str, torch.Tensor]]) -> None:

@@ -167,14 +167,6 @@ def _check_pairs(pairs) -> None:
                             f"pairs need {list(_PAIR_FIELDS)} (e.g. data.schema.PreferencePair)")
 
 
-def _eos_ids(engine: GenerationEngine) -> frozenset:
-    ids = getattr(engine, "eos_token_ids", None)
-    if ids is None:
-        eos = engine.tokenizer.eos_token_id
-        ids = [] if eos is None else [eos]
-    return frozenset(int(i) for i in ids)
-
-
 def rollout(engine: GenerationEngine, protocol, pairs: Sequence, params: RolloutParams, rule: RewardRule,
             group_offset: int = 0) -> List[Trajectory]:
     """Sample ``params.n`` judge trajectories per pair; see the module docstring for the rules.
@@ -198,7 +190,7 @@ def rollout(engine: GenerationEngine, protocol, pairs: Sequence, params: Rollout
     params.validate()
     _check_pairs(pairs)
     tok = engine.tokenizer
-    eos = _eos_ids(engine)
+    eos = engine.abilities.eos_token_ids
     num_turns = int(protocol.num_turns)
     max_total = int(params.max_total_length)
     n = int(params.n)

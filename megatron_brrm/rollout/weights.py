@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Dict, Iterable, Mapping, Tuple
+from typing import Dict, Iterable, Mapping, Sequence, Tuple
 
 import torch
 
@@ -80,14 +80,15 @@ def hf_checkpoint_manifest(model_dir: str | Path) -> Dict[str, Tuple[int, ...]]:
     return manifest
 
 
-def check_against_manifest(manifest: Mapping[str, Tuple[int, ...]], name: str, tensor: torch.Tensor,
+def check_against_manifest(manifest: Mapping[str, Tuple[int, ...]], name: str, shape: Sequence[int],
                            where: str = "the engine's checkpoint") -> None:
-    """Raise ``KeyError``/``ValueError`` (as :func:`copy_named_tensors`) if ``(name, tensor)`` does not fit ``manifest``."""
-    shape = manifest.get(name)
-    if shape is None:
+    """Raise ``KeyError``/``ValueError`` (as :func:`copy_named_tensors`) if a tensor ``name`` of
+    ``shape`` does not fit ``manifest``."""
+    expected = manifest.get(name)
+    if expected is None:
         known = sorted(manifest)
         raise KeyError(f"update_weights: {where} has no tensor named {name!r} ({len(known)} known names, "
                        f"e.g. {known[:3]}); the refit stream must use Hugging Face parameter names")
-    if tuple(tensor.shape) != tuple(shape):
-        raise ValueError(f"update_weights: shape mismatch for {name!r}: got {tuple(tensor.shape)}, "
-                         f"{where} expects {tuple(shape)}")
+    if tuple(shape) != tuple(expected):
+        raise ValueError(f"update_weights: shape mismatch for {name!r}: got {tuple(shape)}, "
+                         f"{where} expects {tuple(expected)}")

@@ -25,7 +25,8 @@ from typing import Any, Callable, Iterable, List, Optional, Sequence, Tuple
 import ray
 import torch
 
-from megatron_brrm.rollout.engine import GenerationEngine, GenerationOutput, SamplingParams
+from megatron_brrm.rollout.engine import EngineAbilities, GenerationEngine, GenerationOutput, SamplingParams
+from megatron_brrm.rollout.refit import fused_module_key, iter_buckets
 from megatron_brrm.workers.worker_group import WorkerError, describe_ray_error, merge_runtime_env
 
 
@@ -89,6 +90,14 @@ class EngineActor:
         """The engine's tokenizer (pickled to the caller)."""
         return self.engine.tokenizer
 
+    def abilities(self) -> EngineAbilities:
+        """The engine's declared abilities."""
+        return self.engine.abilities
+
+    def score(self, sequences: List[List[int]]) -> List[List[float]]:
+        """``engine.score``: per-token logprobs of whole sequences (temperature 1)."""
+        return self.engine.score(sequences)
+
     def generate(self, prompts: List[List[int]], params: SamplingParams) -> List[List[GenerationOutput]]:
         """``engine.generate``: ``[len(prompts)][params.n]`` outputs."""
         return self.engine.generate(prompts, params)
@@ -102,8 +111,7 @@ class EngineActor:
         """Load one same-node refit bucket from the shared-memory file ``path``; returns the bytes loaded.
 
         Maps the file (kept mapped until :meth:`release_refit_buffers`, at most two files),
-        builds a view per :class:`~megatron_brrm.workers.refit_shm.PlanEntry` and hands
-        them to ``engine.update_weights`` (which copies them into the engine's weights),
+        and hands it to ``engine.load_shm_bucket`` (see :class:`~megatron_brrm.rollout.shm.BucketEntry`),
         with ``num_threads`` torch threads for the copy (restored afterwards).
 
         Raises:
@@ -116,7 +124,7 @@ class EngineActor:
 
     def release_refit_buffers(self) -> int:
         """Unmap the refit buffers this actor holds; returns how many."""
-        from megatron_brrm.workers.refit_shm import unmap_buffers
+        from megatron_brrm.rollout.shm import unmap_buffers
 
         return unmap_buffers()
 
@@ -166,6 +174,10 @@ class EngineActor:
         """``engine.wake()``."""
         self.engine.wake()
 
+    def shutdown(self) -> None:
+        """``engine.shutdown()`` (stops e.g. vLLM's engine process before the actor exits)."""
+        self.engine.shutdown()
+
     def call(self, method: str, *args, **kwargs) -> Any:
         """Call an engine-specific method (e.g. a vLLM worker-extension entry point)."""
         return getattr(self.engine, method)(*args, **kwargs)
@@ -194,6 +206,7 @@ class RemoteEngine(GenerationEngine):
         self.handle, self.index, self.timeout_s, self.bucket_bytes = handle, index, timeout_s, int(bucket_bytes)
         self.node = node
         self._tokenizer = None
+        self._abilities = None
 
     def get(self, ref, method: str = "generate"):
         """``ray.get(ref)`` with this handle's timeout; failures become :class:`WorkerError` naming ``method``."""
@@ -213,6 +226,17 @@ class RemoteEngine(GenerationEngine):
             self._tokenizer = self.get(self.handle.tokenizer.remote(), "tokenizer")
         return self._tokenizer
 
+    @property
+    def abilities(self) -> EngineAbilities:
+        """The actor's engine's abilities (fetched once)."""
+        if self._abilities is None:
+            self._abilities = self.get(self.handle.abilities.remote(), "abilities")
+        return self._abilities
+
+    def score(self, sequences: List[List[int]]) -> List[List[float]]:
+        """Forwarded to the actor; see ``GenerationEngine.score``."""
+        return self.get(self.handle.score.remote([list(s) for s in sequences]), "score")
+
     def generate_async(self, prompts: List[List[int]], params: SamplingParams):
         """Start ``generate`` on the actor and return its ``ObjectRef`` at once (resolve with :meth:`get`),
         so that several engines generate concurrently."""
@@ -223,21 +247,13 @@ class RemoteEngine(GenerationEngine):
         return self.get(self.handle.generate.remote(prompts, params), "generate")
 
     def update_weights(self, named_tensors: Iterable[Tuple[str, torch.Tensor]]) -> None:
-        """Stream ``(hf_name, tensor)`` pairs to the actor in buckets of ``bucket_bytes``.
+        """Stream ``(hf_name, tensor)`` pairs to the actor in buckets of ``bucket_bytes`` that never
+        split a fused module (:func:`~megatron_brrm.rollout.refit.iter_buckets`).
 
         At most one bucket is held in the driver at a time; the call for a bucket is
         awaited before the next bucket is filled.
         """
-        bucket: List[Tuple[str, torch.Tensor]] = []
-        size = 0
-        for name, tensor in named_tensors:
-            nbytes = tensor.numel() * tensor.element_size()
-            if bucket and size + nbytes > self.bucket_bytes:
-                self.get(self.handle.update_weights.remote(bucket), "update_weights")
-                bucket, size = [], 0
-            bucket.append((name, tensor))
-            size += nbytes
-        if bucket:
+        for bucket in iter_buckets(named_tensors, self.bucket_bytes, group_key=fused_module_key):
             self.get(self.handle.update_weights.remote(bucket), "update_weights")
 
     def node_id(self) -> str:

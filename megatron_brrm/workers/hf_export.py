@@ -17,12 +17,13 @@ from megatron_brrm.checkpoint.hf_io import (ShardedSafetensorsWriter, atomic_out
                                             read_hf_config, write_hf_config)
 from megatron_brrm.model.build import load_hf_config
 from megatron_brrm.model.mapping import get_mapping
+from megatron_brrm.rollout.engine import WeightReceiver
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-class _Writer:
-    """Adapter with ``update_weights(bucket)`` so the refit stream can feed a safetensors writer."""
+class _Writer(WeightReceiver):
+    """A refit target that writes each streamed tensor into a safetensors writer."""
 
     def __init__(self, writer: ShardedSafetensorsWriter, dtype: torch.dtype):
         self.writer, self.dtype = writer, dtype

@@ -30,7 +30,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 import torch
 
-from megatron_brrm.rollout.refit import iter_buckets
+from megatron_brrm.rollout.refit import fused_module_key, iter_buckets
 from megatron_brrm.workers.batching import Batch, select_rows
 
 log = logging.getLogger(__name__)
@@ -113,7 +113,8 @@ class PolicyActor:
 
         stream = iter_megatron_to_hf(self.worker.model, self.worker.mapping, vp_size=self.worker.vp_size)
         rank0 = torch.distributed.get_rank() == 0
-        for bucket in iter_buckets(((n, t.detach().cpu()) for n, t in stream), bucket_bytes):
+        for bucket in iter_buckets(((n, t.detach().cpu()) for n, t in stream), bucket_bytes,
+                                   group_key=fused_module_key):
             if rank0:
                 yield bucket
 
@@ -154,7 +155,7 @@ class PolicyActor:
         """Write this rank's TP shards of one bucket into the shared-memory file ``path`` (no collective).
 
         The same-node transport (:mod:`megatron_brrm.workers.refit_shm`): each tensor of
-        ``entries`` (:class:`~megatron_brrm.workers.refit_shm.PlanEntry`) held by this
+        ``entries`` (:class:`~megatron_brrm.rollout.shm.BucketEntry`) held by this
         rank's pipeline stage(s) is written at its HF-layout place; only DP rank 0 (CP rank
         0) writes, the other replicas hold equal weights. The file stays mapped (at most two
         bucket files; ``persistent`` files, an engine's own weights in shared memory, until
@@ -172,7 +173,8 @@ class PolicyActor:
             return {"bytes": 0, "map_s": 0.0, "write_s": 0.0}
         from megatron.core import parallel_state as mpu
 
-        from megatron_brrm.workers.refit_shm import map_buffer, write_bucket_shards
+        from megatron_brrm.rollout.shm import map_buffer
+        from megatron_brrm.workers.refit_shm import write_bucket_shards
 
         t0 = time.perf_counter()
         buffer = map_buffer(path, buffer_bytes, persistent=persistent)
@@ -185,7 +187,7 @@ class PolicyActor:
     def release_refit_buffers(self, keep: Sequence[str] = ()) -> int:
         """Unmap the refit buffers this rank holds, except the paths in ``keep`` (call when a refit
         ends); returns how many were unmapped."""
-        from megatron_brrm.workers.refit_shm import unmap_buffers
+        from megatron_brrm.rollout.shm import unmap_buffers
 
         return unmap_buffers(keep)
 

@@ -1,89 +1,58 @@
-"""Same-node refit through shared memory: the plan, the buffers, and the per-process mappings.
+"""Same-node refit from the policy ranks: the plan, the ranks' writes, and engine weights in shared memory.
 
 The CPU / same-node analog of NeMo-RL's CUDA-IPC refit (its ``ipc`` weight update: the
 policy workers expose their tensors through IPC handles and the colocated vLLM workers
-copy them into their weights). Here the bytes travel through files in ``/dev/shm``:
+copy them into their weights). The bytes travel through files in ``/dev/shm``; the file,
+layout and mapping primitives are in :mod:`megatron_brrm.rollout.shm` (receivers need only
+those), the policy side is here:
 
 1. :func:`build_refit_plan` packs the model's HF tensors, in
    :meth:`~megatron_brrm.model.mapping.ArchMapping.hf_param_names` order, into buckets of
-   at most ``bucket_bytes`` bytes (a larger tensor travels alone, as
-   :func:`megatron_brrm.rollout.refit.iter_buckets` does), each entry at a 64-byte-aligned
-   byte offset. A tied ``lm_head`` is not sent (HF ties it).
-2. **Buckets** (any engine with ``update_weights``): :class:`SharedBuffers` (driver side)
-   creates two files of the largest bucket's size, removed when the refit ends (and at
-   interpreter exit should that be skipped). Every policy rank writes its own TP shards
-   straight into their HF-layout place in one buffer
-   (:func:`megatron_brrm.model.shard_layout.write_shard_into_hf`: no gather, no collective)
-   while the engines copy the previous bucket out of the other one (double buffering,
-   driven by :mod:`megatron_brrm.workers.refit_stream`). Two copies of the model's bytes per
-   refit; extra memory: two buckets of shared memory (``2 * plan.buffer_bytes``).
-3. **Direct** (engines whose weights are contiguous CPU tensors of a torch ``model``, i.e.
-   the HF engine on CPU): :class:`SharedModuleWeights` moves the engine's parameters into
-   one shared-memory file once (the same memory, not an extra copy), and the ranks then
-   write their shards straight into the engine's weights: one copy per refit, no buffers.
-   Two copies of the model's bytes cannot beat half the speed of one plain copy on a
-   memory-bandwidth-bound CPU node; one copy can (``tools/bench/refit.py``).
-
-Processes map the files with ``MAP_POPULATE`` (one call faults every page in; page-by-page
-write faults measured ~15x slower on the development VM) and cache the mappings
-(:func:`map_buffer`, released by :func:`unmap_buffers`). A process killed before it could
-remove its files (SIGKILL runs no exit handler) leaves them behind; the next one to create
-files removes those of dead processes (:func:`remove_stale_files`).
+   at most ``bucket_bytes`` bytes, each entry at a 64-byte-aligned byte offset. The tensors
+   of one fused module (:func:`megatron_brrm.rollout.refit.fused_module_key`: q/k/v, gate/up)
+   always share a bucket: vLLM reloads a module from the tensors of one load call and would
+   corrupt a module split over two. A group larger than the budget travels alone. A tied
+   ``lm_head`` is not sent (HF ties it).
+2. **Buckets** (any engine): the driver creates two
+   :class:`~megatron_brrm.rollout.shm.SharedBuffers`; every policy rank writes its own TP
+   shards straight into their HF-layout place in one buffer (:func:`write_bucket_shards`,
+   :func:`megatron_brrm.model.shard_layout.write_shard_into_hf`: no gather, no collective)
+   while the engines load the previous one (``GenerationEngine.load_shm_bucket``: the HF
+   engine copies from views of the file, a vLLM engine hands the file to its workers), driven
+   by :mod:`megatron_brrm.workers.refit_stream`. Two copies of the model's bytes per refit;
+   extra memory: two buckets of shared memory (``2 * plan.buffer_bytes``).
+3. **Direct** (engines that declare ``abilities.shares_weights``: the HF engine on CPU):
+   :class:`SharedModuleWeights` moves the engine's parameters into one shared-memory file
+   once (the same memory, not an extra copy), and the ranks then write their shards straight
+   into the engine's weights: one copy per refit, no buffers. Two copies of the model's bytes
+   cannot beat half the speed of one plain copy on a memory-bandwidth-bound CPU node; one copy
+   can (``tools/bench/refit.py``).
 """
 from __future__ import annotations
 
 import atexit
-import dataclasses
 import logging
-import mmap
 import os
-import re
-import tempfile
-import uuid
 import weakref
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
+from megatron_brrm.model.shard_layout import write_shard_into_hf
+from megatron_brrm.rollout.refit import fused_module_key
+from megatron_brrm.rollout.shm import (BucketEntry, align_up, bucket_views, create_file, dtype_name, file_name,
+                                       layout_entries, mmap_file, remove_file, remove_stale_files, shm_free_bytes)
+
 log = logging.getLogger(__name__)
-
-ALIGN = 64  # byte alignment of every tensor in a bucket (cache line; any dtype's element size divides it)
-
-
-@dataclass(frozen=True)
-class PlanEntry:
-    """One HF tensor of a bucket: where its bytes sit in the buffer.
-
-    Attributes:
-        hf_name: HF parameter name.
-        megatron_name: global Megatron name of the tensor it comes from.
-        offset: byte offset in the buffer (multiple of :data:`ALIGN`).
-        shape: HF shape.
-        dtype: torch dtype name (``"float32"``, ``"bfloat16"``...): the trainer parameter's dtype.
-    """
-
-    hf_name: str
-    megatron_name: str
-    offset: int
-    shape: Tuple[int, ...]
-    dtype: str
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes of the tensor (``numel * element size``)."""
-        n = 1
-        for s in self.shape:
-            n *= s
-        return n * torch.empty((), dtype=getattr(torch, self.dtype)).element_size()
 
 
 @dataclass(frozen=True)
 class RefitPlan:
-    """Buckets of :class:`PlanEntry`; ``buffer_bytes`` = the largest bucket's extent in bytes."""
+    """Buckets of :class:`~megatron_brrm.rollout.shm.BucketEntry`; ``buffer_bytes`` = the largest
+    bucket's extent in bytes."""
 
-    buckets: Tuple[Tuple[PlanEntry, ...], ...]
+    buckets: Tuple[Tuple[BucketEntry, ...], ...]
     buffer_bytes: int
 
     @property
@@ -95,10 +64,6 @@ class RefitPlan:
         return sum(e.nbytes for b in self.buckets for e in b)
 
 
-def _align(n: int) -> int:
-    return (n + ALIGN - 1) // ALIGN * ALIGN
-
-
 def build_refit_plan(mapping, dtypes: Mapping[str, str], bucket_bytes: int) -> RefitPlan:
     """Deterministic bucket plan for the model described by ``mapping``.
 
@@ -107,17 +72,17 @@ def build_refit_plan(mapping, dtypes: Mapping[str, str], bucket_bytes: int) -> R
         dtypes: ``{global Megatron name: torch dtype name}`` of every parameter (merged over
             the pipeline stages).
         bucket_bytes: bucket budget in bytes (``rollout.refit_bucket_size_mb * 2**20``); the
-            aligned extent of a bucket stays within it unless a single tensor is larger.
+            aligned extent of a bucket stays within it unless a single fused module's tensors
+            (see the module docstring) are larger.
 
     Raises:
-        ValueError: ``bucket_bytes`` < 1.
+        ValueError: ``bucket_bytes`` < 1, or the tensors of one fused module are not consecutive
+            in the mapping's order (they could not share a bucket).
         KeyError: a Megatron tensor missing from ``dtypes`` (no pipeline stage holds it).
     """
     if bucket_bytes < 1:
         raise ValueError(f"bucket_bytes must be >= 1, got {bucket_bytes}")
-    buckets: List[Tuple[PlanEntry, ...]] = []
-    current: List[PlanEntry] = []
-    end = 0
+    groups: List[Tuple[str, List[Tuple[str, Tuple[int, ...], str]]]] = []
     for megatron_name in mapping.megatron_param_names():
         if megatron_name.endswith("output_layer.weight") and mapping.tied:
             continue
@@ -125,240 +90,30 @@ def build_refit_plan(mapping, dtypes: Mapping[str, str], bucket_bytes: int) -> R
             raise KeyError(f"refit plan: no pipeline stage reported the tensor {megatron_name}")
         dtype = dtypes[megatron_name].split(".")[-1]
         for hf_name in mapping.hf_names_for(megatron_name):
-            entry = PlanEntry(hf_name, megatron_name, 0, tuple(mapping.hf_shape(hf_name)), dtype)
-            offset = _align(end)
-            if current and offset + entry.nbytes > bucket_bytes:
-                buckets.append(tuple(current))
-                current, offset = [], 0
-            current.append(dataclasses.replace(entry, offset=offset))
-            end = offset + entry.nbytes
+            key = fused_module_key(hf_name)
+            if not groups or groups[-1][0] != key:
+                if any(k == key for k, _ in groups):
+                    raise ValueError(f"refit plan: the tensors of module {key} are not consecutive in the mapping's "
+                                     "order, so they cannot share a bucket")
+                groups.append((key, []))
+            groups[-1][1].append((hf_name, tuple(mapping.hf_shape(hf_name)), dtype))
+    buckets: List[Tuple[BucketEntry, ...]] = []
+    current: List[BucketEntry] = []
+    for _, specs in groups:
+        entries = layout_after(current, specs)
+        if current and entries[-1].end > bucket_bytes:
+            buckets.append(tuple(current))
+            current, entries = [], layout_after([], specs)
+        current += entries
     if current:
         buckets.append(tuple(current))
-    extent = max((b[-1].offset + b[-1].nbytes for b in buckets), default=0)
-    return RefitPlan(tuple(buckets), _align(max(extent, 1)))
+    extent = max((b[-1].end for b in buckets), default=0)
+    return RefitPlan(tuple(buckets), align_up(max(extent, 1)))
 
 
-def bucket_views(buffer: torch.Tensor, entries: Sequence[PlanEntry]) -> List[Tuple[str, torch.Tensor]]:
-    """``[(hf_name, view)]`` of a bucket: views of the uint8 ``buffer`` with each entry's dtype and shape.
-
-    Raises:
-        ValueError: an entry reaches past the end of ``buffer``.
-    """
-    out = []
-    for e in entries:
-        if e.offset + e.nbytes > buffer.numel():
-            raise ValueError(f"refit bucket entry {e.hf_name} ends at byte {e.offset + e.nbytes}, "
-                             f"past the {buffer.numel()}-byte buffer")
-        out.append((e.hf_name, buffer[e.offset:e.offset + e.nbytes].view(getattr(torch, e.dtype)).view(e.shape)))
-    return out
-
-
-# ---------------------------------------------------------------- shared-memory files
-def shm_free_bytes() -> int:
-    """Free bytes in ``/dev/shm`` (0 when it is missing or not writable)."""
-    if not (os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK)):
-        return 0
-    st = os.statvfs("/dev/shm")
-    return st.f_bavail * st.f_frsize
-
-
-def shm_dir(required_bytes: int = 0) -> str:
-    """``/dev/shm`` when it is writable with ``required_bytes`` free, else ``tempfile.gettempdir()``
-    (e.g. a container's 64 MiB ``/dev/shm``)."""
-    if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) and shm_free_bytes() >= required_bytes:
-        return "/dev/shm"
-    return tempfile.gettempdir()
-
-
-def _create_file(path: str, nbytes: int) -> None:
-    """Create ``path`` (exclusive, mode 0600) with ``nbytes`` bytes allocated up front
-    (``posix_fallocate``: running out of shared memory fails here, not at first write)."""
-    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
-    try:
-        os.ftruncate(fd, nbytes)
-        os.posix_fallocate(fd, 0, nbytes)
-    finally:
-        os.close(fd)
-
-
-def _remove(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-
-
-def _pid_namespace() -> Optional[str]:
-    """This process's PID-namespace id (inode of ``/proc/self/ns/pid``); None where unknown."""
-    try:
-        return str(os.stat("/proc/self/ns/pid").st_ino)
-    except OSError:
-        return None
-
-
-def _file_name(kind: str) -> str:
-    """``brrm-<kind>-<pid namespace>-<pid>-<uuid12>``: the owner can be told from the name."""
-    return f"brrm-{kind}-{_pid_namespace() or 0}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
-
-
-_FILE_NAME = re.compile(r"brrm-(?:refit|weights)-(\d+)-(\d+)-[0-9a-f]{12}(?:-[01])?")
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
-
-
-def remove_stale_files(directory: str) -> List[str]:
-    """Remove the refit files that dead processes of this PID namespace left in ``directory``.
-
-    A process killed with SIGKILL (or by the OOM killer) runs no ``atexit`` handler, so the
-    files it created (:class:`SharedBuffers`, :class:`SharedModuleWeights`) stay in
-    ``/dev/shm`` and hold memory until reboot. This runs before new files are created. A file
-    is removed only when its name (:func:`_file_name`) carries this process's PID namespace
-    and a PID that no longer exists: files of live processes, and of other namespaces (e.g.
-    containers sharing ``/dev/shm``, where a PID means another process), are kept; where the
-    namespace cannot be read nothing is removed. A reused PID keeps a stale file (safe side).
-
-    Returns:
-        The removed paths (also logged as a warning).
-    """
-    ns = _pid_namespace()
-    try:
-        names = os.listdir(directory) if ns is not None else []
-    except OSError:
-        return []
-    removed = []
-    for name in names:
-        m = _FILE_NAME.fullmatch(name)
-        if m and m.group(1) == ns and not _pid_alive(int(m.group(2))):
-            path = os.path.join(directory, name)
-            _remove(path)
-            removed.append(path)
-    if removed:
-        log.warning("refit: removed %d shared-memory file(s) left by dead processes: %s", len(removed), removed[:4])
-    return removed
-
-
-class SharedBuffers:
-    """Two shared-memory files of ``nbytes`` bytes each, removed by :meth:`close` (and at exit).
-
-    Names: ``brrm-refit-<pid namespace>-<pid>-<uuid>-<0|1>`` in :func:`shm_dir`; files that
-    dead processes left there are removed first (:func:`remove_stale_files`). The pages are
-    allocated up front (``posix_fallocate``), so running out of shared memory fails here, not
-    in a rank.
-
-    Raises:
-        OSError: the files cannot be created or ``2 * nbytes`` bytes are not free in the
-            directory (the message names it and the size; lower ``rollout.refit_bucket_size_mb``).
-    """
-
-    def __init__(self, nbytes: int):
-        self.nbytes = int(nbytes)
-        swept = shm_dir()
-        remove_stale_files(swept)  # before the free-space check: stale files may be what fills /dev/shm
-        directory = shm_dir(2 * self.nbytes)
-        if directory != swept:  # the fallback directory can hold stale buffers too
-            remove_stale_files(directory)
-        tag = _file_name("refit")
-        self.paths: List[str] = []
-        atexit.register(self.close)
-        try:
-            for i in range(2):
-                path = os.path.join(directory, f"{tag}-{i}")
-                _create_file(path, self.nbytes)
-                self.paths.append(path)
-        except OSError as exc:
-            self.close()
-            raise OSError(exc.errno, f"refit: cannot create two {self.nbytes / 2**20:.0f} MiB shared-memory buffers in "
-                                     f"{directory} ({exc.strerror}); free space there or lower "
-                                     "rollout.refit_bucket_size_mb") from exc
-
-    def close(self) -> None:
-        """Remove the files (idempotent); mappings still open elsewhere stay valid until unmapped."""
-        for path in self.paths:
-            _remove(path)
-        self.paths = []
-        atexit.unregister(self.close)
-
-    def __enter__(self) -> "SharedBuffers":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
-# ---------------------------------------------------------------- per-process mappings
-_MAPPED: "OrderedDict[str, Tuple[mmap.mmap, torch.Tensor]]" = OrderedDict()
-_PERSISTENT: Dict[str, Tuple[mmap.mmap, torch.Tensor]] = {}
-_MAX_MAPPED = 2
-
-
-def _mmap(path: str, nbytes: int) -> Tuple[mmap.mmap, torch.Tensor]:
-    fd = os.open(path, os.O_RDWR)
-    try:
-        size = os.fstat(fd).st_size
-        if size < nbytes:
-            raise ValueError(f"refit buffer {path} has {size} bytes, {nbytes} expected")
-        flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
-        mm = mmap.mmap(fd, nbytes, flags=flags, prot=mmap.PROT_READ | mmap.PROT_WRITE)
-    finally:
-        os.close(fd)
-    return mm, torch.frombuffer(mm, dtype=torch.uint8)
-
-
-def map_buffer(path: str, nbytes: int, persistent: bool = False) -> torch.Tensor:
-    """The file ``path`` as a writable uint8 tensor of ``nbytes`` bytes (``MAP_SHARED | MAP_POPULATE``).
-
-    Mappings are cached per process, so the pages are faulted in once per refit, not once
-    per bucket: bucket buffers at most two (oldest dropped first); ``persistent`` mappings
-    (an engine's shared weights, :class:`SharedModuleWeights`) until :func:`unmap_buffers`.
-
-    Raises:
-        FileNotFoundError: ``path`` does not exist (the driver removed it, or another node).
-        ValueError: the file is shorter than ``nbytes``.
-    """
-    cache = _PERSISTENT if persistent else _MAPPED
-    hit = cache.get(path)
-    if hit is not None and hit[1].numel() == nbytes:
-        if not persistent:
-            _MAPPED.move_to_end(path)
-        return hit[1]
-    if hit is not None:
-        _close(path, cache.pop(path))
-    cache[path] = _mmap(path, nbytes)
-    while len(_MAPPED) > _MAX_MAPPED:
-        _close(*_MAPPED.popitem(last=False))
-    return cache[path][1]
-
-
-def _close(path: str, entry: Tuple[mmap.mmap, torch.Tensor]) -> None:
-    mm, tensor = entry
-    del tensor, entry
-    try:
-        mm.close()
-    except BufferError:  # a view is still alive somewhere: the mapping goes with the last view
-        log.debug("refit buffer %s still has live views; unmapped when they are freed", path)
-
-
-def unmap_buffers(keep: Sequence[str] = ()) -> int:
-    """Drop this process's cached mappings except those of ``keep``; returns how many were dropped."""
-    dropped = 0
-    for cache in (_MAPPED, _PERSISTENT):
-        for key in [k for k in cache if k not in keep]:
-            _close(key, cache.pop(key))
-            dropped += 1
-    return dropped
-
-
-def mapped_paths() -> List[str]:
-    """Paths this process has mapped (for tests and diagnostics)."""
-    return list(_MAPPED) + list(_PERSISTENT)
+def layout_after(entries: Sequence[BucketEntry], specs) -> List[BucketEntry]:
+    """``layout_entries(specs)`` placed after the last of ``entries`` (from byte 0 when empty)."""
+    return layout_entries(specs, start=entries[-1].end if entries else 0)
 
 
 # ---------------------------------------------------------------- engine weights in shared memory
@@ -397,21 +152,17 @@ class SharedModuleWeights:
             raise ValueError(f"cannot share the engine's weights: no parameter(s) {missing[:3]} in the model")
         if bad:
             raise ValueError(f"cannot share the engine's weights: {bad[:3]} are not contiguous CPU tensors")
-        self.layout: Dict[str, Tuple[int, Tuple[int, ...], str]] = {}
-        end = 0
-        for n in names:
-            p = params[n]
-            offset = _align(end)
-            self.layout[n] = (offset, tuple(p.shape), str(p.dtype).split(".")[-1])
-            end = offset + p.numel() * p.element_size()
-        self.nbytes = _align(max(end, 1))
+        entries = layout_entries((n, params[n].shape, dtype_name(params[n].dtype)) for n in names)
+        self.layout: Dict[str, Tuple[int, Tuple[int, ...], str]] = {e.hf_name: (e.offset, e.shape, e.dtype)
+                                                                    for e in entries}
+        self.nbytes = align_up(max(entries[-1].end if entries else 0, 1))
         remove_stale_files("/dev/shm")
-        self.path = os.path.join("/dev/shm", _file_name("weights"))
+        self.path = os.path.join("/dev/shm", file_name("weights"))
         self.linked = True
         atexit.register(self.close)
         try:
-            _create_file(self.path, self.nbytes)
-            self._mm, buf = _mmap(self.path, self.nbytes)
+            create_file(self.path, self.nbytes)
+            self._mm, buf = mmap_file(self.path, self.nbytes)
         except OSError as exc:
             self.close()
             raise OSError(exc.errno, f"refit: cannot put the engine's {self.nbytes / 2**20:.0f} MiB of weights in "
@@ -437,7 +188,7 @@ class SharedModuleWeights:
     def close(self) -> None:
         """Remove the file's name (the weights stay valid: the mapping lives as long as the parameters)."""
         if self.linked:
-            _remove(self.path)
+            remove_file(self.path)
             self.linked = False
         atexit.unregister(self.close)
 
@@ -477,9 +228,12 @@ def share_module_weights(model, names: Sequence[str], fresh: bool = False) -> Op
 
 
 def share_engine_weights(engine, names: Sequence[str], fresh: bool = False) -> Optional[Dict]:
-    """:func:`share_module_weights` for a generation engine's ``model``; returns the writers'
-    ``info()``, or None when the engine cannot share (it then loads buckets)."""
-    shared = share_module_weights(getattr(engine, "model", None), names, fresh=fresh)
+    """:func:`share_module_weights` for a weight receiver (a generation engine) whose
+    ``shares_weights`` is True (its ``model`` holds the weights in this process); returns the
+    writers' ``info()``, or None when it cannot share (it then loads buckets)."""
+    if not engine.shares_weights:
+        return None
+    shared = share_module_weights(engine.model, names, fresh=fresh)
     return None if shared is None else shared.info()
 
 
@@ -487,41 +241,35 @@ def seal_engine_weights(engine, num_tensors: int, num_bytes: int) -> bool:
     """:func:`seal_module_weights` for a generation engine's ``model``, after a direct refit
     wrote ``num_tensors`` tensors (``num_bytes`` bytes) into its shared weights: the engine's
     ``last_update_stats`` then reports that refit, as ``update_weights`` does for the others."""
-    if hasattr(engine, "last_update_stats"):
-        engine.last_update_stats = {"tensors": int(num_tensors), "bytes": int(num_bytes)}
-    return seal_module_weights(getattr(engine, "model", None))
+    engine.last_update_stats = {"tensors": int(num_tensors), "bytes": int(num_bytes)}
+    return seal_module_weights(engine.model)
 
 
-def load_bucket(engines: Sequence, path: str, buffer_bytes: int, entries: Sequence[PlanEntry],
+def load_bucket(engines: Sequence, path: str, buffer_bytes: int, entries: Sequence[BucketEntry],
                 num_threads: int = 1) -> int:
-    """Load one bucket from the shared-memory file ``path`` into every engine of this process.
-
-    Maps the file (:func:`map_buffer`), builds one view per entry (:func:`bucket_views`) and
-    hands them to each engine's ``update_weights`` (which copies them into its weights), with
-    ``num_threads`` torch threads for the copies (restored afterwards).
+    """Load one bucket from the shared-memory file ``path`` into every engine of this process
+    (``engine.load_shm_bucket``), with ``num_threads`` torch threads for the copies (restored
+    afterwards).
 
     Returns:
         The bytes of the bucket (loaded into each engine).
 
     Raises:
         FileNotFoundError / ValueError: the buffer is missing or too small; KeyError /
-        ValueError from an engine (unknown name, shape mismatch).
+        ValueError from an engine (unknown name, shape mismatch, a split fused module).
     """
-    views = bucket_views(map_buffer(path, buffer_bytes), entries)
     before = torch.get_num_threads()
     torch.set_num_threads(max(1, int(num_threads)))
     try:
         for engine in engines:
-            engine.update_weights(iter(views))
+            engine.load_shm_bucket(path, buffer_bytes, entries)
     finally:
         torch.set_num_threads(before)
-    nbytes = int(sum(t.numel() * t.element_size() for _, t in views))
-    del views
-    return nbytes
+    return int(sum(e.nbytes for e in entries))
 
 
 def write_bucket_shards(local_params: Mapping[str, torch.Tensor], mapping, tp_rank: int, tp_size: int,
-                        buffer: torch.Tensor, entries: Sequence[PlanEntry]) -> int:
+                        buffer: torch.Tensor, entries: Sequence[BucketEntry]) -> int:
     """Write this rank's shards of the bucket's tensors into ``buffer``; returns the bytes written.
 
     Args:
@@ -531,15 +279,17 @@ def write_bucket_shards(local_params: Mapping[str, torch.Tensor], mapping, tp_ra
         mapping: the model's ``ArchMapping``.
         tp_rank, tp_size: this rank's TP layout.
         buffer: the mapped bucket buffer (uint8).
-        entries: the bucket's :class:`PlanEntry` list.
-    """
-    from megatron_brrm.model.shard_layout import write_shard_into_hf
+        entries: the bucket's :class:`~megatron_brrm.rollout.shm.BucketEntry` list (HF names).
 
+    Raises:
+        MappingError: an entry's name is not a tensor of ``mapping``'s architecture.
+    """
     by_tensor: Dict[str, Dict[str, torch.Tensor]] = {}
     views = dict(bucket_views(buffer, entries))
     for e in entries:
-        if e.megatron_name in local_params:
-            by_tensor.setdefault(e.megatron_name, {})[e.hf_name] = views[e.hf_name]
+        megatron_name = mapping.megatron_name_for_hf(e.hf_name)[0]
+        if megatron_name in local_params:
+            by_tensor.setdefault(megatron_name, {})[e.hf_name] = views[e.hf_name]
     written = 0
     for name, hf_views in by_tensor.items():
         shard = local_params[name].detach()

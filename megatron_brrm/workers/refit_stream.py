@@ -203,7 +203,7 @@ def _add_rank_times(phases: Dict[str, float], results: Sequence[Dict[str, float]
 def _release(policy_group, engines: Sequence, keep: Sequence[str], timeout_s: float) -> None:
     """Unmap the buffers everywhere (the ranks keep the engines' weight files in ``keep``); failures
     are logged (the refit's own error, if any, wins)."""
-    from megatron_brrm.workers.refit_shm import unmap_buffers
+    from megatron_brrm.rollout.shm import unmap_buffers
 
     unmap_buffers()
     try:
@@ -243,15 +243,13 @@ def _seal(engine, plan) -> None:
         seal_engine_weights(engine, plan.num_tensors, plan.num_bytes)
 
 
-def _write_direct(policy_group, targets, plan, timeout_s: float, phases: Dict[str, float]) -> None:
+def _write_direct(policy_group, targets, timeout_s: float, phases: Dict[str, float]) -> None:
     """Every rank writes its shards straight into each engine's shared weights (one copy)."""
-    from megatron_brrm.workers.refit_shm import PlanEntry
+    from megatron_brrm.rollout.shm import BucketEntry
 
-    megatron = {e.hf_name: e.megatron_name for bucket in plan.buckets for e in bucket}
     futures = []
     for _, info in targets:
-        entries = [PlanEntry(n, megatron[n], off, tuple(shape), dtype)
-                   for n, (off, shape, dtype) in info["layout"].items()]
+        entries = [BucketEntry(n, off, tuple(shape), dtype) for n, (off, shape, dtype) in info["layout"].items()]
         futures.append(policy_group.run_all_async("write_refit_bucket", info["path"], info["nbytes"], entries,
                                                   persistent=True))
     t0 = time.perf_counter()
@@ -262,7 +260,7 @@ def _write_direct(policy_group, targets, plan, timeout_s: float, phases: Dict[st
 
 def _write_buckets(policy_group, engines: Sequence, plan, timeout_s: float, phases: Dict[str, float]) -> None:
     """Double-buffered bucket pipeline: ranks write bucket k+1 while the engines load bucket k."""
-    from megatron_brrm.workers.refit_shm import SharedBuffers
+    from megatron_brrm.rollout.shm import SharedBuffers
 
     t0 = time.perf_counter()
     buffers = SharedBuffers(plan.buffer_bytes)
@@ -307,7 +305,7 @@ def _refit_shm(policy_group, engines: Sequence, bucket_bytes: int, timeout_s: fl
     keep = [info["path"] for _, info in targets]
     try:
         if targets:
-            _write_direct(policy_group, targets, plan, timeout_s, phases)
+            _write_direct(policy_group, targets, timeout_s, phases)
             mapped.clear()
             mapped.update(keep)
             for engine, _ in targets:

@@ -29,7 +29,7 @@ def _shm_refit(cluster, policy, engine, before, model_dir):
 
     from megatron_brrm.rollout.hf_engine import HFEngine
     from megatron_brrm.workers.actors import create_engine_actors
-    from megatron_brrm.workers.refit_shm import mapped_paths, shm_dir
+    from megatron_brrm.rollout.shm import mapped_paths, shm_dir
     from megatron_brrm.workers.refit_stream import RefitTransportError, refit_from_policy
 
     remote = create_engine_actors(cluster, functools.partial(HFEngine, str(model_dir)), num_engines=1, timeout_s=300)[0]

@@ -12,9 +12,10 @@ import pytest
 import torch
 
 from megatron_brrm.model.mapping import get_mapping
-from megatron_brrm.workers.refit_shm import (ALIGN, SharedBuffers, bucket_views, build_refit_plan, map_buffer,
-                                             mapped_paths, seal_module_weights, share_module_weights,
-                                             unmap_buffers, write_bucket_shards)
+from megatron_brrm.rollout.refit import fused_module_key
+from megatron_brrm.rollout.shm import ALIGN, SharedBuffers, bucket_views, map_buffer, mapped_paths, unmap_buffers
+from megatron_brrm.workers.refit_shm import (build_refit_plan, seal_module_weights, share_module_weights,
+                                             write_bucket_shards)
 
 
 def _mapping(tied=False, tp=2):
@@ -39,8 +40,25 @@ def test_plan_order_bounds_alignment_and_tied_head():
         ends = [e.offset + e.nbytes for e in bucket]
         assert all(e.offset % ALIGN == 0 for e in bucket)
         assert all(a.offset + a.nbytes <= b.offset for a, b in zip(bucket, bucket[1:]))  # no overlap
-        assert max(ends) <= budget or len(bucket) == 1  # only a lone over-sized tensor exceeds the budget
+        # only a lone over-sized fused module (or tensor) exceeds the budget
+        assert max(ends) <= budget or len({fused_module_key(e.hf_name) for e in bucket}) == 1
         assert max(ends) <= plan.buffer_bytes
+    # a fused module (q/k/v, gate/up) never spans two buckets
+    where = {}
+    for k, bucket in enumerate(plan.buckets):
+        for e in bucket:
+            where.setdefault(fused_module_key(e.hf_name), set()).add(k)
+    assert all(len(ks) == 1 for ks in where.values())
+    # with a budget below one layer's q+k+v (3 x 32 x 32 x 4 = 12288 bytes here is 8+4+4 heads x 8 x 32 x 4),
+    # q/k/v still travel together: a plan that split them would corrupt a vLLM engine's qkv_proj
+    qkv = [mapping.hf_shape(f"model.layers.0.self_attn.{p}_proj.weight") for p in "qkv"]
+    qkv_bytes = sum(a * b * 4 for a, b in qkv)
+    assert qkv_bytes == (64 + 32 + 32) * 32 * 4
+    small = build_refit_plan(mapping, _dtypes(mapping), qkv_bytes // 2)
+    for bucket in small.buckets:
+        names = [e.hf_name for e in bucket]
+        if "model.layers.0.self_attn.q_proj.weight" in names:
+            assert {"model.layers.0.self_attn.k_proj.weight", "model.layers.0.self_attn.v_proj.weight"} <= set(names)
     emb = next(e for e in entries if e.hf_name == "model.embed_tokens.weight")
     assert emb.nbytes == 1000 * 32 * 4 > budget and emb.offset == 0
     tied = build_refit_plan(_mapping(tied=True), _dtypes(_mapping(tied=True)), budget)
@@ -119,7 +137,7 @@ def test_stale_files_of_dead_processes_are_removed(tmp_path):
     import sys
     import uuid
 
-    from megatron_brrm.workers.refit_shm import remove_stale_files, shm_dir
+    from megatron_brrm.rollout.shm import remove_stale_files, shm_dir
 
     ns = str(os.stat("/proc/self/ns/pid").st_ino)
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,

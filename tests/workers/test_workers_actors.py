@@ -8,7 +8,7 @@ import pytest
 import ray
 import torch
 
-from megatron_brrm.rollout.engine import GenerationEngine, GenerationOutput, SamplingParams
+from megatron_brrm.rollout.engine import EngineAbilities, GenerationEngine, GenerationOutput, SamplingParams
 from megatron_brrm.workers.actors import EngineActor, as_actor_class, impl_class, make_remote
 from megatron_brrm.workers.worker_group import merge_runtime_env
 
@@ -22,6 +22,10 @@ class ScriptedEngine(GenerationEngine):
     @property
     def tokenizer(self):
         return {"name": self.tag}
+
+    @property
+    def abilities(self):
+        return EngineAbilities(eos_token_ids=frozenset([7]), supports_sleep=True)
 
     def generate(self, prompts, params):
         if self.asleep:
