@@ -9,7 +9,7 @@ Harm-BoN / Harm-Pair). ``*`` marks a partial score, ``-`` a score with no data. 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 RB_SECTIONS = (("Chat", "Chat"), ("Chat Hard", "Chat-Hard"), ("Safety", "Safety"), ("Reasoning", "Reasoning"))
 RMBENCH_DOMAINS = (("chat", "Chat"), ("math", "Math"), ("code", "Code"), ("safety", "Safety"))
@@ -39,38 +39,44 @@ def sampled(res: Mapping[str, Any]) -> bool:
     return bool(cov["sampled"]) if "sampled" in cov else bool(cov.get("partial"))
 
 
-def detail_rows(bench: str, res: Mapping[str, Any], scores_key: str = "scores") -> Dict[str, List[str]]:
-    """Per-benchmark detail cells ``{table title: [cell, ...]}`` in the column order of :data:`DETAIL_HEADERS`.
+def detail_values(bench: str, res: Mapping[str, Any],
+                  scores_key: str = "scores") -> Dict[str, List[Tuple[Optional[float], bool]]]:
+    """Per-benchmark detail scores ``{table title: [(score or None, partial), ...]}`` in the column
+    order of :data:`DETAIL_HEADERS` (percent values).
 
-    ``scores_key`` selects the score tree (``"scores"`` or ``"scores_both_orders"``). A cell is
-    starred when its own score is partial (a missing subset, domain file, scenario file or
-    judgement under it) or when the whole benchmark is sampled (:func:`sampled`).
+    ``scores_key`` selects the score tree (``"scores"`` or ``"scores_both_orders"``). A score is
+    partial when its own data is (a missing subset, domain file, scenario file or judgement
+    under it) or when the whole benchmark is sampled (:func:`sampled`).
     """
     s = res.get(scores_key) or {}
     every = sampled(res)
-    out: Dict[str, List[str]] = {}
+    out: Dict[str, List[Tuple[Optional[float], bool]]] = {}
     if bench == "rewardbench":
         partial = set(s.get("partial_sections", []))
         overall_partial = every or bool(partial)
         out["RewardBench (official section weights, EXAMPLE_COUNTS)"] = [
-            *(fmt(s.get("sections", {}).get(k), every or k in partial) for k, _ in RB_SECTIONS),
-            fmt(s.get("overall"), overall_partial)]
+            *((s.get("sections", {}).get(k), every or k in partial) for k, _ in RB_SECTIONS),
+            (s.get("overall"), overall_partial)]
         out["RewardBench (BR-RM paper variant: unweighted micro-average per section)"] = [
-            *(fmt(s.get("sections_micro", {}).get(k), every or k in partial) for k, _ in RB_SECTIONS),
-            fmt(s.get("overall_micro"), overall_partial)]
+            *((s.get("sections_micro", {}).get(k), every or k in partial) for k, _ in RB_SECTIONS),
+            (s.get("overall_micro"), overall_partial)]
     elif bench == "rmbench":
         doms = s.get("domains", {})
         partial = every or bool(s.get("partial"))
-        out["RM-Bench"] = [*(fmt(doms.get(k, {}).get("score"), every or (k in doms and not doms[k].get("complete", True)))
+        out["RM-Bench"] = [*((doms.get(k, {}).get("score"), every or (k in doms and not doms[k].get("complete", True)))
                              for k, _ in RMBENCH_DOMAINS),
-                           fmt(s.get("easy"), partial), fmt(s.get("normal"), partial), fmt(s.get("hard"), partial),
-                           fmt(s.get("overall"), partial)]
+                           *((s.get(k), partial) for k in ("easy", "normal", "hard", "overall"))]
     elif bench == "rmb":
         head = s.get("headline", {})
         partial_head = set(s.get("partial_headline", []))
-        out["RMB"] = [*(fmt(head.get(k), every or k in partial_head) for k in RMB_HEADLINE),
-                      fmt(s.get("overall"), every or bool(s.get("partial")))]
+        out["RMB"] = [*((head.get(k), every or k in partial_head) for k in RMB_HEADLINE),
+                      (s.get("overall"), every or bool(s.get("partial")))]
     return out
+
+
+def detail_rows(bench: str, res: Mapping[str, Any], scores_key: str = "scores") -> Dict[str, List[str]]:
+    """:func:`detail_values` formatted as table cells (:func:`fmt`: ``*`` = partial, ``-`` = no data)."""
+    return {title: [fmt(v, p) for v, p in cells] for title, cells in detail_values(bench, res, scores_key).items()}
 
 
 UNPARSEABLE_TEXT = {
