@@ -167,7 +167,8 @@ def _check_pairs(pairs) -> None:
                             f"pairs need {list(_PAIR_FIELDS)} (e.g. data.schema.PreferencePair)")
 
 
-def _eos_ids(engine: GenerationEngine) -> frozenset:
+def engine_eos_ids(engine: GenerationEngine) -> frozenset:
+    """The token ids that end a turn: the engine's ``eos_token_ids``, else its tokenizer's EOS."""
     ids = getattr(engine, "eos_token_ids", None)
     if ids is None:
         eos = engine.tokenizer.eos_token_id
@@ -198,7 +199,7 @@ def rollout(engine: GenerationEngine, protocol, pairs: Sequence, params: Rollout
     params.validate()
     _check_pairs(pairs)
     tok = engine.tokenizer
-    eos = _eos_ids(engine)
+    eos = engine_eos_ids(engine)
     num_turns = int(protocol.num_turns)
     max_total = int(params.max_total_length)
     n = int(params.n)
