@@ -167,6 +167,10 @@ def test_tiny_model_teacher_cli_and_bad_input(tiny_qwen3_dir, tmp_path):
 
 def test_openai_client_errors_name_the_url():
     from megatron_brrm.distill.openai_chat import ChatEndpointError, OpenAIChatClient, chat_completions_url
+    from megatron_brrm.distill.teachers import normalize_finish_reason
+
+    assert [normalize_finish_reason(r) for r in ("stop", "eos_token", "length", "max_tokens", "content_filter")] == \
+        ["stop", "stop", "length", "length", "content_filter"]
 
     assert chat_completions_url("http://h:1/v1/") == "http://h:1/v1/chat/completions"
     assert chat_completions_url("http://h:1/v1/chat/completions") == "http://h:1/v1/chat/completions"

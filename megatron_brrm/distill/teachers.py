@@ -22,6 +22,16 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 from .openai_chat import OpenAIChatClient
 
+# finish reasons servers report for a turn that ended by itself / on the token limit
+# (OpenAI and vLLM: "stop" / "length"; TGI: "eos_token", "stop_sequence"; Anthropic-style gateways: "end_turn", "max_tokens")
+_NATURAL_END = {"stop", "eos", "eos_token", "stop_sequence", "end_turn"}
+_TOKEN_LIMIT = {"length", "max_tokens"}
+
+
+def normalize_finish_reason(reason: str) -> str:
+    """A server's finish reason as ``"stop"`` (ended by itself), ``"length"`` (token limit) or itself."""
+    return "stop" if reason in _NATURAL_END else "length" if reason in _TOKEN_LIMIT else reason
+
 
 @dataclass
 class TeacherSample:
@@ -129,7 +139,7 @@ class HTTPTeacher:
                                          seed=None if self.seed is None else int(self.seed) + sample_index)
             text, stopped = cut_at_stop(reply.text, self.protocol.stop_strings(turn))
             texts.append(text)
-            reasons.append("stop" if stopped else reply.finish_reason)
+            reasons.append("stop" if stopped else normalize_finish_reason(reply.finish_reason))
         return TeacherSample(texts, reasons)
 
     def sample(self, pairs: Sequence, progress: Optional[Callable[[int], None]] = None) -> List[List[TeacherSample]]:
