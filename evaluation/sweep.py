@@ -30,7 +30,6 @@ Exit status: 0 when every step was evaluated, 1 when a step failed, 2 on bad inp
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 from pathlib import Path
