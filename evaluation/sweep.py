@@ -25,7 +25,8 @@ Options not listed below are passed to evaluation/run.py unchanged (--data-dir, 
 
 RUN may be the run's output folder (logging.output_dir, holding config.yaml), or the
 checkpoint folder itself (checkpoint.save_dir, holding step_* folders and "latest").
-Exit status: 0 when every step was evaluated, 1 when a step failed, 2 on bad input.
+Exit status: 0 when every step was evaluated, 1 when a step failed (the others still run),
+2 on bad input (also when evaluation/run.py refuses its options: the sweep stops there).
 """
 from __future__ import annotations
 
@@ -186,6 +187,9 @@ def sweep(args: argparse.Namespace, passthrough: List[str]) -> int:
         print(f"    {status}: {hf_dir}", flush=True)
         if ok:
             ok, status = evaluate_step(step, hf_dir, results, args, passthrough)
+            if status.endswith("(exit 2)"):  # run.py rejected its input: every other step would fail the same way
+                raise SweepError(f"evaluation/run.py refused the options or data of step {step} (its message is "
+                                 f"above); fix them and rerun (finished conversions are kept)")
         rows.append({"step": step, "checkpoint": str(step_dir), "hf": str(hf_dir), "results": str(results),
                      "ok": ok, "status": status})
     done = [r for r in rows if r["ok"]]

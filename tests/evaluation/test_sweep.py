@@ -100,3 +100,15 @@ def test_step_selection_and_bad_input(tiny_run, tmp_path):
     assert args.engine == "vllm" and rest == ["--limit", "3", "--tp", "2"]
     proc = _sweep("--run-dir", tmp_path / "nowhere")
     assert proc.returncode == 2 and "no such folder" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_sweep_stops_when_run_py_refuses_its_options(tiny_run, tmp_path):
+    # a misspelt run.py option fails the first step's evaluation with exit 2: stop, do not convert the rest
+    out = tmp_path / "bad"
+    hf = out / "hf" / "step_00000002"
+    hf.mkdir(parents=True)  # pretend step 2 is converted already (the conversion is tested above)
+    (hf / "config.json").write_text("{}")
+    proc = _sweep("--run-dir", tiny_run, "--output-dir", out, "--limt", "1")
+    assert proc.returncode == 2 and "unrecognized arguments: --limt" in proc.stderr
+    assert "refused the options or data of step 2" in proc.stderr
+    assert not (out / "hf" / "step_00000004").exists()
