@@ -11,6 +11,8 @@ Layout:
 * ``results.py``   results.json writing/reading and replay (re-scoring saved generations).
 * ``report.py``    the printed table and the PNG report.
 * ``compare.py``   several results files side by side, with published reference rows.
+* ``sweep.py``     every saved step of a training run: convert, evaluate, tabulate, plot
+  (``sweep_report.py``: its table and score-vs-step PNGs).
 
 Entry point: ``python evaluation/run.py --bench all --model HF_DIR``.
 """

@@ -3,12 +3,13 @@
 The table follows the BR-RM README layout: a headline row (RewardBench | RM-Bench | RMB |
 Avg), then per-benchmark detail (RewardBench Chat / Chat-Hard / Safety / Reasoning;
 RM-Bench Chat / Math / Code / Safety / Easy / Normal / Hard; RMB Help-BoN / Help-Pair /
-Harm-BoN / Harm-Pair). ``*`` marks a partial score, ``-`` a score with no data.
+Harm-BoN / Harm-Pair). ``*`` marks a partial score, ``-`` a score with no data. The
+"Judging" lines say how unparseable verdicts were scored (``--unparseable-as``).
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 RB_SECTIONS = (("Chat", "Chat"), ("Chat Hard", "Chat-Hard"), ("Safety", "Safety"), ("Reasoning", "Reasoning"))
 RMBENCH_DOMAINS = (("chat", "Chat"), ("math", "Math"), ("code", "Code"), ("safety", "Safety"))
@@ -30,31 +31,58 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
-def detail_rows(bench: str, res: Mapping[str, Any], scores_key: str = "scores") -> Dict[str, List[str]]:
-    """Per-benchmark detail cells ``{table title: [cell, ...]}`` in the column order of :data:`DETAIL_HEADERS`.
+def sampled(res: Mapping[str, Any]) -> bool:
+    """Whether every score of a benchmark result is partial: ``coverage.sampled`` (``--limit``, or
+    a data folder smaller than the official release). Results files written before that key
+    existed fall back to ``coverage.partial``, so their cells are starred rather than not."""
+    cov = res.get("coverage", {}) or {}
+    return bool(cov["sampled"]) if "sampled" in cov else bool(cov.get("partial"))
 
-    ``scores_key`` selects the score tree (``"scores"`` or ``"scores_both_orders"``).
+
+def detail_values(bench: str, res: Mapping[str, Any],
+                  scores_key: str = "scores") -> Dict[str, List[Tuple[Optional[float], bool]]]:
+    """Per-benchmark detail scores ``{table title: [(score or None, partial), ...]}`` in the column
+    order of :data:`DETAIL_HEADERS` (percent values).
+
+    ``scores_key`` selects the score tree (``"scores"`` or ``"scores_both_orders"``). A score is
+    partial when its own data is (a missing subset, domain file, scenario file or judgement
+    under it) or when the whole benchmark is sampled (:func:`sampled`).
     """
     s = res.get(scores_key) or {}
-    out: Dict[str, List[str]] = {}
+    every = sampled(res)
+    out: Dict[str, List[Tuple[Optional[float], bool]]] = {}
     if bench == "rewardbench":
         partial = set(s.get("partial_sections", []))
+        overall_partial = every or bool(partial)
         out["RewardBench (official section weights, EXAMPLE_COUNTS)"] = [
-            *(fmt(s.get("sections", {}).get(k), k in partial) for k, _ in RB_SECTIONS), fmt(s.get("overall"), bool(partial))]
+            *((s.get("sections", {}).get(k), every or k in partial) for k, _ in RB_SECTIONS),
+            (s.get("overall"), overall_partial)]
         out["RewardBench (BR-RM paper variant: unweighted micro-average per section)"] = [
-            *(fmt(s.get("sections_micro", {}).get(k), k in partial) for k, _ in RB_SECTIONS),
-            fmt(s.get("overall_micro"), bool(partial))]
+            *((s.get("sections_micro", {}).get(k), every or k in partial) for k, _ in RB_SECTIONS),
+            (s.get("overall_micro"), overall_partial)]
     elif bench == "rmbench":
         doms = s.get("domains", {})
-        partial = bool(s.get("partial"))
-        out["RM-Bench"] = [*(fmt(doms.get(k, {}).get("score"), k in doms and not doms[k].get("complete", True))
+        partial = every or bool(s.get("partial"))
+        out["RM-Bench"] = [*((doms.get(k, {}).get("score"), every or (k in doms and not doms[k].get("complete", True)))
                              for k, _ in RMBENCH_DOMAINS),
-                           fmt(s.get("easy"), partial), fmt(s.get("normal"), partial), fmt(s.get("hard"), partial),
-                           fmt(s.get("overall"), partial)]
+                           *((s.get(k), partial) for k in ("easy", "normal", "hard", "overall"))]
     elif bench == "rmb":
         head = s.get("headline", {})
-        out["RMB"] = [*(fmt(head.get(k)) for k in RMB_HEADLINE), fmt(s.get("overall"), bool(s.get("partial")))]
+        partial_head = set(s.get("partial_headline", []))
+        out["RMB"] = [*((head.get(k), every or k in partial_head) for k in RMB_HEADLINE),
+                      (s.get("overall"), every or bool(s.get("partial")))]
     return out
+
+
+def detail_rows(bench: str, res: Mapping[str, Any], scores_key: str = "scores") -> Dict[str, List[str]]:
+    """:func:`detail_values` formatted as table cells (:func:`fmt`: ``*`` = partial, ``-`` = no data)."""
+    return {title: [fmt(v, p) for v, p in cells] for title, cells in detail_values(bench, res, scores_key).items()}
+
+
+UNPARSEABLE_TEXT = {
+    "wrong": "counted as wrong (BR-RM's rule)",
+    "tie": "scored 0.5 each (RewardBench's generative rule: a tie or an unparseable verdict is 0.5)",
+}
 
 
 DETAIL_HEADERS = {
@@ -84,13 +112,13 @@ def format_report(results: Mapping[str, Any]) -> str:
             for title, cells in detail_rows(bench, res, "scores_both_orders").items():
                 parts.append(f"\n{title} - both orders (correct in both)")
                 parts.append(markdown_table(DETAIL_HEADERS[bench], [cells]))
-    lines = ["", "Judging:"]
+    rule = cfg.get("unparseable_as") or "wrong"
+    lines = ["", f"Judging (unparseable verdicts {UNPARSEABLE_TEXT.get(rule, rule)}, --unparseable-as {rule}):"]
     for bench, res in benches.items():
         fe = res.get("format_errors", {})
         rate = "" if fe.get("rate") is None else f" ({fe['rate']:.1f}%)"
         line = (f"  {BENCH_LABELS.get(bench, bench)}: {res.get('n_comparisons', 0)} comparisons, "
-                f"{res.get('n_records', 0)} judged orders, unparseable verdicts {fe.get('count', 0)}{rate}"
-                f" (counted as wrong)")
+                f"{res.get('n_records', 0)} judged orders, unparseable verdicts {fe.get('count', 0)}{rate}")
         if both:
             line += (f"; both-orders overall {fmt(res.get('overall_both_orders'))}, "
                      f"position consistency {fmt(res.get('position_consistency'))}"

@@ -1,16 +1,26 @@
 """Evaluate a generative reward model on RewardBench, RM-Bench and RMB with the official scoring.
 
-Usage::
+Examples:
 
-    python evaluation/run.py --bench all --model HF_DIR [--data-dir DIR] [--engine vllm|hf|replay]
-        [--replay FILE] [--output results.json] [--limit N] [--orders single|both] [--seed S]
-        [--max-new-tokens N] [--temperature T] [--top-p P] [--tp N] [--protocol brrm|rmr1]
+    python evaluation/run.py --bench all --model HF_DIR --engine hf --limit 2 --max-new-tokens 16
+    python evaluation/run.py --bench all --model HF_DIR --engine vllm --tp 2 --data-dir DIR --orders both
 
-Writes ``results.json`` (every judged comparison, the score tree, the run config and
-coverage notes), ``<output stem>.table.md`` (the printed table), ``<output stem>.png``
-(the plots) and ``<output stem>.cache.jsonl`` (generations, appended as they finish; a
-rerun with the same settings resumes from it). ``--engine replay --replay FILE`` re-scores
-saved generations without a model. Rules and schemas: ``evaluation/README.md``.
+Writes results.json (every judged comparison, the score tree, the run config and
+coverage notes), <output stem>.table.md (the printed table), <output stem>.png
+(the plots) and <output stem>.cache.jsonl (generations, appended as they finish; a
+rerun with the same settings resumes from it). A score marked * is partial (missing data,
+--limit, missing generations); the notes under the table say why.
+
+Re-scoring outputs produced elsewhere, no model needed:
+
+    python evaluation/run.py --engine replay --replay FILE --output rescored.json
+
+FILE is a results.json, a JSON list of records or a JSONL file; a minimal record is
+{"comparison_id": "rmbench:chat:12:c0r2", "swapped": false, "turn_texts": ["<turn 1>", "<final turn>"]}
+(or "verdict": 1|2|null instead of "turn_texts").
+
+evaluation/README.md gives the full replay schema, the comparison ids, the data layout
+of --data-dir and each benchmark's official scoring rule as implemented.
 """
 from __future__ import annotations
 
@@ -31,11 +41,12 @@ from evaluation.records import Judgement  # noqa: E402
 from evaluation.report import format_report, save_png  # noqa: E402
 from evaluation.results import (build_results, index_comparisons, read_raw_records, records_in_order,  # noqa: E402
                                 replay_judgements, write_json_atomic)
+from evaluation.scoring import UNPARSEABLE_RULES  # noqa: E402
 from evaluation.scoring.aggregate import score_benchmark, summary  # noqa: E402
 from megatron_brrm.data.schema import DataError  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULTS = {"protocol": "brrm", "orders": "single", "seed": 42}
+DEFAULTS = {"protocol": "brrm", "orders": "single", "seed": 42, "unparseable_as": "wrong"}
 
 
 class UsageError(Exception):
@@ -44,8 +55,7 @@ class UsageError(Exception):
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     """Parse the command line (see the module docstring and ``evaluation/README.md``)."""
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bench", default="all", choices=[*BENCHMARKS, "all"], help="benchmark to run (default all)")
     ap.add_argument("--model", help="HF model folder (required unless --engine replay)")
     ap.add_argument("--data-dir", type=Path, default=REPO_ROOT / "samples",
@@ -63,6 +73,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     ap.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling (default 1.0)")
     ap.add_argument("--tp", type=int, default=1, help="tensor-parallel GPUs for --engine vllm")
     ap.add_argument("--protocol", choices=["brrm", "rmr1"], help="judge protocol (default brrm)")
+    ap.add_argument("--unparseable-as", choices=list(UNPARSEABLE_RULES),
+                    help="score of an unparseable verdict: wrong = 0 (default, BR-RM) or tie = 0.5 (RewardBench's "
+                         "generative rule); with --engine replay the default is the replayed file's choice")
     ap.add_argument("--template-dir", help="folder of judge templates overriding the shipped wording")
     ap.add_argument("--batch-size", type=int, default=64, help="comparisons per engine call / cache flush (default 64)")
     ap.add_argument("--device", default="auto", help="HF engine device: auto | cpu | cuda[:k]")
@@ -112,7 +125,7 @@ def resolve_replay_settings(args: argparse.Namespace) -> tuple:
     if args.replay is None:
         raise UsageError("--engine replay needs --replay FILE (a results.json or a records JSON/JSONL file)")
     raw, cfg = read_raw_records(args.replay)
-    for key in ("protocol", "orders", "seed"):
+    for key in ("protocol", "orders", "seed", "unparseable_as"):
         if getattr(args, key) is None:
             setattr(args, key, cfg.get(key, DEFAULTS[key]))
     if args.limit is None and cfg.get("limit") is not None:
@@ -192,7 +205,11 @@ def run(args: argparse.Namespace) -> dict:
                 engine.shutdown()
                 if bar is not None:
                     bar.close()
-    benches = {name: score_benchmark(data[name], selected[name], judgements, args.orders) for name in names}
+    if args.unparseable_as not in UNPARSEABLE_RULES:
+        raise UsageError(f"unparseable_as must be one of {list(UNPARSEABLE_RULES)}, got {args.unparseable_as!r} "
+                         f"(from the replayed file's config?)")
+    benches = {name: score_benchmark(data[name], selected[name], judgements, args.orders, args.unparseable_as)
+               for name in names}
     records: List[Judgement] = [j for name in names for j in records_in_order(selected[name], judgements)]
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     config.update({"benchmarks": names, "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),

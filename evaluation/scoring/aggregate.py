@@ -8,7 +8,7 @@ from ..benchmarks.base import BenchmarkData, Comparison
 from ..orders import record_key
 from ..records import Judgement
 from . import SCORERS
-from .common import Outcome, pct
+from .common import Outcome, pct, unparseable_credit
 
 
 def _primary(records: List[Judgement]) -> Optional[Judgement]:
@@ -18,8 +18,16 @@ def _primary(records: List[Judgement]) -> Optional[Judgement]:
     return records[0] if len(records) == 1 else None
 
 
+def credit(record: Judgement, unparseable: str = "wrong") -> float:
+    """The credit of one judged order: 1.0 right, 0.0 wrong, unparseable per ``unparseable``
+    (``"wrong"`` 0.0, ``"tie"`` 0.5; :func:`~evaluation.scoring.common.unparseable_credit`)."""
+    if record.verdict is None:
+        return unparseable_credit(unparseable)
+    return 1.0 if record.correct else 0.0
+
+
 def score_benchmark(data: BenchmarkData, comparisons: Sequence[Comparison],
-                    judgements: Mapping[str, Judgement], orders: str) -> dict:
+                    judgements: Mapping[str, Judgement], orders: str, unparseable: str = "wrong") -> dict:
     """Score one benchmark.
 
     Args:
@@ -27,15 +35,23 @@ def score_benchmark(data: BenchmarkData, comparisons: Sequence[Comparison],
         comparisons: the comparisons that were to be judged (after ``--limit``).
         judgements: record key (:func:`evaluation.orders.record_key`) -> record.
         orders: ``"single"`` or ``"both"``.
+        unparseable: ``"wrong"`` (an unparseable verdict scores 0, BR-RM) or ``"tie"``
+            (0.5, RewardBench's generative rule).
 
     Returns:
         ``{"scores": tree, "overall": float|None, "n_comparisons", "n_records",
-        "format_errors": {"count", "rate"}, "missing_generations": int, "coverage":
-        {"missing", "notes", "partial"}}``, plus for ``orders == "both"``: ``"missing_second_order"``,
-        ``"scores_both_orders"`` (a comparison counts as correct only if correct in both
-        orders), ``"overall_both_orders"`` and ``"position_consistency"`` (percent of
-        comparisons where both verdicts parse and name the same response).
+        "format_errors": {"count", "rate"}, "missing_generations": int, "unparseable_as",
+        "coverage": {"missing", "notes", "partial", "sampled"}}``, plus for ``orders == "both"``:
+        ``"missing_second_order"``, ``"scores_both_orders"`` (a comparison's credit is the
+        product of its two orders' credits: 1 only when correct in both), ``"overall_both_orders"``
+        and ``"position_consistency"`` (percent of comparisons where both verdicts parse and
+        name the same response). ``sampled`` is True when every score is computed on a sample
+        of the benchmark (``--limit``, or a data folder smaller than the official release).
+
+    Raises:
+        ValueError: unknown ``unparseable`` rule.
     """
+    unparseable_credit(unparseable)  # validate before any work
     scorer = SCORERS[data.name]
     single: List[Outcome] = []
     both: List[Outcome] = []
@@ -51,27 +67,34 @@ def score_benchmark(data: BenchmarkData, comparisons: Sequence[Comparison],
         first = _primary(mine)
         if first is None:
             missing += 1
+            single.append(Outcome(comp, None))
+            both.append(Outcome(comp, None))
             continue
-        single.append(Outcome(comp, first.correct))
+        single.append(Outcome(comp, credit(first, unparseable)))
         if orders == "both":
             if len(mine) < 2:
                 one_order += 1
+                both.append(Outcome(comp, None))
                 continue
             a, b = mine
             n_both += 1
-            both.append(Outcome(comp, a.correct and b.correct))
+            both.append(Outcome(comp, credit(a, unparseable) * credit(b, unparseable)))
             if a.verdict is not None and b.verdict is not None and (a.verdict == a.label) == (b.verdict == b.label):
                 consistent += 1
     errors = sum(1 for r in records if r.format_error is not None or r.verdict is None)
-    scores = scorer(single)
+    scores = scorer(single, missing=list(data.missing))
     notes = list(data.notes)
     if missing:
         notes.append(f"{data.name}: {missing} comparison(s) have no generation and are left out of the scores")
     if one_order:
         notes.append(f"{data.name}: {one_order} comparison(s) were judged in one order only and are left out "
                      f"of the both-orders scores")
-    if len(comparisons) < len(data.comparisons):
+    limited = len(comparisons) < len(data.comparisons)
+    if limited:
         notes.append(f"{data.name}: --limit kept {len(comparisons)} of {len(data.comparisons)} comparisons")
+    if data.name == "rmb" and scores.get("bon_incomplete_items"):
+        notes.append(f"rmb: {scores['bon_incomplete_items']} best-of-N item(s) lack some or all of their "
+                     f"comparisons and are left out of the BoN scores")
     out = {
         "overall": scores["overall"],
         "scores": scores,
@@ -79,16 +102,15 @@ def score_benchmark(data: BenchmarkData, comparisons: Sequence[Comparison],
         "n_records": len(records),
         "format_errors": {"count": errors, "rate": pct(errors, len(records))},
         "missing_generations": missing,
-        "coverage": {"missing": list(data.missing), "notes": notes,
+        "unparseable_as": unparseable,
+        "coverage": {"missing": list(data.missing), "notes": notes, "sampled": bool(data.subsampled or limited),
                      "partial": bool(data.missing) or data.subsampled or bool(scores.get("partial")) or bool(missing)
-                     or len(comparisons) < len(data.comparisons)},
+                     or limited},
     }
     if orders == "both":
-        out["missing_second_order"] = one_order
-    if orders == "both":
-        both_scores = scorer(both)
-        out.update({"scores_both_orders": both_scores, "overall_both_orders": both_scores["overall"],
-                    "position_consistency": pct(consistent, n_both)})
+        both_scores = scorer(both, missing=list(data.missing))
+        out.update({"missing_second_order": one_order, "scores_both_orders": both_scores,
+                    "overall_both_orders": both_scores["overall"], "position_consistency": pct(consistent, n_both)})
     return out
 
 

@@ -56,6 +56,18 @@ def step_dir_name(step: int) -> str:
     return f"step_{step:08d}"
 
 
+def checkpoint_step(path) -> int:
+    """The step of a checkpoint folder named ``step_<N>`` (``step_00000042`` -> 42).
+
+    Raises:
+        ValueError: the folder name is not ``step_<digits>``.
+    """
+    m = _STEP_RE.match(Path(path).name)
+    if m is None:
+        raise ValueError(f"{path}: not a training checkpoint folder (expected a name like {step_dir_name(42)})")
+    return int(m.group(1))
+
+
 def list_checkpoints(save_dir) -> List[Path]:
     """Complete checkpoint folders in ``save_dir``, oldest first (``*.tmp`` excluded)."""
     root = Path(save_dir)

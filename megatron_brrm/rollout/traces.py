@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
-from typing import Dict, Iterable, Iterator, List, Sequence, Tuple
+from typing import Any, Dict, Iterable, Iterator, List, Sequence, Tuple, Union
 
 from .chat import continuation_ids, followup_suffix_text, render_prompt_ids
 
@@ -93,15 +93,21 @@ def tokenize_trace(tokenizer, messages: Sequence[Message], eos_token_id: int) ->
     return ids, mask
 
 
-def write_traces(path: str | Path, traces: Iterable[List[Message]]) -> int:
-    """Write traces as JSONL (``{"messages": [...]}`` per line); returns the count."""
+def write_traces(path: str | Path, traces: Iterable[Union[List[Message], Dict[str, Any]]]) -> int:
+    """Write traces as JSONL (``{"messages": [...]}`` per line); returns the count.
+
+    A trace is a message list, or a dict holding ``"messages"`` and other JSON-serialisable
+    keys (provenance such as ``"meta"``), which are written on the same line and ignored by
+    :func:`read_traces`. The file is written to ``<path>.tmp`` and renamed at the end.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     n = 0
     tmp = path.with_suffix(path.suffix + ".tmp")
     with tmp.open("w", encoding="utf-8") as f:
-        for messages in traces:
-            f.write(json.dumps({"messages": messages}, ensure_ascii=False) + "\n")
+        for trace in traces:
+            row = dict(trace) if isinstance(trace, dict) else {"messages": trace}
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
             n += 1
     tmp.replace(path)
     return n

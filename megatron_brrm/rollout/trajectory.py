@@ -1,4 +1,4 @@
-"""The trajectory record produced by a rollout, and batch metrics over trajectories."""
+"""The trajectory record produced by a rollout, its turns as message contents, and batch metrics."""
 from __future__ import annotations
 
 import dataclasses
@@ -75,6 +75,29 @@ class Trajectory:
         d["verdict"] = _as_dict(self.verdict)
         d["turn1"] = _as_dict(self.turn1)
         return d
+
+
+def turn_contents(traj: Trajectory, tokenizer, eos_token_ids) -> List[str]:
+    """Each turn's generated text as a chat message's content: the turn's tokens decoded
+    without the EOS token that closed it (special tokens otherwise kept, no clean-up).
+
+    This is what a chat-format trace stores for the turn (``rollout.traces.tokenize_trace``
+    appends the EOS again), and the judge's reasoning a user reads. A turn that stopped on a
+    stop string (BR-RM's ``[The End of Ranking Score]``) keeps it.
+
+    Args:
+        traj: a rollout trajectory (``token_ids``, ``turn_spans``).
+        tokenizer: the engine's HF tokenizer.
+        eos_token_ids: the ids that end a turn (an engine's ``eos_token_ids``).
+    """
+    eos = {int(i) for i in eos_token_ids}
+    out = []
+    for start, end in traj.turn_spans:
+        ids = list(traj.token_ids[start:end])
+        while ids and ids[-1] in eos:
+            ids.pop()
+        out.append(tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False))
+    return out
 
 
 def rollout_metrics(trajectories: Sequence[Trajectory]) -> Dict[str, float]:
