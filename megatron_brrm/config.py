@@ -149,9 +149,12 @@ class RolloutConfig:
     gpu_memory_utilization: float = 0.6
     enable_prefix_caching: bool = True
     colocated: bool = True
+    num_engines: Optional[int] = None  # engine actors in the fleet (None: one per engine placement of the cluster)
+    colocated_offload: str = "all"  # colocated: what the policy frees while engines generate: all | optimizer | none
     refit_bucket_size_mb: int = 512
-    refit_transport: str = "auto"  # auto (shm when driver, policy and engines share a node, else ray) | shm | ray
-    refit_check: bool = False
+    # auto (shm on one node; collective when every engine node hosts policy ranks; else ray) | shm | collective | ray
+    refit_transport: str = "auto"
+    refit_check: bool = False  # after each refit, compare engine and trainer logprobs on a few sequences
     seed: int = 0
     device: str = "auto"  # hf engine: auto (cuda if visible, else cpu) | cpu | cuda | cuda:N
     dtype: str = "auto"  # auto (hf: fp32 on cpu, bf16 on cuda; vllm: checkpoint dtype) | fp32 | bf16 | fp16

@@ -74,10 +74,8 @@ def run_sft(cfg: RunConfig) -> Path:
     from megatron_brrm.metrics import MetricsLogger
     from megatron_brrm.workers.batching import sequences_to_batch
     from megatron_brrm.workers.cluster import Cluster
-    from megatron_brrm.workers.hf_export import export_policy_to_hf
     from megatron_brrm.workers.policy import SFTLoss
-    from megatron_brrm.workers.policy_actor import PolicyActor
-    from megatron_brrm.workers.worker_group import WorkerGroup
+    from megatron_brrm.workers.policy_group import Policy
 
     if not cfg.model.hf_path:
         raise ValueError("model.hf_path is unset: SFT starts from an HF model folder")
@@ -89,7 +87,7 @@ def run_sft(cfg: RunConfig) -> Path:
     pcfg = sft_policy_config(cfg)
     cluster = Cluster.from_config(pcfg)
     metrics = MetricsLogger(out, tensorboard=cfg.logging.tensorboard)
-    policy = WorkerGroup(cluster, PolicyActor, cluster.policy_world_size, args=(pcfg,), name="policy")
+    policy = Policy(cluster, pcfg)
     try:
         order = list(range(len(seqs)))
         rng = random.Random(cfg.data.seed)
@@ -105,11 +103,11 @@ def run_sft(cfg: RunConfig) -> Path:
                 pos += 1
             batch = sequences_to_batch([seqs[i][0] for i in rows], [seqs[i][1] for i in rows],
                                        pad_id=tokenizer.pad_token_id or 0)
-            res = policy.run_all("train", batch, SFTLoss())[0]
-            m = {f"sft/{k}": v for k, v in res["metrics"].items()}
+            res = policy.train(batch, SFTLoss())
+            m = {f"sft/{k}": v for k, v in res.metrics.items()}
             metrics.log(step + 1, m)
             bar.set_postfix(loss=f"{m.get('sft/loss', float('nan')):.3f}")
-        export_policy_to_hf(policy, target, cfg.model.hf_path, params_dtype=cfg.model.params_dtype)
+        policy.export_hf(target, cfg.model.hf_path, params_dtype=cfg.model.params_dtype)
     finally:
         cluster.shutdown()  # shuts the policy group down too (each rank tears down its process groups)
         metrics.close()

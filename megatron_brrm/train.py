@@ -1,31 +1,39 @@
 """The GRPO driver for BR-RM: ``python -m megatron_brrm.train --config model_configs/<recipe>.yaml [key=value ...]``.
 
-One controller process runs the loop (DESIGN.md 3); the Megatron policy ranks are Ray actors
-(:class:`~megatron_brrm.workers.policy_actor.PolicyActor`), the generation engine is an HF
-engine in this process (CPU) or vLLM (GPU). Each step:
+One controller process runs the loop; it holds two facades and one function, nothing else of
+the workers: :class:`~megatron_brrm.workers.policy_group.Policy` (the Megatron ranks),
+:class:`~megatron_brrm.workers.fleet.GenerationFleet` (one engine actor per placement: HF on
+CPU, vLLM where installed) and :func:`~megatron_brrm.workers.refit.refit`. Each step:
 
 1. take ``grpo.num_prompts_per_step`` pairs (both orders are separate pairs in the training
-   file) and roll out ``grpo.num_generations`` two-turn trajectories per pair;
+   file); **prepare for generation** (colocated: the policy offloads ``rollout.colocated_offload``,
+   the engines wake) and roll out ``grpo.num_generations`` two-turn trajectories per pair over the
+   fleet; **finish generation** (the engines sleep, the policy onloads);
 2. rewards from the judge protocol; group-relative advantages per explicit group id;
-3. old and reference logprobs (Megatron, forward only, vocab-parallel);
+3. old and reference logprobs (Megatron, forward only, vocab-parallel), and the train / rollout
+   mismatch (``train/token_mult_prob_error``, ``train/gen_kl_error``);
 4. ``P * G / grpo.global_batch_size`` optimizer steps of the clipped PG + KL loss;
-5. refit the new weights into the engine (bucketed HF-named tensors);
-6. metrics (TensorBoard + ``metrics.jsonl``, trajectories in ``rollouts/step_N.jsonl``), validation every ``grpo.val_every_n_steps``
-   steps, an atomic checkpoint every ``checkpoint.save_every_n_steps`` steps.
+5. refit the new weights into every engine;
+6. metrics (TensorBoard + ``metrics.jsonl``, trajectories in ``rollouts/step_N.jsonl``),
+   validation every ``grpo.val_every_n_steps`` steps (through the same generation phases), an
+   atomic checkpoint every ``checkpoint.save_every_n_steps`` steps.
 
-A run resumes from ``checkpoint.save_dir/latest`` when it exists (``--no-resume`` starts
-over). The resolved config is written to ``logging.output_dir/config.yaml``.
+The colocated order offload -> wake -> generate -> sleep -> onload -> train -> refit is recorded
+each step in :attr:`GRPOTrainer.lifecycle`. A run resumes from ``checkpoint.save_dir/latest`` when
+it exists (``--no-resume`` starts over); a run that fails (e.g. an engine dies) restarts from
+there. The resolved config is written to ``logging.output_dir/config.yaml``.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
 import sys
 import time
 from collections import defaultdict
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
@@ -34,6 +42,20 @@ from megatron_brrm.data import PairLoader, read_pairs
 from megatron_brrm.hub import resolve_hf_path
 from megatron_brrm.judge import RewardRule, get_protocol
 from megatron_brrm.metrics import MetricsLogger
+from megatron_brrm.rl.advantages import advantages_from_config
+from megatron_brrm.rl.loss import ClippedPGConfig
+from megatron_brrm.rl.mismatch import generation_mismatch
+from megatron_brrm.rollout.chat import render_prompt_ids
+from megatron_brrm.rollout.refit import refit_check
+from megatron_brrm.rollout.trajectory import rollout_metrics
+from megatron_brrm.rollout.two_turn import RolloutParams, rollout
+from megatron_brrm.workers.batching import sequences_to_batch, split_minibatches, trajectories_to_batch
+from megatron_brrm.workers.cluster import Cluster
+from megatron_brrm.workers.fleet import GenerationFleet, engine_factory_for
+from megatron_brrm.workers.policy import PGLoss
+from megatron_brrm.workers.policy_group import Policy
+from megatron_brrm.workers.refit import refit
+from megatron_brrm.workers.worker_group import WorkerError
 
 log = logging.getLogger("megatron_brrm.train")
 
@@ -52,26 +74,22 @@ def _check_sizes(cfg: RunConfig) -> int:
 
 
 class GRPOTrainer:
-    """Owns the cluster, the policy worker group, the engine, the data and the loop.
+    """Owns the cluster, the policy, the engine fleet, the data and the loop.
 
     Args:
         cfg: resolved :class:`~megatron_brrm.config.RunConfig`; ``model.hf_path`` must be an
             HF folder and ``data.train_path`` a JSONL of preference pairs.
         resume: resume from ``checkpoint.save_dir`` when a checkpoint exists.
+        engine_factory: builds each fleet engine inside its actor (default: ``rollout.engine`` for
+            the model; tests pass engines that fail on purpose).
 
     Raises:
         TrainError: missing model or data, or inconsistent batch sizes.
+        WorkerError: a policy rank or an engine failed to start.
     """
 
-    def __init__(self, cfg: RunConfig, resume: bool = True):
-        from megatron_brrm.rl.loss import ClippedPGConfig
-        from megatron_brrm.rollout.factory import make_engine
-        from megatron_brrm.rollout.two_turn import RolloutParams
-        from megatron_brrm.workers.cluster import Cluster
-        from megatron_brrm.workers.policy import PGLoss
-        from megatron_brrm.workers.policy_actor import PolicyActor
-        from megatron_brrm.workers.worker_group import WorkerGroup
-
+    def __init__(self, cfg: RunConfig, resume: bool = True,
+                 engine_factory: Optional[Callable[[], object]] = None):
         self.optimizer_steps_per_rollout = _check_sizes(cfg)
         if cfg.model.hf_path == "tiny":
             raise TrainError("model.hf_path=tiny: the tiny CPU model is built by `python -m megatron_brrm.demo` "
@@ -94,26 +112,32 @@ class GRPOTrainer:
         self.rule = RewardRule(correct=r.correct, wrong=r.wrong, malformed=r.malformed, strict_turn1=r.strict_turn1)
         self.loss_fn = PGLoss(ClippedPGConfig.from_grpo_config(cfg.grpo))
         self.params = RolloutParams.from_config(cfg.rollout, n=cfg.grpo.num_generations)
-
-        log.info("loading engine (%s) from %s", cfg.rollout.engine, cfg.model.hf_path)
-        self.engine = make_engine(cfg.rollout, cfg.model.hf_path)
-        self.tokenizer = self.engine.tokenizer
-        train_pairs = self._fit_prompts(read_pairs(cfg.data.train_path), "train")
-        self.loader = PairLoader(train_pairs, cfg.grpo.num_prompts_per_step, seed=cfg.data.seed,
-                                 shuffle=cfg.data.shuffle)
-        self.val_pairs = []
-        if cfg.data.val_path:
-            self.val_pairs = self._fit_prompts(read_pairs(cfg.data.val_path), "val")[: cfg.grpo.val_num_pairs]
+        self.colocated = bool(cfg.rollout.colocated)
+        self.lifecycle: List[str] = []  # this step's phases, in order
+        self._probe = None  # (sequences, trainer logprobs at T=1) awaiting the engines' side of a refit check
 
         self.cluster = Cluster.from_config(cfg)
-        world = self.cluster.policy_world_size
-        self.policy = WorkerGroup(self.cluster, PolicyActor, world, args=(cfg,), name="policy")
+        try:
+            log.info("starting the engine fleet (%s) on %s", cfg.rollout.engine, cfg.model.hf_path)
+            self.fleet = GenerationFleet(self.cluster, engine_factory or engine_factory_for(cfg.rollout, cfg.model.hf_path),
+                                         num_engines=cfg.rollout.num_engines)
+            self.tokenizer = self.fleet.tokenizer
+            train_pairs = self._fit_prompts(read_pairs(cfg.data.train_path), "train")
+            self.loader = PairLoader(train_pairs, cfg.grpo.num_prompts_per_step, seed=cfg.data.seed,
+                                     shuffle=cfg.data.shuffle)
+            self.val_pairs = []
+            if cfg.data.val_path:
+                self.val_pairs = self._fit_prompts(read_pairs(cfg.data.val_path), "val")[: cfg.grpo.val_num_pairs]
+            self.policy = Policy(self.cluster, cfg)
+        except BaseException:
+            self.cluster.shutdown()
+            raise
         self.metrics = MetricsLogger(self.out, tensorboard=cfg.logging.tensorboard,
                                      wandb_project=cfg.logging.wandb_project, config=config_to_dict(cfg),
                                      run_name=cfg.name)
         self.step = 0
         if resume and cfg.checkpoint.save_dir:
-            extra = self.policy.run_all("load_checkpoint", cfg.checkpoint.save_dir)[0]
+            extra = self.policy.load_checkpoint(cfg.checkpoint.save_dir)
             if extra:
                 self.step = int(extra["step"])
                 self.loader.load_state_dict(extra["loader"])
@@ -123,8 +147,6 @@ class GRPOTrainer:
     # ------------------------------------------------------------------ data
     def _fit_prompts(self, pairs, split: str):
         """Drop pairs whose turn-1 prompt exceeds ``data.max_prompt_tokens`` (counted, logged)."""
-        from megatron_brrm.rollout.chat import render_prompt_ids
-
         kept = [p for p in pairs if len(render_prompt_ids(
             self.tokenizer, self.protocol.turn1_messages(p.context, p.response1, p.response2))) <= self.cfg.data.max_prompt_tokens]
         if len(kept) < len(pairs):
@@ -134,32 +156,81 @@ class GRPOTrainer:
             raise TrainError(f"{split}: no pair fits data.max_prompt_tokens={self.cfg.data.max_prompt_tokens}")
         return kept
 
+    # ------------------------------------------------------------ lifecycle
+    def prepare_for_generation(self) -> Dict[str, float]:
+        """Colocated: the policy frees ``rollout.colocated_offload`` (optimizer state, gradients,
+        parameters) and the engines wake; split: nothing to do. Returns offload metrics."""
+        m: Dict[str, float] = {}
+        if self.colocated:
+            freed = self.policy.offload(self.cfg.rollout.colocated_offload)
+            self.lifecycle.append("offload")
+            m = {"memory/policy_bytes_before_offload": freed["bytes_before"],
+                 "memory/policy_bytes_offloaded": freed["bytes_freed"]}
+            self.fleet.wake()
+            self.lifecycle.append("wake")
+        return m
+
+    def finish_generation(self) -> None:
+        """Colocated: the engines sleep (release their memory where they can) and the policy onloads."""
+        if self.colocated:
+            self.fleet.sleep()
+            self.lifecycle.append("sleep")
+            self.policy.onload()
+            self.lifecycle.append("onload")
+
+    def _generate(self, pairs, params: RolloutParams, group_offset: int = 0):
+        self.lifecycle.append("generate")
+        return rollout(self.fleet, self.protocol, pairs, params, self.rule, group_offset=group_offset)
+
     # ----------------------------------------------------------------- stages
     def refit(self) -> Dict[str, float]:
-        from megatron_brrm.workers.refit_stream import refit_from_policy
-
-        stats = refit_from_policy(self.policy, [self.engine], self.cfg.rollout.refit_bucket_size_mb * 2**20,
-                                  transport=self.cfg.rollout.refit_transport)
+        """Refit every engine with the policy's weights (the engines' weights are woken first)."""
+        if self.colocated:
+            self.fleet.wake(["weights"])
+        stats = refit(self.policy, self.fleet, self.cfg.rollout.refit_bucket_size_mb * 2**20,
+                      transport=self.cfg.rollout.refit_transport)
+        self.lifecycle.append("refit")
         return {"refit/bytes": stats.num_bytes, "refit/buckets": stats.num_buckets, "refit/gb_per_s": stats.gb_per_s,
                 "timing/refit": stats.seconds}
 
-    def train_step(self) -> Dict[str, float]:
-        """One GRPO step (rollout -> advantages -> logprobs -> optimizer steps -> refit)."""
-        from megatron_brrm.rl.advantages import advantages_from_config
-        from megatron_brrm.rollout.trajectory import rollout_metrics
-        from megatron_brrm.rollout.two_turn import rollout
-        from megatron_brrm.workers.batching import split_minibatches, trajectories_to_batch
+    def _probe_trainer_side(self, trajs) -> None:
+        """``rollout.refit_check``: keep a few of this step's sequences and the trainer's logprobs of
+        them (temperature 1) after the update; the engines score them in the next generation phase."""
+        seqs = [t.token_ids for t in trajs[: min(4, len(trajs))]]
+        batch = sequences_to_batch(seqs, [[1] * len(s) for s in seqs], pad_id=self.tokenizer.pad_token_id or 0)
+        lp = self.policy.get_logprobs(batch, temperature=1.0)
+        self._probe = (seqs, [lp[i, :len(s)].tolist() for i, s in enumerate(seqs)])
 
+    def _probe_engine_side(self) -> Dict[str, float]:
+        if self._probe is None:
+            return {}
+        seqs, trainer = self._probe
+        self._probe = None
+        engine = self.fleet.score(seqs)
+        chk = refit_check(engine, trainer, [[0] + [1] * (len(s) - 1) for s in seqs])
+        if chk.mismatch > 1.05:
+            log.warning("refit check: engine and trainer logprobs disagree (max |diff| %.3g, mean exp|diff| %.4f): "
+                        "a refit or model-mapping bug", chk.max_abs_diff, chk.mismatch)
+        return {"refit/check_max_abs_logprob_diff": chk.max_abs_diff, "refit/check_token_mult_prob_error": chk.mismatch}
+
+    def train_step(self) -> Dict[str, float]:
+        """One GRPO step (generation phase -> advantages -> logprobs -> optimizer steps -> refit)."""
         cfg, m = self.cfg, {}
+        self.lifecycle = []
         pairs = self.loader.next_batch()
         t0 = time.perf_counter()
+        m.update(self.prepare_for_generation())
+        m.update(self._probe_engine_side())
         self.params.seed = cfg.rollout.seed + 1000 * self.step
-        trajs = rollout(self.engine, self.protocol, pairs, self.params, self.rule,
-                        group_offset=self.step * cfg.grpo.num_prompts_per_step)
+        try:
+            trajs = self._generate(pairs, self.params, group_offset=self.step * cfg.grpo.num_prompts_per_step)
+        finally:
+            self.finish_generation()
         m["timing/generation"] = time.perf_counter() - t0
         gen_tokens = sum(t.num_generated for t in trajs)
         m["timing/generation_tokens_per_s"] = gen_tokens / max(m["timing/generation"], 1e-9)
         m.update({f"rollout/{k}": v for k, v in rollout_metrics(trajs).items()})
+        m.update({f"rollout/{k}": v for k, v in self.fleet.pop_metrics().items()})
         self._dump_rollouts(trajs)
 
         rewards = torch.tensor([t.reward for t in trajs], dtype=torch.float32)
@@ -168,33 +239,37 @@ class GRPOTrainer:
         batch = trajectories_to_batch(trajs, adv.advantages, pad_id=self.tokenizer.pad_token_id or 0)
 
         t0 = time.perf_counter()
-        batch["old_logprobs"] = self.policy.run_all("get_logprobs", batch)[0]
+        batch["old_logprobs"] = self.policy.get_logprobs(batch)
         if cfg.grpo.kl_coef > 0:
-            batch["ref_logprobs"] = self.policy.run_all("get_logprobs", batch, reference=True)[0]
+            batch["ref_logprobs"] = self.policy.get_logprobs(batch, reference=True)
+        self.lifecycle.append("logprobs")
         m["timing/logprobs"] = time.perf_counter() - t0
         total_tokens = int(batch["input_lengths"].sum())
         m["timing/logprobs_tokens_per_s"] = total_tokens * (2 if cfg.grpo.kl_coef > 0 else 1) / max(m["timing/logprobs"], 1e-9)
+        m.update({f"train/{k}": v for k, v in generation_mismatch(batch["old_logprobs"], batch["rollout_logprobs"],
+                                                                   batch["loss_mask"]).items()})
 
         t0 = time.perf_counter()
         sums: Dict[str, float] = defaultdict(float)
         minibatches = split_minibatches(batch, cfg.grpo.global_batch_size)
         skipped = 0
         for mb in minibatches:
-            res = self.policy.run_all("train", mb, self.loss_fn)[0]
-            skipped += int(res["skipped"])
-            for k, v in res["metrics"].items():
+            res = self.policy.train(mb, self.loss_fn)
+            skipped += int(res.skipped)
+            for k, v in res.metrics.items():
                 sums[k] += float(v) / len(minibatches)
+        self.lifecycle.append("train")
         m["timing/train"] = time.perf_counter() - t0
         m["timing/train_tokens_per_s"] = total_tokens / max(m["timing/train"], 1e-9)
         m.update({f"train/{k}": v for k, v in sums.items()})
         m["train/skipped_steps"] = skipped
         m.update(self.refit())
+        if cfg.rollout.refit_check:
+            self._probe_trainer_side(trajs)
         return m
 
     def _dump_rollouts(self, trajs) -> None:
         """Write this step's trajectories (texts, rewards, verdicts) to ``rollouts/step_N.jsonl``."""
-        import json
-
         path = self.out / "rollouts" / f"step_{self.step + 1}.jsonl"
         path.parent.mkdir(parents=True, exist_ok=True)
         keep = ("group_id", "sample_index", "pair_id", "label", "turn_texts", "turn_lengths", "finish_reasons",
@@ -205,14 +280,17 @@ class GRPOTrainer:
                 f.write(json.dumps({k: d[k] for k in keep}, ensure_ascii=False) + "\n")
 
     def validate(self) -> Dict[str, float]:
-        """Judge accuracy and format-error rate on the held-out pairs (one sample each)."""
-        from megatron_brrm.rollout.trajectory import rollout_metrics
-        from megatron_brrm.rollout.two_turn import RolloutParams, rollout
-
+        """Judge accuracy and format-error rate on the held-out pairs (one sample each), through the
+        same generation phases as training."""
         if not self.val_pairs:
             return {}
         params = RolloutParams.from_config(self.cfg.rollout, n=1, seed=12345)
-        trajs = rollout(self.engine, self.protocol, self.val_pairs, params, self.rule)
+        self.prepare_for_generation()
+        try:
+            trajs = self._generate(self.val_pairs, params)
+        finally:
+            self.finish_generation()
+        self.fleet.pop_metrics()
         return {f"validation/{k}": v for k, v in rollout_metrics(trajs).items()}
 
     def save(self) -> Optional[str]:
@@ -220,11 +298,16 @@ class GRPOTrainer:
         if not c.save_dir:
             return None
         extra = {"step": self.step, "loader": self.loader.state_dict()}
-        return self.policy.run_all("save_checkpoint", c.save_dir, self.step, extra, c.keep_last_k)[0]
+        return self.policy.save_checkpoint(c.save_dir, self.step, extra, c.keep_last_k)
 
     # ------------------------------------------------------------------ loop
     def fit(self) -> Dict[str, float]:
-        """Run until ``grpo.max_num_steps``; returns the last step's metrics."""
+        """Run until ``grpo.max_num_steps``; returns the last step's metrics.
+
+        Raises:
+            WorkerError: a policy rank or an engine failed (named); restart to resume from the
+                last checkpoint.
+        """
         from tqdm.auto import tqdm
 
         cfg, last = self.cfg, {}
@@ -254,11 +337,13 @@ class GRPOTrainer:
         return last
 
     def close(self) -> None:
-        """Stop the engine (e.g. vLLM's engine process), the policy ranks (each tears down its
+        """Stop the engines (their engine processes first), the policy ranks (each tears down its
         process groups), the cluster and the logger."""
-        self.engine.shutdown()
-        self.cluster.shutdown()
-        self.metrics.close()
+        try:
+            self.fleet.shutdown()
+        finally:
+            self.cluster.shutdown()
+            self.metrics.close()
 
 
 def _fmt(m: Dict[str, float]) -> str:
@@ -280,11 +365,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         cfg = load_config(args.config, args.overrides)
         trainer = GRPOTrainer(cfg, resume=not args.no_resume and cfg.checkpoint.resume)
-    except (ConfigError, TrainError) as exc:
+    except (ConfigError, TrainError, WorkerError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     try:
         last = trainer.fit()
+    except WorkerError as exc:
+        log.error("%s", exc)
+        print(f"error: {str(exc).splitlines()[0]} (details above); rerun the same command to resume from "
+              f"{cfg.checkpoint.save_dir or 'the start (no checkpoint.save_dir)'}", file=sys.stderr)
+        return 1
     finally:
         trainer.close()
     print(f"GRPO finished at step {trainer.step}: {_fmt({k: v for k, v in last.items() if k.startswith(('rollout/', 'validation/'))})}")

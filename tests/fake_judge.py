@@ -80,7 +80,7 @@ class FakeJudgeEngine(GenerationEngine):
     def abilities(self) -> EngineAbilities:
         return EngineAbilities(eos_token_ids=self.eos_token_ids)
 
-    def generate(self, prompts, params: SamplingParams) -> List[List[GenerationOutput]]:
+    def generate(self, prompts, params: SamplingParams, group_ids=None) -> List[List[GenerationOutput]]:
         self.calls += 1
         out = []
         for ids in prompts:

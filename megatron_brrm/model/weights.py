@@ -101,19 +101,23 @@ def load_hf_weights_into_megatron(model_chunks, hf_weights: HFSource, mapping: A
 
 @torch.no_grad()
 def iter_megatron_to_hf(model_chunks, mapping: ArchMapping, *, vp_size: Optional[int] = None,
-                        tp_group=None, pp_group=None) -> Iterator[Tuple[str, Tensor]]:
-    """Yield ``(hf_name, full tensor)`` for the whole model on every rank (collective).
+                        tp_group=None, pp_group=None, dst: Optional[int] = None) -> Iterator[Tuple[str, Tensor]]:
+    """Yield ``(hf_name, full tensor)`` for the whole model (collective).
 
     Every rank of the job must call it and consume it fully, in step: tensors are gathered
-    over the TP group and broadcast from their pipeline stage over the PP group. Order:
-    :meth:`ArchMapping.megatron_param_names`. Tensors keep the parameters' dtype and device
-    (a tied ``lm_head`` is not emitted: HF ties it).
+    over the TP group and, by default, broadcast from their pipeline stage over the PP group,
+    so every rank yields every tensor. With ``dst`` (a global rank) only that rank needs them:
+    another stage's tensors travel point to point from that stage's rank in ``dst``'s PP group
+    to ``dst``, nothing goes to other stages, and the ranks yield only what they hold (``dst``
+    yields the whole model). Order: :meth:`ArchMapping.megatron_param_names`. Tensors keep the
+    parameters' dtype and device (a tied ``lm_head`` is not emitted: HF ties it).
 
     Args:
         model_chunks: this rank's model (chunks with VPP).
         mapping: the model's :class:`ArchMapping`.
         vp_size: virtual pipeline size.
         tp_group / pp_group: process groups; default Megatron's.
+        dst: the only global rank that needs every tensor (None: all ranks).
     """
     from megatron.core import parallel_state as mpu
 
@@ -131,6 +135,7 @@ def iter_megatron_to_hf(model_chunks, mapping: ArchMapping, *, vp_size: Optional
     else:
         merged = {n: str(p.dtype) for n, p in local.items()}
     device = next(iter(local.values())).device if local else torch.device("cpu")
+    members = torch.distributed.get_process_group_ranks(pp_group) if (dst is not None and pp_size > 1) else []
     for name in mapping.megatron_param_names():
         owner, _, _ = global_to_local_layer(name, pp_size, mapping.num_layers, vp_size)
         if name not in merged:
@@ -151,8 +156,22 @@ def iter_megatron_to_hf(model_chunks, mapping: ArchMapping, *, vp_size: Optional
             hf = {n: torch.empty(mapping.hf_shape(n), dtype=dtype, device=device) for n in mapping.hf_names_for(name)}
         if pp_size > 1:
             src = torch.distributed.get_global_rank(pp_group, owner)
-            for t in hf.values():
-                torch.distributed.broadcast(t, src=src, group=pp_group)
+            if dst is None:
+                for t in hf.values():
+                    torch.distributed.broadcast(t, src=src, group=pp_group)
+            elif src != dst and dst in members:  # p2p inside dst's PP group only
+                me = torch.distributed.get_rank()
+                if me not in (src, dst):
+                    continue
+                for t in hf.values():
+                    if me == src:
+                        torch.distributed.send(t.contiguous(), dst=dst)
+                    else:
+                        torch.distributed.recv(t, src=src)
+                if me == src:
+                    continue
+            elif owner != pp_rank:
+                continue
         yield from hf.items()
 
 

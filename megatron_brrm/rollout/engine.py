@@ -134,8 +134,13 @@ class GenerationEngine(WeightReceiver):
         """What this engine can do (see :class:`EngineAbilities`)."""
 
     @abstractmethod
-    def generate(self, prompts: List[List[int]], params: SamplingParams) -> List[List[GenerationOutput]]:
-        """Generate ``params.n`` samples per prompt; returns ``[len(prompts)][params.n]`` outputs."""
+    def generate(self, prompts: List[List[int]], params: SamplingParams,
+                 group_ids: Optional[Sequence[int]] = None) -> List[List[GenerationOutput]]:
+        """Generate ``params.n`` samples per prompt; returns ``[len(prompts)][params.n]`` outputs.
+
+        ``group_ids`` (optional, one per prompt) says which prompts belong to one GRPO group and
+        share a prefix; a single engine ignores it, a multi-engine fleet keeps a group on one engine.
+        Samples never depend on it."""
 
     def score(self, sequences: Sequence[Sequence[int]]) -> List[List[float]]:
         """Per-token logprobs of whole sequences at temperature 1 (teacher forcing).
@@ -156,8 +161,9 @@ class GenerationEngine(WeightReceiver):
     def sleep(self) -> None:
         """Free accelerator memory held by weights/KV cache (no-op unless ``abilities.supports_sleep``)."""
 
-    def wake(self) -> None:
-        """Undo :meth:`sleep` (no-op unless ``abilities.supports_sleep``)."""
+    def wake(self, tags: Optional[List[str]] = None) -> None:
+        """Undo :meth:`sleep` (no-op unless ``abilities.supports_sleep``); ``tags`` restores only part
+        (vLLM: ``["weights"]`` before a refit, then ``["kv_cache"]``)."""
 
     def shutdown(self) -> None:
         """Release the engine's processes and memory (no-op for in-process engines)."""

@@ -97,8 +97,10 @@ class HFEngine(GenerationEngine):
                                shares_weights=self.device.type == "cpu")
 
     # ------------------------------------------------------------------ generation
-    def generate(self, prompts: List[List[int]], params: SamplingParams) -> List[List[GenerationOutput]]:
-        """Generate ``params.n`` samples per prompt; returns ``[len(prompts)][params.n]`` outputs.
+    def generate(self, prompts: List[List[int]], params: SamplingParams,
+                 group_ids: Optional[Sequence[int]] = None) -> List[List[GenerationOutput]]:
+        """Generate ``params.n`` samples per prompt; returns ``[len(prompts)][params.n]`` outputs
+        (``group_ids`` is not needed by one engine).
 
         Raises:
             ValueError: an empty prompt or an out-of-range sampling parameter.

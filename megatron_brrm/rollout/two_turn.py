@@ -220,7 +220,7 @@ def rollout(engine: GenerationEngine, protocol, pairs: Sequence, params: Rollout
             sp = SamplingParams(n=1, temperature=params.temperature, top_p=params.top_p,
                                 max_new_tokens=max(b for _, b in runnable), stop=list(protocol.stop_strings(turn)),
                                 seed=None if params.seed is None else int(params.seed) + turn, logprobs=True)
-            flat = _generate_distinct(engine, [s.ids for s, _ in runnable], sp)
+            flat = _generate_distinct(engine, [s.ids for s, _ in runnable], sp, [s.pair_index for s, _ in runnable])
             for (s, budget), out in zip(runnable, flat):
                 s.add_generated(out, budget, cap, tok)
         for s in states:
@@ -242,7 +242,8 @@ def rollout(engine: GenerationEngine, protocol, pairs: Sequence, params: Rollout
     return [_finish(s, pairs[s.pair_index], group_offset, max_total, rule, num_turns) for s in states]
 
 
-def _generate_distinct(engine: GenerationEngine, inputs: List[List[int]], sp: SamplingParams) -> List[GenerationOutput]:
+def _generate_distinct(engine: GenerationEngine, inputs: List[List[int]], sp: SamplingParams,
+                       groups: Sequence[int]) -> List[GenerationOutput]:
     """One sample per input, where equal inputs get *different* samples.
 
     Engines derive each sample's random stream from (seed, input ids, sample index), so two
@@ -251,7 +252,9 @@ def _generate_distinct(engine: GenerationEngine, inputs: List[List[int]], sp: Sa
     distinct multiplicity; ``sp.n`` is replaced), so they are independent draws. Turn 1 uses
     it for the ``n`` samples of each group; later turns need it for every group whose
     earlier outputs coincide (a confident or low-temperature judge), whose verdicts would
-    otherwise all be equal and whose advantages would silently be zero.
+    otherwise all be equal and whose advantages would silently be zero. ``groups`` (the pair
+    index of each input) travels to the engine as ``group_ids``, so a fleet keeps a group on
+    one engine.
 
     Returns:
         ``len(inputs)`` outputs, in input order.
@@ -268,7 +271,8 @@ def _generate_distinct(engine: GenerationEngine, inputs: List[List[int]], sp: Sa
     flat: List[Optional[GenerationOutput]] = [None] * len(inputs)
     for count in sorted(by_count):
         keys = by_count[count]
-        outs = engine.generate([list(k) for k in keys], dataclasses.replace(sp, n=count))
+        outs = engine.generate([list(k) for k in keys], dataclasses.replace(sp, n=count),
+                               group_ids=[groups[slots[k][0]] for k in keys])
         if len(outs) != len(keys) or any(len(o) != count for o in outs):
             raise RuntimeError(f"engine returned {[len(o) for o in outs]} samples for {len(keys)} prompts x n={count}")
         for key, samples in zip(keys, outs):

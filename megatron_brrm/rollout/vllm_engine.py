@@ -230,8 +230,10 @@ class VLLMEngine(GenerationEngine):
         return self._abilities
 
     # ------------------------------------------------------------------ generation
-    def generate(self, prompts: List[List[int]], params: SamplingParams) -> List[List[GenerationOutput]]:
-        """Generate ``params.n`` samples per prompt (one request per sample, seeded per sample)."""
+    def generate(self, prompts: List[List[int]], params: SamplingParams,
+                 group_ids: Optional[Sequence[int]] = None) -> List[List[GenerationOutput]]:
+        """Generate ``params.n`` samples per prompt (one request per sample, seeded per sample;
+        ``group_ids`` is not needed by one engine: the prefix cache finds shared prefixes itself)."""
         validate_request(prompts, params)
         self._finish_weight_update()
         seed = params.seed if params.seed is not None else int(torch.randint(0, 2**62, (1,)).item())

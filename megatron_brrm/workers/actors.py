@@ -98,9 +98,10 @@ class EngineActor:
         """``engine.score``: per-token logprobs of whole sequences (temperature 1)."""
         return self.engine.score(sequences)
 
-    def generate(self, prompts: List[List[int]], params: SamplingParams) -> List[List[GenerationOutput]]:
+    def generate(self, prompts: List[List[int]], params: SamplingParams,
+                 group_ids: Optional[Sequence[int]] = None) -> List[List[GenerationOutput]]:
         """``engine.generate``: ``[len(prompts)][params.n]`` outputs."""
-        return self.engine.generate(prompts, params)
+        return self.engine.generate(prompts, params, group_ids)
 
     def update_weights(self, named_tensors: Sequence[Tuple[str, torch.Tensor]]) -> int:
         """Load one bucket of ``(hf_name, full tensor)`` pairs; returns the bytes loaded."""
@@ -170,9 +171,9 @@ class EngineActor:
         """``engine.sleep()``."""
         self.engine.sleep()
 
-    def wake(self) -> None:
-        """``engine.wake()``."""
-        self.engine.wake()
+    def wake(self, tags: Optional[List[str]] = None) -> None:
+        """``engine.wake(tags)``."""
+        self.engine.wake(tags)
 
     def shutdown(self) -> None:
         """``engine.shutdown()`` (stops e.g. vLLM's engine process before the actor exits)."""
@@ -242,7 +243,8 @@ class RemoteEngine(GenerationEngine):
         so that several engines generate concurrently."""
         return self.handle.generate.remote(prompts, params)
 
-    def generate(self, prompts: List[List[int]], params: SamplingParams) -> List[List[GenerationOutput]]:
+    def generate(self, prompts: List[List[int]], params: SamplingParams,
+                 group_ids: Optional[Sequence[int]] = None) -> List[List[GenerationOutput]]:
         """Forwarded to the actor; see ``GenerationEngine.generate``."""
         return self.get(self.handle.generate.remote(prompts, params), "generate")
 
@@ -284,9 +286,9 @@ class RemoteEngine(GenerationEngine):
         """Forwarded to the actor."""
         self.get(self.handle.sleep.remote(), "sleep")
 
-    def wake(self) -> None:
+    def wake(self, tags: Optional[List[str]] = None) -> None:
         """Forwarded to the actor."""
-        self.get(self.handle.wake.remote(), "wake")
+        self.get(self.handle.wake.remote(tags), "wake")
 
 
 def create_engine_actors(cluster, engine_factory: Callable[[], GenerationEngine], num_engines: Optional[int] = None,
@@ -319,7 +321,9 @@ def create_engine_actors(cluster, engine_factory: Callable[[], GenerationEngine]
     handles = []
     for p in placements[:n]:
         actor_env = {"BRRM_ENGINE_INDEX": str(p.index), "OMP_NUM_THREADS": "1",
-                     "BRRM_ENGINE_BUNDLE_INDICES": ",".join(str(i) for i in p.bundle_indices)}
+                     "BRRM_ENGINE_BUNDLE_INDICES": ",".join(str(i) for i in p.bundle_indices),
+                     # vLLM on CPU binds every engine to core 0 unless told otherwise: spread them
+                     "VLLM_CPU_OMP_THREADS_BIND": str(p.index % (os.cpu_count() or 1))}
         actor_env.update({k: str(v) for k, v in (env or {}).items()})
         opts = dict(p.actor.actor_options(), runtime_env=merge_runtime_env(remote_cls, actor_env))
         handles.append(remote_cls.options(**opts).remote(engine_factory))

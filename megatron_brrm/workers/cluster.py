@@ -218,7 +218,9 @@ class Cluster:
 
     @classmethod
     def from_config(cls, cfg, **kwargs) -> "Cluster":
-        """A cluster for a :class:`megatron_brrm.config.RunConfig` (its ``parallel`` and ``rollout``)."""
+        """A cluster for a :class:`megatron_brrm.config.RunConfig` (its ``parallel`` and ``rollout``;
+        ``rollout.num_engines`` engines unless ``num_generation_engines`` is given)."""
+        kwargs.setdefault("num_generation_engines", cfg.rollout.num_engines)
         return cls(cfg.parallel, cfg.rollout, **kwargs)
 
     # ----------------------------------------------------------------------------- sizing

@@ -1,7 +1,7 @@
 """Write the policy's current weights as a Hugging Face folder, streamed from the ranks.
 
-Rank 0 of the policy group streams ``(hf_name, full tensor)`` buckets (the refit stream,
-:mod:`megatron_brrm.workers.refit_stream`); the driver writes each tensor straight into
+The policy ranks refit a writer in the driver (:func:`megatron_brrm.workers.refit.refit`:
+buckets in shared memory, each rank writing its own shards); the driver writes each tensor straight into
 pre-planned safetensors shards (:class:`~megatron_brrm.checkpoint.hf_io.ShardedSafetensorsWriter`),
 so memory stays at a few buckets. The folder is assembled in a temporary directory and renamed
 at the end, with ``config.json``, generation config, tokenizer and chat template copied from
@@ -33,12 +33,12 @@ class _Writer(WeightReceiver):
             self.writer.write(name, tensor.to(self.dtype))
 
 
-def export_policy_to_hf(policy_group, out_dir: str | Path, hf_reference: str | Path, params_dtype: str = "fp32",
+def export_policy_to_hf(policy, out_dir: str | Path, hf_reference: str | Path, params_dtype: str = "fp32",
                         bucket_bytes: int = 256 * 2**20, overwrite: bool = True) -> Path:
-    """Save the policy group's weights as an HF folder at ``out_dir``.
+    """Save the policy's weights as an HF folder at ``out_dir``.
 
     Args:
-        policy_group: WorkerGroup of :class:`~megatron_brrm.workers.policy_actor.PolicyActor`.
+        policy: the :class:`~megatron_brrm.workers.policy_group.Policy`.
         out_dir: target folder (written atomically).
         hf_reference: the HF folder the policy was built from (config, tokenizer, chat template).
         params_dtype: dtype of the saved tensors: ``fp32`` | ``bf16`` | ``fp16``.
@@ -46,14 +46,14 @@ def export_policy_to_hf(policy_group, out_dir: str | Path, hf_reference: str | P
     Raises:
         HFCheckpointError: a tensor the model should have was not produced (named).
     """
-    from megatron_brrm.workers.refit_stream import refit_from_policy
+    from megatron_brrm.workers.refit import refit
 
     dtype = _DTYPES[params_dtype]
     mapping = get_mapping(load_hf_config(hf_reference))
     plan = [(n, mapping.hf_shape(n), dtype) for n in mapping.hf_param_names()]
     with atomic_output_dir(out_dir, overwrite=overwrite) as tmp:
         with ShardedSafetensorsWriter(tmp, plan) as writer:  # closes (and checks completeness) on success
-            refit_from_policy(policy_group, [_Writer(writer, dtype)], bucket_bytes)
+            refit(policy, [_Writer(writer, dtype)], bucket_bytes)
         config = read_hf_config(hf_reference)
         write_hf_config(config, tmp, config.get("architectures") or [], dtype)
         copy_hf_side_files(hf_reference, tmp)

@@ -46,6 +46,8 @@ import torch
 
 from megatron_brrm.rl.logprobs import token_logprobs
 from megatron_brrm.rl.loss import Normalizer, reduce_metrics
+from megatron_brrm.workers.offload import (OFFLOAD_MODES, StorageOffloader, distinct_storages, model_tensors,
+                                           optimizer_tensors)
 from megatron_brrm.workers.policy_data import (Batch, MicroBatch, make_microbatches, make_packed_microbatches,
                                                 pad_microbatch_count)
 
@@ -224,6 +226,7 @@ class PolicyWorker:
         self.skipped_steps = 0
         self._params = [p for m in self.model for p in m.parameters()]
         self._reference = [p.detach().to("cpu", copy=True) for p in self._params]
+        self._offloader = StorageOffloader()
 
     # ----------------------------------------------------------------- helpers
     def _microbatches(self, batch: Batch):
@@ -248,11 +251,12 @@ class PolicyWorker:
         output = model(ids, pos, mb.data.get("attention_mask"))
         return output, partial(loss_func_factory, mb)
 
-    def _logprobs_of(self, logits: torch.Tensor, ids: torch.Tensor, with_entropy: bool):
+    def _logprobs_of(self, logits: torch.Tensor, ids: torch.Tensor, with_entropy: bool,
+                     temperature: Optional[float] = None):
         from megatron.core import parallel_state as mpu
 
         v_local = logits.shape[-1]
-        return token_logprobs(logits, ids, temperature=self.temperature,
+        return token_logprobs(logits, ids, temperature=self.temperature if temperature is None else temperature,
                               vocab_start=mpu.get_tensor_model_parallel_rank() * v_local, vocab_size=self.vocab_size,
                               group=mpu.get_tensor_model_parallel_group(), with_entropy=with_entropy)
 
@@ -279,12 +283,14 @@ class PolicyWorker:
 
     # ------------------------------------------------------------------ logprobs
     @torch.no_grad()
-    def get_logprobs(self, batch: Batch, with_entropy: bool = False):
+    def get_logprobs(self, batch: Batch, with_entropy: bool = False, temperature: Optional[float] = None):
         """Current-policy logprobs of ``batch['input_ids']`` (forward only, vocab-parallel).
 
         Args:
             batch: policy batch (``input_ids`` ``[B, T]``, ``input_lengths`` ``[B]``).
             with_entropy: also return per-position entropies.
+            temperature: logits are divided by it (default ``rollout.temperature``; 1.0 for the
+                raw distribution, e.g. to compare with an engine's ``score``).
         Returns:
             float32 ``[B, T]`` aligned to input positions (``[:, 0] = 0``, positions at or after
             ``input_lengths`` are 0), on every rank; with ``with_entropy`` a tuple ``(logprobs, entropy)``.
@@ -294,7 +300,7 @@ class PolicyWorker:
         mbs, stats = self._microbatches(batch)
 
         def loss_func(mb, output_tensor):
-            lp, ent = self._logprobs_of(output_tensor, mb.data["input_ids"], with_entropy)
+            lp, ent = self._logprobs_of(output_tensor, mb.data["input_ids"], with_entropy, temperature)
             out = {"logprobs": lp}
             if ent is not None:
                 out["entropy"] = ent
@@ -460,6 +466,53 @@ class PolicyWorker:
         self.skipped_steps = int(extra.pop("skipped_steps", 0))
         extra["optimizer_step"] = self.step
         return extra
+
+    # ------------------------------------------------------------------ memory
+    def _memory_tensors(self) -> Dict[str, List[torch.Tensor]]:
+        groups = model_tensors(self.model)
+        groups["optimizer"] = optimizer_tensors(self.optimizer)
+        return groups
+
+    def memory_bytes(self) -> Dict[str, int]:
+        """Bytes held now by the parameters', gradients' and optimizer state's storages
+        (``{"params", "grads", "optimizer"}``; a storage shared by several is counted once, under the first)."""
+        out, seen = {}, set()
+        for kind, tensors in self._memory_tensors().items():
+            storages = [s for s in distinct_storages(tensors) if s.data_ptr() not in seen]
+            seen.update(s.data_ptr() for s in storages)
+            out[kind] = sum(s.nbytes() for s in storages)
+        return out
+
+    def offload(self, mode: str = "all") -> Dict[str, int]:
+        """Free this rank's training memory for the colocated engines (:mod:`megatron_brrm.workers.offload`).
+
+        Args:
+            mode: ``all`` (optimizer state, gradients and parameters), ``optimizer`` (optimizer
+                state and gradients; parameters stay) or ``none``.
+
+        Returns:
+            ``{"bytes_before", "bytes_after", "bytes_freed"}`` of the parameters', gradients' and
+            optimizer state's storages.
+
+        Raises:
+            ValueError: an unknown mode. RuntimeError: already offloaded.
+        """
+        if mode not in OFFLOAD_MODES:
+            raise ValueError(f"rollout.colocated_offload={mode!r}: expected one of {', '.join(OFFLOAD_MODES)}")
+        before = sum(self.memory_bytes().values())
+        freed = 0
+        if mode != "none":
+            groups = self._memory_tensors()
+            keep = set() if mode == "all" else {s.data_ptr() for s in distinct_storages(groups["params"])}
+            targets = groups["grads"] + [t for t in groups["optimizer"] if t.untyped_storage().data_ptr() not in keep]
+            if mode == "all":
+                targets += groups["params"]
+            freed = self._offloader.offload(targets)
+        return {"bytes_before": before, "bytes_after": sum(self.memory_bytes().values()), "bytes_freed": freed}
+
+    def onload(self) -> int:
+        """Undo :meth:`offload` (no-op when nothing is offloaded); returns the bytes restored."""
+        return self._offloader.onload()
 
     # ----------------------------------------------------------------- weights
     def hf_state_dict(self) -> Dict[str, torch.Tensor]:

@@ -3,11 +3,9 @@
 :class:`PolicyActor` wraps :class:`~megatron_brrm.workers.policy.PolicyWorker` and adds
 what only the distributed setting needs:
 
-* **DP sharding.** The driver sends the *global* batch to every rank; each rank keeps its
-  data-parallel share (contiguous rows ``[dp_rank * B/DP, (dp_rank + 1) * B/DP)``), so the
-  driver reads like single-process code (NeMo-RL's ``Policy`` facade shards on the driver
-  instead; sending the whole batch is cheap at the sizes the CPU path runs and keeps one
-  code path).
+* **DP shards.** Each rank receives its data-parallel replica's shard of a batch, cut and
+  sent once per replica by the driver's :class:`~megatron_brrm.workers.policy_group.Policy`
+  facade; results come back only from the rank that owns them (TP rank 0 of the last stage).
 * **Refit streaming.** :meth:`export_hf_buckets` is a generator every rank runs together
   (the TP gathers / PP broadcasts of :func:`~megatron_brrm.model.weights.iter_megatron_to_hf`
   are collectives); global rank 0 yields size-bounded buckets of ``(hf_name, tensor)``, the
@@ -31,7 +29,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence
 import torch
 
 from megatron_brrm.rollout.refit import fused_module_key, iter_buckets
-from megatron_brrm.workers.batching import Batch, select_rows
+from megatron_brrm.workers.batching import Batch
 
 log = logging.getLogger(__name__)
 
@@ -61,62 +59,66 @@ class PolicyActor:
             "rank": torch.distributed.get_rank(), "world_size": torch.distributed.get_world_size(),
             "tp_rank": mpu.get_tensor_model_parallel_rank(), "pp_rank": mpu.get_pipeline_model_parallel_rank(),
             "dp_rank": mpu.get_data_parallel_rank(), "dp_size": mpu.get_data_parallel_world_size(),
+            "tp_size": mpu.get_tensor_model_parallel_world_size(), "pp_size": mpu.get_pipeline_model_parallel_world_size(),
+            "cp_rank": mpu.get_context_parallel_rank(), "pid": os.getpid(),
         }
 
-    def _dp_share(self, batch: Batch) -> Batch:
-        from megatron.core import parallel_state as mpu
-
-        dp, rank = mpu.get_data_parallel_world_size(), mpu.get_data_parallel_rank()
-        b = int(batch["input_ids"].shape[0])
-        if dp == 1:
-            return batch
-        if b % dp:
-            raise ValueError(f"batch of {b} rows does not split over DP={dp} ranks")
-        per = b // dp
-        return select_rows(batch, range(rank * per, (rank + 1) * per))
-
-    def _gather_dp(self, local: torch.Tensor, total_rows: int, width: int) -> torch.Tensor:
-        from megatron.core import parallel_state as mpu
-
-        dp = mpu.get_data_parallel_world_size()
-        if dp == 1:
-            return local
-        padded = torch.zeros(local.shape[0], width, dtype=local.dtype)
-        padded[:, : local.shape[1]] = local
-        parts = [torch.empty_like(padded) for _ in range(dp)]
-        torch.distributed.all_gather(parts, padded, group=mpu.get_data_parallel_group())
-        return torch.cat(parts)[:total_rows]
-
     # --------------------------------------------------------------- compute
-    def get_logprobs(self, batch: Batch, reference: bool = False) -> Optional[torch.Tensor]:
-        """Logprobs ``[B, T]`` float32 of the whole batch (computed per DP share, gathered).
+    def _owns_results(self) -> bool:
+        """True on the rank whose results the driver reads: TP rank 0 of the last pipeline stage
+        (every DP replica has one)."""
+        from megatron.core import parallel_state as mpu
 
-        Returns the tensor on global rank 0 and None elsewhere (saves Ray transfers)."""
-        local = self._dp_share(batch)
-        fn = self.worker.get_reference_logprobs if reference else self.worker.get_logprobs
-        lp = fn(local)
-        full = self._gather_dp(lp, int(batch["input_ids"].shape[0]), int(batch["input_ids"].shape[1]))
-        return full if torch.distributed.get_rank() == 0 else None
+        return (mpu.get_tensor_model_parallel_rank() == 0
+                and mpu.get_pipeline_model_parallel_rank() == mpu.get_pipeline_model_parallel_world_size() - 1)
+
+    def get_logprobs(self, batch: Batch, reference: bool = False,
+                     temperature: Optional[float] = None) -> Optional[torch.Tensor]:
+        """Logprobs ``[b, T]`` float32 of this DP replica's rows ``batch`` (its shard of the global batch),
+        at ``temperature`` (default ``rollout.temperature``).
+
+        Returns the tensor on the replica's result rank (TP rank 0, last PP stage) and None on the
+        others, so only one copy per replica travels back."""
+        if reference:
+            with self.worker.reference_weights():
+                lp = self.worker.get_logprobs(batch, temperature=temperature)
+        else:
+            lp = self.worker.get_logprobs(batch, temperature=temperature)
+        return lp if self._owns_results() else None
 
     def train(self, batch: Batch, loss_fn) -> Dict[str, Any]:
-        """One optimizer step on the global mini-batch ``batch``; returns metrics and ``skipped``."""
-        result = self.worker.train(self._dp_share(batch), loss_fn)
+        """One optimizer step; ``batch`` is this DP replica's shard of the global mini-batch. Returns
+        metrics (global, identical on every rank), ``skipped`` and the optimizer step."""
+        result = self.worker.train(batch, loss_fn)
         return {"metrics": result.metrics, "skipped": result.skipped, "step": self.worker.step}
+
+    def offload(self, mode: str = "all") -> Dict[str, int]:
+        """``PolicyWorker.offload``: free optimizer state, gradients and (``all``) parameters."""
+        return self.worker.offload(mode)
+
+    def onload(self) -> int:
+        """``PolicyWorker.onload``: restore what :meth:`offload` freed."""
+        return self.worker.onload()
+
+    def memory_bytes(self) -> Dict[str, int]:
+        """``PolicyWorker.memory_bytes``: bytes held by parameters, gradients and optimizer state."""
+        return self.worker.memory_bytes()
 
     # ----------------------------------------------------------------- refit
     def export_hf_buckets(self, bucket_bytes: int) -> Iterator[Optional[List]]:
         """Generator over the current weights as buckets of ``(hf_name, full tensor)`` (collective).
 
-        Global rank 0 yields the buckets (CPU tensors); the other ranks take part in the
-        gathers and yield nothing."""
+        Global rank 0 yields the buckets (CPU tensors); the other ranks take part in the TP
+        gathers, send their stage's tensors to rank 0 (point to point, in rank 0's PP group
+        only), copy nothing to host and yield nothing."""
         from megatron_brrm.model.weights import iter_megatron_to_hf
 
-        stream = iter_megatron_to_hf(self.worker.model, self.worker.mapping, vp_size=self.worker.vp_size)
-        rank0 = torch.distributed.get_rank() == 0
-        for bucket in iter_buckets(((n, t.detach().cpu()) for n, t in stream), bucket_bytes,
-                                   group_key=fused_module_key):
-            if rank0:
-                yield bucket
+        stream = iter_megatron_to_hf(self.worker.model, self.worker.mapping, vp_size=self.worker.vp_size, dst=0)
+        if torch.distributed.get_rank() != 0:
+            for _ in stream:
+                pass
+            return
+        yield from iter_buckets(((n, t.detach().cpu()) for n, t in stream), bucket_bytes, group_key=fused_module_key)
 
     def refit_shm_info(self) -> Dict[str, Any]:
         """What the driver needs to plan a shared-memory refit (no collective).
@@ -143,46 +145,66 @@ class PolicyActor:
                 mpu.get_pipeline_model_parallel_world_size(), self.worker.vp_size)
         return cached
 
-    @staticmethod
-    def _refit_writer() -> bool:
-        from megatron.core import parallel_state as mpu
-
-        return mpu.get_data_parallel_rank() == 0 and mpu.get_context_parallel_rank() == 0
+    def setup_refit_route(self, route, dtypes: Dict[str, str]) -> int:
+        """Install a node-aware refit route (collective: every rank builds the route's broadcast
+        groups, in the same order). ``dtypes`` is ``{global Megatron name: dtype name}`` of every
+        tensor. Returns the number of groups."""
+        self._route, self._route_dtypes = route, dict(dtypes)
+        self._route_groups = {g.key: torch.distributed.new_group(list(g.ranks)) for g in route.groups}
+        return len(self._route_groups)
 
     @torch.no_grad()
-    def write_refit_bucket(self, path: str, buffer_bytes: int, entries: List,
-                           persistent: bool = False) -> Dict[str, float]:
-        """Write this rank's TP shards of one bucket into the shared-memory file ``path`` (no collective).
+    def write_refit_targets(self, targets_by_node: Dict[str, List], hf_names: Sequence[str],
+                            persistent: bool = False) -> Dict[str, float]:
+        """This rank's part of a node-aware refit of the tensors ``hf_names`` (collective when the route
+        has broadcast groups; :func:`~megatron_brrm.workers.refit_shm.write_routed_shards`).
 
-        The same-node transport (:mod:`megatron_brrm.workers.refit_shm`): each tensor of
-        ``entries`` (:class:`~megatron_brrm.rollout.shm.BucketEntry`) held by this
-        rank's pipeline stage(s) is written at its HF-layout place; only DP rank 0 (CP rank
-        0) writes, the other replicas hold equal weights. The file stays mapped (at most two
-        bucket files; ``persistent`` files, an engine's own weights in shared memory, until
-        :meth:`release_refit_buffers` drops them).
+        Args:
+            targets_by_node: ``{Ray node id: [(path, nbytes, entries), ...]}``: the shared-memory
+                files of each node (bucket buffers, or engines' own weights) with their layouts;
+                this rank writes only into its own node's.
+            hf_names: the tensors of this call (every rank gets the same list).
+            persistent: the files are engines' weights, kept mapped between refits.
 
         Returns:
-            ``{"bytes": bytes written, "map_s": seconds mapping the file, "write_s": seconds
-            copying the shards}``.
+            ``{"bytes", "map_s", "comm_s", "write_s"}`` of this rank.
 
         Raises:
-            FileNotFoundError / ValueError: the buffer is missing or too small.
-            MappingError: a parameter's shape does not fit the plan.
+            RuntimeError: no route installed (:meth:`setup_refit_route`).
         """
-        if not self._refit_writer():
-            return {"bytes": 0, "map_s": 0.0, "write_s": 0.0}
+        if getattr(self, "_route", None) is None:
+            raise RuntimeError("write_refit_targets before setup_refit_route")
+        from megatron_brrm.rollout.shm import bucket_views, map_buffer
+        from megatron_brrm.workers.refit_shm import write_routed_shards
+
+        rank = torch.distributed.get_rank()
+        t0 = time.perf_counter()
+        targets = [dict(bucket_views(map_buffer(path, nbytes, persistent=persistent), entries))
+                   for path, nbytes, entries in targets_by_node.get(self._route.node_of[rank], [])]
+        map_s = time.perf_counter() - t0
         from megatron.core import parallel_state as mpu
 
-        from megatron_brrm.rollout.shm import map_buffer
-        from megatron_brrm.workers.refit_shm import write_bucket_shards
+        out = write_routed_shards(self._refit_local_params(), self.worker.mapping, self._route, rank,
+                                  mpu.get_tensor_model_parallel_rank(), self._route_groups, self._route_dtypes,
+                                  targets, hf_names, vp_size=self.worker.vp_size)
+        out["map_s"] = map_s
+        return out
 
-        t0 = time.perf_counter()
-        buffer = map_buffer(path, buffer_bytes, persistent=persistent)
-        t1 = time.perf_counter()
-        nbytes = write_bucket_shards(self._refit_local_params(), self.worker.mapping,
-                                     mpu.get_tensor_model_parallel_rank(), mpu.get_tensor_model_parallel_world_size(),
-                                     buffer, entries)
-        return {"bytes": nbytes, "map_s": t1 - t0, "write_s": time.perf_counter() - t1}
+    def create_refit_buffers(self, nbytes: int, count: int = 2) -> List[str]:
+        """Create ``count`` shared-memory files of ``nbytes`` bytes on this rank's node (it is the
+        node's buffer owner for this refit); returns their paths. :meth:`close_refit_buffers` removes them."""
+        from megatron_brrm.rollout.shm import SharedBuffers
+
+        self.close_refit_buffers()
+        self._node_buffers = SharedBuffers(nbytes, count=count)
+        return list(self._node_buffers.paths)
+
+    def close_refit_buffers(self) -> None:
+        """Remove the files of :meth:`create_refit_buffers` (idempotent)."""
+        buffers = getattr(self, "_node_buffers", None)
+        if buffers is not None:
+            buffers.close()
+            self._node_buffers = None
 
     def release_refit_buffers(self, keep: Sequence[str] = ()) -> int:
         """Unmap the refit buffers this rank holds, except the paths in ``keep`` (call when a refit

@@ -19,7 +19,7 @@ those), the policy side is here:
    :func:`megatron_brrm.model.shard_layout.write_shard_into_hf`: no gather, no collective)
    while the engines load the previous one (``GenerationEngine.load_shm_bucket``: the HF
    engine copies from views of the file, a vLLM engine hands the file to its workers), driven
-   by :mod:`megatron_brrm.workers.refit_stream`. Two copies of the model's bytes per refit;
+   by :mod:`megatron_brrm.workers.refit`. Two copies of the model's bytes per refit;
    extra memory: two buckets of shared memory (``2 * plan.buffer_bytes``).
 3. **Direct** (engines that declare ``abilities.shares_weights``: the HF engine on CPU):
    :class:`SharedModuleWeights` moves the engine's parameters into one shared-memory file
@@ -305,3 +305,75 @@ def seal_module_weights(model) -> bool:
     if shared is not None:
         shared.close()
     return shared is not None
+
+
+def shard_ranks_needed(mapping, megatron_name: str, tp_size: int) -> List[int]:
+    """TP ranks whose shards make up ``megatron_name`` in HF layout: all for a split tensor, rank 0 for a
+    replicated one (the ranks hold equal copies), none for a tied ``output_layer`` (HF ties it)."""
+    if megatron_name.endswith("output_layer.weight") and mapping.tied:
+        return []
+    return [0] if mapping.kind(megatron_name) == "replicated" else list(range(tp_size))
+
+
+@torch.no_grad()
+def write_routed_shards(local_params: Mapping[str, torch.Tensor], mapping, route, rank: int, tp_rank: int,
+                        groups: Mapping, dtypes: Mapping[str, str], targets: Sequence[Mapping[str, torch.Tensor]],
+                        hf_names: Sequence[str], vp_size: Optional[int] = None) -> Dict[str, float]:
+    """This rank's part of a node-aware refit of the tensors ``hf_names`` (see :mod:`.refit_route`).
+
+    For each Megatron tensor behind ``hf_names`` (in order) and each TP shard it needs: the rank
+    that ``route`` makes the shard's local writer on this node writes it into every target; for a
+    shard some node lacks, its source broadcasts it over the shard's group and each receiver
+    writes what it received. Every rank of the policy calls this with the same ``hf_names``, in
+    step (the broadcasts are collectives; each rank issues its part in the same global order, so
+    they cannot deadlock).
+
+    Args:
+        local_params: ``{global Megatron name: parameter}`` of this rank.
+        mapping: the model's ``ArchMapping``.
+        route: the :class:`~megatron_brrm.workers.refit_route.RefitRoute`.
+        rank: this rank's global rank; ``tp_rank``: its TP rank.
+        groups: ``{shard key: process group}`` built from ``route.groups`` on every rank.
+        dtypes: ``{global Megatron name: torch dtype name}`` of every tensor (receivers allocate with it).
+        targets: this node's buffers as ``{hf_name: view}`` dicts (bucket files or engines' own
+            shared weights); a target without a name skips it.
+        hf_names: the HF tensors of this call (a bucket, or the whole model).
+        vp_size: virtual pipeline size.
+
+    Returns:
+        ``{"bytes": bytes written here, "comm_s": seconds in broadcasts, "write_s": seconds copying}``.
+    """
+    import time
+
+    from megatron_brrm.model.mapping import global_to_local_layer
+
+    node = route.node_of[rank]
+    written, comm_s, write_s = 0, 0.0, 0.0
+    device = next(iter(local_params.values())).device if local_params else torch.device("cpu")
+    names = list(dict.fromkeys(mapping.megatron_name_for_hf(n)[0] for n in hf_names))
+    for name in names:
+        stage = global_to_local_layer(name, route.pp_size, mapping.num_layers, vp_size)[0]
+        for t in shard_ranks_needed(mapping, name, route.tp_size):
+            shard = None
+            if route.writers.get((node, stage, t)) == rank:
+                shard = local_params[name].detach()
+            group = route.group_for((stage, t))
+            if group is not None and rank in group.ranks:
+                t0 = time.perf_counter()
+                if rank == group.source:
+                    torch.distributed.broadcast(local_params[name].detach().contiguous(), src=rank,
+                                                group=groups[(stage, t)])
+                else:
+                    shard = torch.empty(mapping.shard_shape(name, route.tp_size), device=device,
+                                        dtype=getattr(torch, dtypes[name].split(".")[-1]))
+                    torch.distributed.broadcast(shard, src=group.source, group=groups[(stage, t)])
+                comm_s += time.perf_counter() - t0
+            if shard is None:
+                continue
+            t0 = time.perf_counter()
+            for views in targets:
+                for hf_name, count in write_shard_into_hf(mapping, name, shard.cpu() if shard.is_cuda else shard, t,
+                                                          route.tp_size, views).items():
+                    written += count * views[hf_name].element_size()
+            write_s += time.perf_counter() - t0
+    return {"bytes": written, "comm_s": comm_s, "write_s": write_s}

@@ -134,7 +134,7 @@ class GroupFuture:
     """Pending results of one call on a worker group (returned by the ``*_async`` methods).
 
     ``result(timeout_s)`` waits and returns the per-rank results in rank order (or the single
-    result of a ``run_rank0_async`` call), raising :class:`WorkerError` like the blocking calls.
+    result of a ``run_rank_async`` call), raising :class:`WorkerError` like the blocking calls.
     """
 
     def __init__(self, group: "WorkerGroup", method: str, ranks: List[int], refs: List[Any], single: bool = False):
@@ -311,16 +311,18 @@ class WorkerGroup:
         """
         return self.run_all_sharded_async(method, per_rank_args, per_rank_kwargs, **common_kwargs).result(timeout_s)
 
-    def run_rank0_async(self, method: str, *args, **kwargs) -> GroupFuture:
-        """Call ``method`` on rank 0 only; a future whose ``result()`` is that single value."""
-        return GroupFuture(self, method, [0], self._submit(method, [0], [args], [kwargs]), single=True)
+    def run_rank_async(self, rank: int, method: str, *args, **kwargs) -> GroupFuture:
+        """Call ``method`` on one rank only; a future whose ``result()`` is that single value."""
+        if not 0 <= rank < self.world_size:
+            raise ValueError(f"worker group '{self.name}': rank {rank} outside 0..{self.world_size - 1}")
+        return GroupFuture(self, method, [rank], self._submit(method, [rank], [args], [kwargs]), single=True)
 
-    def run_rank0(self, method: str, *args, timeout_s: Optional[float] = None, **kwargs) -> Any:
-        """Call ``method`` on rank 0 only and return its result.
+    def run_rank(self, rank: int, method: str, *args, timeout_s: Optional[float] = None, **kwargs) -> Any:
+        """Call ``method`` on one rank only and return its result.
 
         Only for methods that use no collective (the other ranks are not called).
         """
-        return self.run_rank0_async(method, *args, **kwargs).result(timeout_s)
+        return self.run_rank_async(rank, method, *args, **kwargs).result(timeout_s)
 
     # ----------------------------------------------------------------------------- teardown
     def _kill_all(self, wait_s: float = 10.0) -> None:

@@ -30,10 +30,11 @@ def _shm_refit(cluster, policy, engine, before, model_dir):
     from megatron_brrm.rollout.hf_engine import HFEngine
     from megatron_brrm.workers.actors import create_engine_actors
     from megatron_brrm.rollout.shm import mapped_paths, shm_dir
-    from megatron_brrm.workers.refit_stream import RefitTransportError, refit_from_policy
+    from megatron_brrm.workers.refit import RefitTransportError, refit
 
     remote = create_engine_actors(cluster, functools.partial(HFEngine, str(model_dir)), num_engines=1, timeout_s=300)[0]
     pids = [os.getpid(), remote.get(remote.handle.placement_info.remote(), "placement_info")["pid"]]
+    pids += [i["pid"] for i in policy.group.run_all("info")]  # a policy rank owns each node's bucket files
 
     def reset():
         with torch.no_grad():
@@ -44,7 +45,7 @@ def _shm_refit(cluster, policy, engine, before, model_dir):
 
     def run(**kwargs):
         reset()
-        stats = refit_from_policy(policy, [engine, remote], bucket_bytes=64 * 1024, transport="shm", **kwargs)
+        stats = refit(policy, [engine, remote], bucket_bytes=64 * 1024, transport="shm", **kwargs)
         return {"stats": stats, "local": {n: p.detach().clone() for n, p in engine.model.named_parameters()},
                 "remote": remote.get(remote.handle.state_dict_cpu.remote(), "state_dict_cpu"),
                 "update_stats": [engine.last_update_stats,
@@ -53,15 +54,15 @@ def _shm_refit(cluster, policy, engine, before, model_dir):
                           for f in glob.glob(os.path.join(d, f"brrm-*-{pid}-*"))],
                 "driver_mappings": mapped_paths()}
 
-    out = {"buckets": run(shm_direct=False), "direct": run(), "direct_again": run()}
-    real = policy.placements
-    policy.placements = [real[0]] + [dataclasses.replace(p, node_id="f" * 56, node_ip="10.255.0.2") for p in real[1:]]
+    out = {"buckets": run(direct=False), "direct": run(), "direct_again": run()}
+    real = policy.layout
+    policy.layout = [real[0]] + [dataclasses.replace(p, node_id="f" * 56, node_ip="10.255.0.2") for p in real[1:]]
     try:
         with pytest.raises(RefitTransportError) as err:
-            refit_from_policy(policy, [engine], bucket_bytes=64 * 1024, transport="shm")
+            refit(policy, [engine], bucket_bytes=64 * 1024, transport="shm")
         out["error"] = str(err.value)
     finally:
-        policy.placements = real
+        policy.layout = real
     return out
 
 
@@ -71,11 +72,9 @@ def test_refit_matches_trainer(layout, tiny_qwen3_dir, tmp_path):
     from megatron_brrm.rollout.hf_engine import HFEngine
     from megatron_brrm.workers.batching import sequences_to_batch
     from megatron_brrm.workers.cluster import Cluster
-    from megatron_brrm.workers.hf_export import export_policy_to_hf
     from megatron_brrm.workers.policy import SFTLoss
-    from megatron_brrm.workers.policy_actor import PolicyActor
-    from megatron_brrm.workers.refit_stream import refit_from_policy
-    from megatron_brrm.workers.worker_group import WorkerGroup
+    from megatron_brrm.workers.policy_group import Policy
+    from megatron_brrm.workers.refit import refit
 
     cfg = load_config(None, [f"model.hf_path={tiny_qwen3_dir}", "model.transformer_impl=local",
                              f"parallel.tensor_model_parallel_size={layout['tp']}",
@@ -88,13 +87,12 @@ def test_refit_matches_trainer(layout, tiny_qwen3_dir, tmp_path):
     before = {n: p.detach().clone() for n, p in engine.model.named_parameters()}
     cluster = Cluster.from_config(cfg, num_cpus=2)
     try:
-        policy = WorkerGroup(cluster, PolicyActor, 2, args=(cfg,), name="policy", call_timeout_s=300)
-        res = policy.run_all("train", batch, SFTLoss())
-        assert not res[0]["skipped"]
-        expected = policy.run_all("hf_state_dict")[0]
-        trainer_lp = policy.run_all("get_logprobs", batch)[0]
-        stats = refit_from_policy(policy, [engine], bucket_bytes=64 * 1024, transport="ray")
-        exported = export_policy_to_hf(policy, tmp_path / "export", tiny_qwen3_dir)
+        policy = Policy(cluster, cfg, call_timeout_s=300)
+        assert not policy.train(batch, SFTLoss()).skipped
+        expected = policy.hf_state_dict()
+        trainer_lp = policy.get_logprobs(batch)
+        stats = refit(policy, [engine], bucket_bytes=64 * 1024, transport="ray")
+        exported = policy.export_hf(tmp_path / "export", tiny_qwen3_dir)
         after_ray = {n: p.detach().clone() for n, p in engine.model.named_parameters()}
         shm = _shm_refit(cluster, policy, engine, before, tiny_qwen3_dir)
     finally:

@@ -124,9 +124,9 @@ def test_engine_weights_move_into_shared_memory(tiny_qwen3_tied_dir):
 
 
 def test_unknown_transport_is_named():
-    from megatron_brrm.workers.refit_stream import choose_transport
+    from megatron_brrm.workers.refit import choose_transport
 
-    with pytest.raises(ValueError, match="refit_transport='nccl'.*auto, shm, ray"):
+    with pytest.raises(ValueError, match="refit_transport='nccl'.*auto, shm, collective, ray"):
         choose_transport(object(), [], "nccl")
 
 

@@ -30,9 +30,8 @@ def test_refit_into_vllm_matches_trainer(layout, vllm_tiny_engine, tiny_qwen3_di
     from megatron_brrm.workers.batching import sequences_to_batch
     from megatron_brrm.workers.cluster import Cluster
     from megatron_brrm.workers.policy import SFTLoss
-    from megatron_brrm.workers.policy_actor import PolicyActor
-    from megatron_brrm.workers.refit_stream import refit_from_policy, refit_plan
-    from megatron_brrm.workers.worker_group import WorkerGroup
+    from megatron_brrm.workers.policy_group import Policy
+    from megatron_brrm.workers.refit import refit, refit_plan
 
     engine = vllm_tiny_engine
     cfg = load_config(None, [f"model.hf_path={tiny_qwen3_dir}", "model.transformer_impl=local",
@@ -53,15 +52,15 @@ def test_refit_into_vllm_matches_trainer(layout, vllm_tiny_engine, tiny_qwen3_di
     before = engine.score(seqs)
     cluster = Cluster.from_config(cfg, num_cpus=2)
     try:
-        policy = WorkerGroup(cluster, PolicyActor, 2, args=(cfg,), name="policy", call_timeout_s=300)
-        initial = trainer_rows(policy.run_all("get_logprobs", batch)[0])
-        assert not policy.run_all("train", batch, SFTLoss())[0]["skipped"]
-        trained = trainer_rows(policy.run_all("get_logprobs", batch)[0])
-        plan = refit_plan(policy, BUCKET)
+        policy = Policy(cluster, cfg, call_timeout_s=300)
+        initial = trainer_rows(policy.get_logprobs(batch))
+        assert not policy.train(batch, SFTLoss()).skipped
+        trained = trainer_rows(policy.get_logprobs(batch))
+        plan, _ = refit_plan(policy, BUCKET)
         results = {}
         for transport in ("shm", "ray"):
             _restore(engine, tiny_qwen3_dir)
-            stats = refit_from_policy(policy, [engine], bucket_bytes=BUCKET, transport=transport)
+            stats = refit(policy, [engine], bucket_bytes=BUCKET, transport=transport)
             results[transport] = (stats, engine.score(seqs))
     finally:
         cluster.shutdown()

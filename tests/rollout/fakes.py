@@ -35,7 +35,7 @@ class ScriptedEngine(GenerationEngine):
     def abilities(self):
         return EngineAbilities(eos_token_ids=self.eos_token_ids)
 
-    def generate(self, prompts, params: SamplingParams):
+    def generate(self, prompts, params: SamplingParams, group_ids=None):
         c = len(self.calls)
         self.calls.append({"prompts": [list(p) for p in prompts], "params": params})
         fn = self.script[c]

@@ -235,11 +235,11 @@ def test_engine_contract_violations_are_reported(tok):
     pairs = make_pairs(1)
 
     class DropsASample(ScriptedEngine):
-        def generate(self, prompts, params):
+        def generate(self, prompts, params, group_ids=None):
             return [r[:-1] for r in super().generate(prompts, params)]
 
     class NoLogprobs(ScriptedEngine):
-        def generate(self, prompts, params):
+        def generate(self, prompts, params, group_ids=None):
             out = super().generate(prompts, params)
             for r in out:
                 for s in r:

@@ -47,3 +47,24 @@ def wait_for(predicate, timeout_s: float = 15.0, interval_s: float = 0.1) -> boo
 def wait_until():
     """The :func:`wait_for` poller (fixtures avoid importing one conftest module from tests)."""
     return wait_for
+
+
+@pytest.fixture(scope="module")
+def two_ray_nodes():
+    """Two Ray nodes on this machine (``ray.cluster_utils.Cluster``: a head and one worker raylet,
+    1 CPU each, distinct node ids), for the cross-node paths. Yields the cluster's address; every
+    process it started is stopped at the end."""
+    import ray
+    from ray.cluster_utils import Cluster as RayNodes
+
+    if ray.is_initialized():
+        ray.shutdown()
+    nodes = RayNodes(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False,
+                                                           "object_store_memory": 128 * 1024 * 1024})
+    try:
+        nodes.add_node(num_cpus=1, object_store_memory=128 * 1024 * 1024)
+        nodes.wait_for_nodes()
+        yield nodes.address
+    finally:
+        ray.shutdown()
+        nodes.shutdown()

@@ -27,7 +27,7 @@ class ScriptedEngine(GenerationEngine):
     def abilities(self):
         return EngineAbilities(eos_token_ids=frozenset([7]), supports_sleep=True)
 
-    def generate(self, prompts, params):
+    def generate(self, prompts, params, group_ids=None):
         if self.asleep:
             raise RuntimeError("generate called while asleep")
         return [[GenerationOutput(list(reversed(p)) + [j], f"{self.tag}:{j}", [-0.5] * (len(p) + 1), "stop")
@@ -43,7 +43,7 @@ class ScriptedEngine(GenerationEngine):
     def sleep(self):
         self.asleep = True
 
-    def wake(self):
+    def wake(self, tags=None):
         self.asleep = False
 
     def state(self):

@@ -133,10 +133,13 @@ def test_run_all_sharded_gives_each_rank_its_args(dist_group):
         dist_group.run_all_sharded("echo", [(1,), (2,), (3,)])
 
 
-def test_rank0_and_async_calls(dist_group):
-    assert dist_group.run_rank0("echo", 5, x=1) == (0, (5,), {"x": 1})
+def test_single_rank_and_async_calls(dist_group):
+    assert dist_group.run_rank(0, "echo", 5, x=1) == (0, (5,), {"x": 1})
+    assert dist_group.run_rank(1, "echo", 6) == (1, (6,), {})
+    with pytest.raises(ValueError, match="rank 2 outside 0..1"):
+        dist_group.run_rank(2, "echo")
     fut = dist_group.run_all_async("all_reduce", 0.5)
-    fut0 = dist_group.run_rank0_async("echo", "r0")
+    fut0 = dist_group.run_rank_async(0, "echo", "r0")
     assert fut.result(timeout_s=60) == [1.0, 1.0]
     assert fut0.result(timeout_s=60) == (0, ("r0",), {})
     assert fut.done() and fut0.done()

@@ -1,0 +1,60 @@
+"""Refit across two Ray nodes on one machine: the collective path (gloo broadcasts to one receiver
+per node, then that node's shared memory), never the single-node ``shm`` path.
+
+Layouts: PP=2 with one pipeline stage per node (each node writes its own stage's shards and
+receives the other stage's), and TP=2 with one TP rank per node (each node receives the other
+rank's shards of every tensor). One HF engine actor per node (a colocated fleet). After a training
+step (so every tensor differs from the initial HF folder), both engines must hold weights
+bit-equal to the trainer's own export (``hf_state_dict``: TP all-gather + ``mapping.to_hf``);
+pure copies, tolerance zero.
+"""
+import pytest
+import torch
+
+pytestmark = [pytest.mark.multiprocess, pytest.mark.timeout(420)]
+
+
+@pytest.mark.parametrize("layout", [{"tp": 1, "pp": 2}, {"tp": 2, "pp": 1}], ids=["pp2", "tp2"])
+def test_refit_across_two_nodes(layout, two_ray_nodes, tiny_qwen3_dir):
+    from megatron_brrm.config import load_config
+    from megatron_brrm.workers.batching import sequences_to_batch
+    from megatron_brrm.workers.cluster import Cluster
+    from megatron_brrm.workers.fleet import GenerationFleet, engine_factory_for
+    from megatron_brrm.workers.policy import SFTLoss
+    from megatron_brrm.workers.policy_group import Policy
+    from megatron_brrm.workers.refit import RefitTransportError, refit
+
+    cfg = load_config(None, [f"model.hf_path={tiny_qwen3_dir}", "model.transformer_impl=local",
+                             f"parallel.tensor_model_parallel_size={layout['tp']}",
+                             f"parallel.pipeline_model_parallel_size={layout['pp']}", "parallel.backend=gloo",
+                             "grpo.lr=0.01", "grpo.lr_warmup_steps=0", "grpo.micro_batch_size=2", "rollout.engine=hf"])
+    g = torch.Generator().manual_seed(0)
+    seqs = [torch.randint(3, 2000, (n,), generator=g).tolist() for n in (24, 17)]
+    batch = sequences_to_batch(seqs, [[0] * 4 + [1] * (len(s) - 4) for s in seqs], pad_id=0)
+    cluster = Cluster.from_config(cfg, address=two_ray_nodes)
+    try:
+        policy = Policy(cluster, cfg, call_timeout_s=300)
+        fleet = GenerationFleet(cluster, engine_factory_for(cfg.rollout, tiny_qwen3_dir), timeout_s=300)
+        rank_nodes = [r.node_id for r in policy.layout]
+        engine_nodes = [e.node_id() for e in fleet.engines]
+        before = [e.get(e.handle.state_dict_cpu.remote()) for e in fleet.engines]
+        assert not policy.train(batch, SFTLoss()).skipped
+        expected = policy.hf_state_dict()
+        with pytest.raises(RefitTransportError, match="refit_transport=shm needs .* one node"):
+            refit(policy, fleet, bucket_bytes=64 * 1024, transport="shm")
+        runs = {}
+        for mode, direct in (("direct", True), ("buckets", False)):
+            stats = refit(policy, fleet, bucket_bytes=64 * 1024, direct=direct)
+            runs[mode] = (stats, [e.get(e.handle.state_dict_cpu.remote()) for e in fleet.engines])
+    finally:
+        cluster.shutdown()
+    assert len(set(rank_nodes)) == 2 and sorted(engine_nodes) == sorted(rank_nodes)  # one rank + one engine per node
+    for mode, (stats, engines) in runs.items():
+        assert "transport_collective" in stats.phases and "transport_shm" not in stats.phases, mode
+        assert stats.phases["rank_comm"] > 0, mode  # shards did cross between the nodes
+        assert stats.num_tensors == len(expected), mode
+        for k, state in enumerate(engines):
+            for name, tensor in expected.items():
+                assert torch.equal(state[name], tensor), (mode, k, name)
+    changed = sum(int(not torch.equal(before[0][n], t)) for n, t in expected.items())
+    assert changed == len(expected)  # the step moved every tensor, so equality is not trivial
