@@ -26,7 +26,7 @@ setup(
         "tqdm>=4.66",
         "rich>=13.0",
         "tensorboard>=2.16",
-        "psutil>=5.9",  # megatron dist_checkpointing save hangs without it (DESIGN.md 4.3)
+        "psutil>=5.9",  # megatron dist_checkpointing save hangs without it (docs/design.md §7)
         "matplotlib>=3.8",
         "pyarrow>=15.0",
         "numpy>=1.26",

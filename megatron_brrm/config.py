@@ -8,7 +8,7 @@ Validation follows OmegaConf structured configs: an unknown key or a value of th
 type raises :class:`ConfigError` whose message names the key and the file (or "command
 line") it came from.
 
-This module imports nothing of the project (DESIGN.md section 2).
+This module imports nothing of the project (docs/design.md §2).
 """
 from __future__ import annotations
 
@@ -82,7 +82,7 @@ class DataConfig:
 
 @dataclass
 class RewardConfig:
-    """Per-trajectory reward constants (DESIGN.md 4.1). ``reference`` preset: wrong = -10."""
+    """Per-trajectory reward constants (docs/design.md §5). ``reference`` preset: wrong = -10."""
 
     correct: float = 0.0
     wrong: float = -1.0
@@ -101,7 +101,7 @@ class JudgeConfig:
 
 @dataclass
 class GRPOConfig:
-    """GRPO hyper-parameters (DESIGN.md 4.2; defaults = the BR-RM 8B recipe)."""
+    """GRPO hyper-parameters (docs/design.md §6; defaults = the BR-RM 8B recipe)."""
 
     num_prompts_per_step: int = 128
     num_generations: int = 8
@@ -157,7 +157,7 @@ class RolloutConfig:
     refit_check: bool = False  # after each refit, compare engine and trainer logprobs on a few sequences
     seed: int = 0
     device: str = "auto"  # hf engine: auto (cuda if visible, else cpu) | cpu | cuda | cuda:N
-    dtype: str = "auto"  # auto (hf: fp32 on cpu, bf16 on cuda; vllm: checkpoint dtype) | fp32 | bf16 | fp16
+    dtype: str = "auto"  # auto (hf: fp32 on cpu, bf16 on cuda; vllm: the checkpoint's config.json dtype) | fp32 | bf16 | fp16
     max_batch_size: int = 64  # hf engine: rows (prompt x sample) decoded together
     kv_cache_memory_mb: Optional[int] = None  # vllm: KV-cache size (None: 256 on CPU, from gpu_memory_utilization on GPU)
     enforce_eager: Optional[bool] = None  # vllm: no CUDA graphs / compilation (None: True on CPU, False on GPU)

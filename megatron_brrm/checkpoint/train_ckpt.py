@@ -18,11 +18,11 @@ before the rename leaves ``latest`` naming the previous complete checkpoint, and
 
 Resharding: the model is stored as Megatron ``ShardedTensor`` s and the distributed
 optimizer in the ``fully_reshardable`` format, so a checkpoint saved at one TP/PP/DP layout
-loads at another (DESIGN.md 4.3). The RNG state is stored per (PP, TP, DP) rank and restored
+loads at another (docs/design.md §7). The RNG state is stored per (PP, TP, DP) rank and restored
 only when the layout is unchanged (as Megatron-LM does); otherwise the RNG keeps the seeding
 of the new layout (no effect with dropout 0).
 
-Facts this relies on (DESIGN.md 4.3): ``psutil`` must be installed (the torch_dist writer
+Facts this relies on (docs/design.md §7): ``psutil`` must be installed (the torch_dist writer
 hangs without it); scripts need a ``__main__`` guard; the torch Adam state must exist before
 ``sharded_state_dict(is_loading=True)`` (:func:`prefill_optimizer_state`).
 """
@@ -141,7 +141,7 @@ def prefill_optimizer_state(optimizer) -> None:
     inner torch Adam(W) that has no state yet (before any step, or in a fresh process).
 
     Megatron's distributed optimizer reads the inner state's ``step`` to build its state
-    dict; a fresh torch Adam has none (DESIGN.md 4.3). Zeros and step 0 are Adam's own
+    dict; a fresh torch Adam has none (docs/design.md §7). Zeros and step 0 are Adam's own
     initial state, so an update after this is unchanged.
     """
     for sub in _optimizers(optimizer):

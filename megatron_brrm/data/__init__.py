@@ -1,7 +1,7 @@
 """Preference data: one record type (:class:`PreferencePair`), one adapter per public source,
 JSONL io, order augmentation, benchmark decontamination and the train/val mix builder.
 
-This package imports nothing else of the project (DESIGN.md 2).
+This package imports nothing else of the project (docs/design.md §2).
 """
 from .adapters import ADAPTERS, get_adapter, load_source
 from .augment import SWAP_SUFFIX, base_id, both_orders, swapped_copy

@@ -1,4 +1,4 @@
-"""Order augmentation against position bias (BR-RM reference loader, DESIGN.md 4.1).
+"""Order augmentation against position bias (BR-RM reference loader, docs/design.md §5).
 
 Training uses both orders of every pair: the pair as emitted (chosen at its seeded position)
 and its swapped copy, whose id is the original id plus :data:`SWAP_SUFFIX` (``":swap"``) and

@@ -5,7 +5,7 @@ filler words, and the *preferred* response additionally contains a fixed marker 
 (default ``"correct"``) while the rejected one never does. The label is therefore a
 deterministic function of the text: "the response that holds the marker is better". Both
 orders of every pair are emitted (the swapped copy has the label flipped, as training uses
-in BR-RM, DESIGN.md 4.1), so a judge can only score above chance by looking at *where* the
+in BR-RM, docs/design.md §5), so a judge can only score above chance by looking at *where* the
 marker is (Response 1 or Response 2), never by a fixed position preference. A random judge,
 or one that ignores the responses, scores 50% on this data by construction.
 
@@ -18,7 +18,7 @@ pick up within a CPU budget (see ``tools/learning_check.py``).
 Train and held-out splits draw their filler words from disjoint halves of the word list, so
 held-out accuracy measures the learned rule, not memorised pairs.
 
-This module imports nothing of the project except the record type (DESIGN.md 2).
+This module imports nothing of the project except the record type (docs/design.md §2).
 """
 from __future__ import annotations
 

@@ -15,7 +15,7 @@ Quick use::
     # append the generated tokens + step.next_message, generate turn 1 with proto.stop_strings(1) ...
     step = episode.step(turn1_text)                    # -> step.done, step.reward, step.verdict
 
-Protocols (DESIGN.md 4.1):
+Protocols (docs/design.md §5):
     ``brrm``  BR-RM two-turn judge (arXiv 2510.23596). Turn 0: choose 1-3 of :data:`DIMENSIONS`
               and analyse both responses. Turn 1 (same conversation, a constant user message
               with three evaluation hierarchies): re-analyse and output

@@ -1,4 +1,4 @@
-"""BR-RM: the two-turn Branch-and-Rethink judge (arXiv 2510.23596; DESIGN.md 4.1).
+"""BR-RM: the two-turn Branch-and-Rethink judge (arXiv 2510.23596; docs/design.md §5).
 
 Turn 0 ("adaptive branching"): one user message holding the context and both responses;
 the judge names 1-3 focus dimensions and analyses each response. Turn 1 ("branch-conditioned

@@ -1,6 +1,6 @@
 """Parsers for BR-RM turn-1 and turn-2 outputs. Pure functions; they never raise on a str.
 
-Rules (DESIGN.md 4.1, with the tolerances we chose; the reference is the BR-RM code's
+Rules (docs/design.md §5, with the tolerances we chose; the reference is the BR-RM code's
 ``parse_scoring_response`` / ``parse_unified_analysis_response``):
 
 Common to both turns
@@ -20,7 +20,7 @@ Turn 2 (the verdict; markers matched case-sensitively, byte-exact)
     * Inside a block, every ``\\boxed{...}`` (balanced braces) is a verdict; its content,
       stripped of surrounding whitespace, must be exactly ``1`` or ``2``
       (``\\boxed{ 2 }`` is accepted; ``\\boxed{Response 2}``, ``\\boxed{1,2}``, ``\\boxed{}`` are not:
-      the reference would read ``Response 2`` as 2, DESIGN.md 4.1 calls it malformed).
+      the reference would read ``Response 2`` as 2, docs/design.md §5 calls it malformed).
     * Newlines around ``\\boxed{}`` are NOT required (the reference regex requires a newline
       on both sides). Any whitespace, or none, and other text inside the block are
       tolerated: the released checkpoints always write the newline form, which both accept.

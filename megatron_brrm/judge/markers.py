@@ -1,6 +1,6 @@
 """Byte-exact block markers of the BR-RM and RM-R1 judge formats.
 
-These strings are a compatibility contract (DESIGN.md 4.1): the released checkpoints
+These strings are a compatibility contract (docs/design.md §5): the released checkpoints
 ``nvidia/Qwen3-Nemotron-{8B,14B}-BRRM`` emit exactly these markers (note the ungrammatical
 "The Begin of"), and RM-R1 (arXiv 2505.02387) models emit the ``<answer>[[A]]</answer>``
 verdict. Templates must contain them verbatim and parsers look for them verbatim.

@@ -1,7 +1,7 @@
 """Typed results of parsing judge outputs and of stepping an episode.
 
 The eight evaluation dimensions are those of the BR-RM turn-1 prompt (reference code
-``UNIFIED_ANALYSIS_PROMPT``, DESIGN.md 4.1); their spelling is part of the format.
+``UNIFIED_ANALYSIS_PROMPT``, docs/design.md §5); their spelling is part of the format.
 """
 from __future__ import annotations
 

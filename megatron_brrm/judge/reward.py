@@ -1,6 +1,6 @@
 """The per-trajectory reward of a judge: correct / wrong / malformed verdict.
 
-Rule (DESIGN.md 4.1; BR-RM README "Architecture Overview"): a verdict that matches the
+Rule (docs/design.md §5; BR-RM README "Architecture Overview"): a verdict that matches the
 human label gets ``correct`` (0), a wrong one ``wrong`` (-1), a malformed one ``malformed``
 (-100). The BR-RM reference code actually used ``-10 * |pred - gt|``, i.e. -10 for a wrong
 verdict: that is the ``"reference"`` preset. The reference never penalised turn 1; the

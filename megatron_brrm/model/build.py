@@ -1,6 +1,6 @@
 """Build a Megatron-Core ``GPTModel`` for this rank from a Hugging Face ``config.json``.
 
-The HF -> Megatron config translation follows DESIGN.md 4.4 (and Megatron-Bridge's
+The HF -> Megatron config translation follows docs/design.md §8 (and Megatron-Bridge's
 ``CONFIG_MAPPING`` for Qwen3 / Llama): ``kv_channels = head_dim``, RMSNorm with
 ``layernorm_epsilon = rms_norm_eps``, SwiGLU (``gated_linear_unit`` + silu), no linear
 biases, ``num_query_groups = num_key_value_heads``, ``qk_layernorm`` for Qwen3 only,
@@ -14,7 +14,7 @@ Layer spec: Transformer Engine when TE imports and CUDA is present (or when
 local spec with sequence parallelism the norms are :class:`SequenceParallelTorchNorm`
 (plain ``torch.nn.RMSNorm`` whose parameters carry ``sequence_parallel = True`` so
 ``finalize_model_grads`` all-reduces their grads): Megatron's torch-norm fallback refuses
-``sequence_parallel`` (DESIGN.md 4.3).
+``sequence_parallel`` (docs/design.md §7).
 """
 from __future__ import annotations
 
@@ -234,7 +234,7 @@ class SequenceParallelTorchNorm:
     ``not config.sequence_parallel``). Under SP each TP rank normalizes its own sequence
     shard with the replicated weight, so the weight's grad is partial per rank; marking the
     parameters ``sequence_parallel = True`` makes Megatron's ``finalize_model_grads``
-    all-reduce them over the TP group (DESIGN.md 4.3).
+    all-reduce them over the TP group (docs/design.md §7).
     """
 
     def __new__(cls, config, hidden_size: int, eps: float = 1e-5, persist_layer_norm: bool = False,

@@ -2,7 +2,7 @@
 
 Each supported architecture (``architectures.py``) has a list of :class:`ParamRule`: a
 Megatron name pattern, the HF name pattern(s) feeding it, and a *kind* that fixes both the
-transform and the tensor-parallel split (DESIGN.md 4.4; the same rules as
+transform and the tensor-parallel split (docs/design.md §8; the same rules as
 Megatron-Bridge's ``QKVMapping`` / ``GatedMLPMapping`` / ``ColumnParallelMapping`` /
 ``RowParallelMapping`` / ``ReplicatedMapping``):
 
@@ -505,11 +505,3 @@ def global_to_local_layer(global_name: str, pp_size: int, num_layers: int,
     chunk = glob // per_chunk  # chunk index in model order: vp_stage * pp_size + pp_rank
     vp_stage, pp_rank = divmod(chunk, pp_size)
     return pp_rank, (vp_stage if vp_size is not None else None), f"{m.group(1)}{glob % per_chunk}{m.group(3)}"
-
-
-def __getattr__(name: str):  # lazy re-export of the distributed helpers (they import Megatron)
-    if name in ("load_hf_weights_into_megatron", "megatron_state_to_hf", "iter_megatron_to_hf"):
-        from megatron_brrm.model import weights
-
-        return getattr(weights, name)
-    raise AttributeError(name)

@@ -6,7 +6,7 @@ checks dtypes with ``param.type() == 'torch.cuda.FloatTensor'``, synchronizes th
 and keeps its model-parallel RNG streams as CUDA generator states. On a CPU-only torch
 each of those raises. The model, schedules, optimizer, DDP and dist_checkpointing
 otherwise run unchanged over gloo, so a few process-wide patches make the *same*
-Megatron code paths run on CPU (DESIGN.md section 4.3).
+Megatron code paths run on CPU (docs/design.md §7).
 
 :func:`install` applies every patch once (idempotent) and does nothing when
 ``torch.cuda.is_available()``. Each patch has a name in :data:`PATCH_NAMES` and a

@@ -7,7 +7,7 @@ from the ``torchrun``-style environment (``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR
 ``parallel_state.initialize_model_parallel`` and seed the model-parallel RNG streams.
 Without CUDA it uses gloo and installs :mod:`megatron_brrm.parallel.cpu_compat` first.
 :func:`destroy_parallel` undoes both (a process that exits with the gloo group alive
-sporadically aborts with exit code 134; DESIGN.md 4.3).
+sporadically aborts with exit code 134; docs/design.md §7).
 """
 from __future__ import annotations
 
@@ -188,7 +188,7 @@ def destroy_parallel() -> None:
     """Destroy Megatron's parallel groups and the torch.distributed process group (idempotent).
 
     Call at the end of every process that called :func:`initialize_parallel`; a gloo
-    process exiting with its group alive sporadically aborts (exit code 134, DESIGN.md 4.3).
+    process exiting with its group alive sporadically aborts (exit code 134, docs/design.md §7).
     Also removes the CPU compatibility layer if :func:`initialize_parallel` installed it, so
     a long-lived process (a test session, a notebook running a converter) is left as it was;
     Megatron models built meanwhile need it again (call :func:`initialize_parallel`).

@@ -1,4 +1,4 @@
-"""GRPO group-relative advantages (DESIGN.md 4.2).
+"""GRPO group-relative advantages (docs/design.md §6).
 
 For every trajectory ``i`` in a group ``g`` (all samples of one prompt, identified by an
 explicit group id, never by comparing prompt tokens) with ``n = |g|`` rewards ``r``:
@@ -173,7 +173,7 @@ def compute_grpo_advantages(
 
 def expand_to_tokens(advantages: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
     """Broadcast per-trajectory advantages to tokens: all generated tokens of a trajectory
-    (both BR-RM turns) share its advantage (DESIGN.md 1).
+    (both BR-RM turns) share its advantage (docs/design.md §1).
 
     Args:
         advantages: float ``[B]``.

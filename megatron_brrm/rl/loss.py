@@ -53,7 +53,7 @@ class Normalizer:
 
 @dataclass
 class ClippedPGConfig:
-    """Clipped policy-gradient loss settings (defaults = BR-RM recipe, DESIGN.md 4.2).
+    """Clipped policy-gradient loss settings (defaults = BR-RM recipe, docs/design.md §6).
 
     Attributes:
         ratio_clip_low / ratio_clip_high: ``eps_low`` / ``eps_high`` of the ratio clip

@@ -1,6 +1,9 @@
 """Build the generation engine named by the rollout config (``rollout.engine``: ``hf`` | ``vllm``)."""
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import torch
 
 from .engine import GenerationEngine
@@ -8,6 +11,22 @@ from .engine import GenerationEngine
 ENGINES = ("hf", "vllm")
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 _VLLM_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "auto": "auto"}
+
+
+def checkpoint_dtype(model_path: str) -> str:
+    """The dtype an HF folder's ``config.json`` declares (``dtype`` or the older ``torch_dtype``),
+    as a vLLM dtype string; ``"auto"`` when it declares none (or the folder is a hub id).
+
+    vLLM's own ``"auto"`` runs a float32 checkpoint in half precision (bf16 on CPU), which puts
+    the engine's logprobs ~1e-3 away from an fp32 trainer; resolving it here keeps the engine
+    in the checkpoint's dtype, as ``rollout.dtype=auto`` promises.
+    """
+    path = Path(str(model_path)) / "config.json"
+    if not path.is_file():
+        return "auto"
+    cfg = json.loads(path.read_text(encoding="utf-8"))
+    declared = cfg.get("dtype") or cfg.get("torch_dtype")
+    return str(declared).replace("torch.", "") if declared else "auto"
 
 
 def _resolve_device(name: str) -> str:
@@ -52,7 +71,8 @@ def make_engine(rollout_cfg, model_path: str) -> GenerationEngine:
         return VLLMEngine(model_path, tensor_parallel_size=rollout_cfg.tensor_parallel_size,
                           gpu_memory_utilization=rollout_cfg.gpu_memory_utilization,
                           enable_prefix_caching=rollout_cfg.enable_prefix_caching, seed=rollout_cfg.seed,
-                          dtype=_VLLM_DTYPES[dtype], max_model_len=rollout_cfg.max_total_sequence_length,
+                          dtype=_VLLM_DTYPES[dtype] if dtype != "auto" else checkpoint_dtype(model_path),
+                          max_model_len=rollout_cfg.max_total_sequence_length,
                           enable_sleep_mode=bool(rollout_cfg.colocated),
                           refit_bucket_bytes=int(rollout_cfg.refit_bucket_size_mb) << 20,
                           kv_cache_memory_bytes=None if kv_mb is None else int(kv_mb) << 20,

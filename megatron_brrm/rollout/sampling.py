@@ -11,7 +11,7 @@ Conventions (chosen to match vLLM's V1 sampler, ``vllm/v1/sample/sampler.py``):
   and the token is drawn from the renormalised nucleus.
 * The reported logprob of a sampled token is the log-softmax of the temperature-scaled
   logits over the *full* vocabulary, i.e. before top-p renormalisation. With ``top_p == 1``
-  (the GRPO setting, DESIGN.md 4.2) this equals vLLM's ``logprobs_mode="processed_logprobs"``
+  (the GRPO setting, docs/design.md §6) this equals vLLM's ``logprobs_mode="processed_logprobs"``
   and the trainer's ``log_softmax(logits / T)``; with ``top_p < 1`` vLLM's processed
   logprobs additionally subtract ``log(nucleus mass)``, ours do not (the trainer cannot see
   the nucleus, so the unrenormalised value is the one an importance ratio needs).

@@ -24,7 +24,7 @@ seeds, the kept tokens are the ones a call with the smaller budget would have pr
 A turn with no budget left is not run (``finish_reason="not_run"``, empty text fed to the
 episode). A trajectory is ``truncated`` when its final turn was not run, or ended by length
 (its own ``max_new_tokens`` or the total limit) without a valid verdict; a truncated
-trajectory gets ``rule.malformed`` (DESIGN.md 4.1: over-length = malformed) and its verdict's
+trajectory gets ``rule.malformed`` (docs/design.md §5: over-length = malformed) and its verdict's
 ``format_error`` says why. Sequences are cut to ``max_total_length`` tokens (only template
 tokens appended after the last generated turn can exceed it). A turn 1 that ends by length
 does not by itself truncate: turn 2 still runs (as in the reference rollout) and a valid

@@ -1,6 +1,6 @@
 """Loading streamed ``(hf_name, tensor)`` pairs into a model, and the name/shape manifest of an HF folder.
 
-Both engines accept the refit stream of DESIGN.md section 3 (full, unsharded tensors with
+Both engines accept the refit stream of docs/design.md §3 (full, unsharded tensors with
 Hugging Face parameter names). These helpers hold the strict checks: an unknown name raises
 ``KeyError`` naming it, a shape mismatch raises ``ValueError`` naming it and both shapes.
 """

@@ -12,8 +12,9 @@ import importlib
 _EXPORTS = {
     "ActorPlacement": "cluster", "Cluster": "cluster", "ClusterError": "cluster", "EnginePlacement": "cluster",
     "init_ray": "cluster",
-    "GroupFuture": "worker_group", "WorkerError": "worker_group", "WorkerGroup": "worker_group",
-    "EngineActor": "actors", "RemoteEngine": "actors", "create_engine_actors": "actors", "make_remote": "actors",
+    "GroupFuture": "worker_group", "WorkerError": "errors", "WorkerGroup": "worker_group",
+    "EngineActor": "actors", "RemoteEngine": "actors", "create_engine_actors": "actors", "make_remote": "remote",
+    "Policy": "policy_group", "GenerationFleet": "fleet", "refit": "refit",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -1,10 +1,4 @@
-"""Generic Ray actor wrappers: plain ``Impl`` classes made actors by a thin wrapper, and an
-actor that hosts any :class:`~megatron_brrm.rollout.engine.GenerationEngine`.
-
-NeMo-RL keeps its workers as plain classes (``MegatronPolicyWorkerImpl``) and makes them
-Ray actors with a thin ``@ray.remote`` wrapper, because Ray-decorated classes cannot be
-subclassed or called in-process. :func:`make_remote` does that wrapping here; the plain
-class stays usable (and testable) without Ray.
+"""Generation engines in Ray actors: the actor, its driver-side handle, and their creation.
 
 :class:`EngineActor` builds its engine *inside* the actor from a factory callable (the
 engine's weights and, on GPU, its CUDA context never exist in the driver) and forwards
@@ -27,42 +21,8 @@ import torch
 
 from megatron_brrm.rollout.engine import EngineAbilities, GenerationEngine, GenerationOutput, SamplingParams
 from megatron_brrm.rollout.refit import fused_module_key, iter_buckets
-from megatron_brrm.workers.worker_group import WorkerError, describe_ray_error, merge_runtime_env
-
-
-def make_remote(cls: type, num_cpus: float = 1, num_gpus: float = 0, **options) -> Any:
-    """A Ray actor class for the plain class ``cls`` (``cls`` itself is left unchanged).
-
-    Args:
-        cls: a plain Python class (not already ``@ray.remote``).
-        num_cpus, num_gpus: default resources per actor (a WorkerGroup overrides them with
-            its placement's share).
-        **options: other ``ray.remote`` options (``max_concurrency``, ``runtime_env``, ...).
-
-    Returns:
-        A Ray ``ActorClass``; create actors with ``.remote(...)`` or ``.options(...).remote(...)``.
-
-    Raises:
-        TypeError: ``cls`` is not a class or is already a Ray actor class.
-    """
-    if isinstance(cls, ray.actor.ActorClass):
-        raise TypeError(f"make_remote: {impl_class(cls).__name__} is already a Ray actor class")
-    if not isinstance(cls, type):
-        raise TypeError(f"make_remote: expected a class, got {type(cls).__name__}")
-    return ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=0, max_task_retries=0, **options)(cls)
-
-
-def impl_class(actor_cls: Any) -> type:
-    """The plain class behind ``actor_cls`` (a plain class or a Ray actor class)."""
-    if isinstance(actor_cls, ray.actor.ActorClass):
-        modified = actor_cls.__ray_metadata__.modified_class
-        return getattr(modified, "__ray_actor_class__", modified)
-    return actor_cls
-
-
-def as_actor_class(actor_cls: Any) -> Any:
-    """``actor_cls`` as a Ray actor class (plain classes are wrapped with :func:`make_remote`)."""
-    return actor_cls if isinstance(actor_cls, ray.actor.ActorClass) else make_remote(actor_cls)
+from megatron_brrm.workers.errors import WorkerError, describe_ray_error
+from megatron_brrm.workers.remote import make_remote, merge_runtime_env
 
 
 class EngineActor:

@@ -6,7 +6,7 @@ bundles are the devices of the run). A :class:`Cluster`
 1. starts or joins Ray (:func:`init_ray`): an explicit ``address`` or the ``RAY_ADDRESS``
    environment variable (set by ``slurm/ray_bootstrap.sh``) joins that cluster; otherwise a
    private local instance is started with ``num_cpus`` (default ``os.cpu_count()``) and no
-   dashboard (DESIGN.md 4.3: ``ray.init(num_cpus=2, include_dashboard=False)`` on CPU);
+   dashboard (docs/design.md §7: ``ray.init(num_cpus=2, include_dashboard=False)`` on CPU);
 2. sizes the run from the config: the policy world size is ``TP * PP * CP * DP``
    (``parallel.*``), on GPU by default every GPU of ``num_nodes * gpus_per_node``, on CPU by
    default ``TP * PP * CP`` ranks (DP = 1); generation engines have

@@ -9,7 +9,7 @@ share of the global batch, layout in :mod:`megatron_brrm.workers.policy_data`).
 * Model: :func:`megatron_brrm.model.build.build_gpt_model` (one chunk, or one per virtual
   pipeline stage), weights from the HF folder through the mapping helper, wrapped in
   Megatron DDP (``finalize_model_grads_func`` set, so sequence-parallel / q-k-norm / tied
-  embedding grads are reduced: DESIGN.md 4.3).
+  embedding grads are reduced: docs/design.md §7).
 * Reference policy: the initial weights, kept as a CPU copy of this rank's shards and swapped
   into the same model for :meth:`get_reference_logprobs` (NeMo-RL's
   ``use_reference_model``), so no second model is built.
@@ -19,7 +19,7 @@ share of the global batch, layout in :mod:`megatron_brrm.workers.policy_data`).
   ``lr_warmup_init_factor * lr`` to ``lr`` over ``lr_warmup_steps`` steps, then ``lr_decay_style``
   (constant, or linear / cosine down to ``min_lr`` at ``max_num_steps``).
 * Forward/backward through ``get_forward_backward_func`` (no pipelining / 1F1B /
-  interleaved); ``batch_p2p_comm=False`` is set by the model config (DESIGN.md 4.3).
+  interleaved); ``batch_p2p_comm=False`` is set by the model config (docs/design.md §7).
   Micro-batches come from :mod:`megatron_brrm.workers.policy_data` (padding, or sequence
   packing with ``grpo.sequence_packing``); with a virtual pipeline, empty micro-batches are
   appended so their number is a multiple of PP (the interleaved schedule requires it).

@@ -44,7 +44,7 @@ from megatron_brrm.workers.fleet import GenerationFleet
 from megatron_brrm.workers.refit_route import RefitRoute, RouteError, plan_route
 from megatron_brrm.workers.refit_shm import (RefitPlan, build_refit_plan, load_bucket, seal_engine_weights,
                                              share_engine_weights)
-from megatron_brrm.workers.worker_group import WorkerError, describe_ray_error
+from megatron_brrm.workers.errors import WorkerError, describe_ray_error
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,6 @@ On GPU each actor sees only its own device (Ray sets ``CUDA_VISIBLE_DEVICES``), 
 from __future__ import annotations
 
 import logging
-import re
 import socket
 import time
 from typing import Any, Dict, List, Optional, Sequence
@@ -30,32 +29,13 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from megatron_brrm.workers.cluster import ActorPlacement
+from megatron_brrm.workers.errors import WorkerError, describe_ray_error
+from megatron_brrm.workers.remote import as_actor_class, impl_class, merge_runtime_env
 
 # This module imports neither torch nor the rollout package: Ray helper tasks defined here
 # (``_free_port``) run in worker processes that then import only ray.
 
 logger = logging.getLogger(__name__)
-
-
-class WorkerError(RuntimeError):
-    """A rank of a worker group raised, died or timed out.
-
-    Attributes:
-        group: the worker group's name (e.g. ``"policy"``).
-        rank: the failing rank.
-        method: the method being called (``"__init__"`` for actor creation).
-        node: IP of the rank's node.
-        cause: one-line cause (``"ValueError: ..."``, ``"actor died: ..."``, ``"timed out ..."``).
-        detail: the full remote traceback / Ray message, when there is one.
-    """
-
-    def __init__(self, group: str, rank: int, method: str, cause: str, node: str = "?", detail: str = ""):
-        self.group, self.rank, self.method = group, rank, method
-        self.node, self.cause, self.detail = node, cause, detail
-        msg = f"worker group '{group}' rank {rank} (node {node}) failed in {method}(): {cause}"
-        if detail:
-            msg += f"\n--- details from the worker ---\n{detail}"
-        super().__init__(msg)
 
 
 def _local_free_port() -> int:
@@ -67,7 +47,7 @@ def _local_free_port() -> int:
 @ray.remote(num_cpus=0)
 def _free_port() -> int:
     """A TCP port that was free on the node running this task. Zero CPUs: the bundles' CPUs
-    are held by the actors (DESIGN.md 4.3: a 1-CPU helper task would wait for ever)."""
+    are held by the actors (docs/design.md §7: a 1-CPU helper task would wait for ever)."""
     return _local_free_port()
 
 
@@ -90,44 +70,6 @@ def _wait_dead(actors: Sequence[Any], timeout_s: float) -> None:
             pass
     if refs:
         ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
-
-
-def merge_runtime_env(remote_cls: Any, env_vars: Dict[str, str]) -> dict:
-    """The actor class's own ``runtime_env`` (from ``ray.remote(runtime_env=...)``) plus ``env_vars``.
-
-    ``.options(runtime_env=...)`` replaces the class default rather than merging (Ray 2.x), so
-    a class's pip/py_executable/env settings would be lost without this.
-    """
-    default = dict(getattr(remote_cls, "_default_options", {}).get("runtime_env") or {})
-    default["env_vars"] = {**(default.get("env_vars") or {}), **env_vars}
-    return default
-
-
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
-
-
-def describe_ray_error(exc: BaseException) -> tuple:
-    """(one-line cause, detail) for an exception raised by ``ray.get``.
-
-    A task error gives ``"<OriginalType>: <message>"`` and the remote traceback; a dead actor
-    gives ``"actor died (...)"`` with Ray's exit detail (exit type, pid, node).
-    """
-    text = _ANSI.sub("", str(exc))
-    if isinstance(exc, ray.exceptions.RayTaskError):
-        cause = getattr(exc, "cause", None)
-        line = f"{type(cause).__name__}: {cause}" if cause is not None else text.strip().splitlines()[-1]
-        return line, text
-    if isinstance(exc, ray.exceptions.RayActorError):
-        lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-        if "creation task" in text:  # the actor's __init__ raised: the last line is the exception
-            return f"actor died: its __init__ raised {lines[-1] if lines else '?'}", text
-        pid = re.search(r"pid: (\d+)", text)
-        kind = re.search(r"Worker exit type: (\w+)", text)
-        why = re.search(r"Worker exit detail: (.*?\.)(?: |$)", text)
-        parts = [f"pid {pid.group(1)}" if pid else "", f"exit type {kind.group(1)}" if kind else "",
-                 why.group(1) if why else (lines[0] if lines else "")]
-        return f"actor died ({type(exc).__name__}: {', '.join(p for p in parts if p)})", text
-    return f"{type(exc).__name__}: {text}", ""
 
 
 class GroupFuture:
@@ -158,7 +100,7 @@ class WorkerGroup:
     Args:
         cluster: the :class:`megatron_brrm.workers.cluster.Cluster`.
         actor_cls: a plain class (made a Ray actor here) or a class from
-            :func:`megatron_brrm.workers.actors.make_remote`.
+            :func:`megatron_brrm.workers.remote.make_remote`.
         world_size: number of ranks; rank r goes to ``placements[r]``.
         args, kwargs: constructor arguments, the same for every rank.
         name: group name used in errors and logs.
@@ -183,8 +125,6 @@ class WorkerGroup:
         self.cluster, self.name, self.world_size = cluster, name, int(world_size)
         self.call_timeout_s = call_timeout_s
         self.placements = placements[:world_size]
-        from megatron_brrm.workers.actors import as_actor_class, impl_class  # torch-free module top (see above)
-
         self._impl = impl_class(actor_cls)
         remote_cls = as_actor_class(actor_cls)
 

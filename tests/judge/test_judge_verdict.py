@@ -1,5 +1,5 @@
 """BR-RM turn-2 verdict parsing: every expected value below is written by hand from the rules
-in DESIGN.md 4.1 and the ``brrm_parse`` docstring, not produced by the parser."""
+in docs/design.md §5 and the ``brrm_parse`` docstring, not produced by the parser."""
 import pytest
 
 from megatron_brrm.judge import get_protocol

@@ -1,6 +1,6 @@
 """HF config -> Megatron TransformerConfig translation, RoPE settings and recipe layouts.
 
-The expected values are the HF config's own fields (DESIGN.md 4.4 lists the mapping);
+The expected values are the HF config's own fields (docs/design.md §8 lists the mapping);
 the Qwen3-8B / 14B configs below are the public ``config.json`` values of those models.
 """
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """HF <-> Megatron mapping: transforms and TP splits against an independent construction.
 
 The expected tensors are built here with explicit per-group / per-rank loops from the
-rules of DESIGN.md 4.4 (Megatron-Bridge ``QKVMapping``, ``GatedMLPMapping``, column/row
+rules of docs/design.md §8 (Megatron-Bridge ``QKVMapping``, ``GatedMLPMapping``, column/row
 parallel splits), not with the code under test. Every comparison is ``torch.equal``
 (bit-exact): the transforms only move elements.
 """

@@ -229,3 +229,18 @@ def test_worker_extension_rejects_unknown_descriptors():
         worker.brrm_load_bucket({"kind": "tcp", "nbytes": 0, "entries": []})
     assert worker.brrm_packed_modules()["qkv_proj"] == ["q_proj", "k_proj", "v_proj"]
     assert WORKER_EXTENSION_CLS == "megatron_brrm.rollout.vllm_worker.BRRMWorkerExtension"
+
+
+def test_vllm_auto_dtype_is_the_checkpoints(tiny_qwen3_dir, tmp_path):
+    """vLLM's own "auto" would run an fp32 checkpoint in half precision; rollout.dtype=auto means the
+    checkpoint's declared dtype."""
+    import json
+
+    from megatron_brrm.rollout.factory import checkpoint_dtype
+
+    assert json.loads((tiny_qwen3_dir / "config.json").read_text())["dtype"] == "float32"
+    assert checkpoint_dtype(str(tiny_qwen3_dir)) == "float32"
+    (tmp_path / "config.json").write_text(json.dumps({"torch_dtype": "bfloat16"}))
+    assert checkpoint_dtype(str(tmp_path)) == "bfloat16"
+    (tmp_path / "config.json").write_text(json.dumps({}))
+    assert checkpoint_dtype(str(tmp_path)) == "auto" and checkpoint_dtype("Qwen/Qwen3-8B") == "auto"

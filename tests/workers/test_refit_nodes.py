@@ -58,3 +58,66 @@ def test_refit_across_two_nodes(layout, two_ray_nodes, tiny_qwen3_dir):
                 assert torch.equal(state[name], tensor), (mode, k, name)
     changed = sum(int(not torch.equal(before[0][n], t)) for n, t in expected.items())
     assert changed == len(expected)  # the step moved every tensor, so equality is not trivial
+
+
+@pytest.mark.vllm
+def test_refit_across_two_nodes_into_vllm(two_ray_nodes, tiny_qwen3_dir, vllm_tiny_engine):
+    """PP=2, one stage per node, one vLLM engine actor per node (a two-engine fleet). A two-turn
+    rollout through the fleet gives exactly the trajectories of one vLLM engine (the session's, in
+    this process). After a training step and a refit, each engine's logprobs on a fixed batch equal
+    the trainer's within 1e-4 (fp32; the stacks differ only in summation order) and moved away from
+    the initial weights'."""
+    import functools
+    from types import SimpleNamespace
+
+    from megatron_brrm.judge import RewardRule, get_protocol
+    from megatron_brrm.rollout.two_turn import RolloutParams, rollout
+
+    from megatron_brrm.config import load_config
+    from megatron_brrm.rollout.vllm_engine import VLLMEngine
+    from megatron_brrm.workers.batching import sequences_to_batch
+    from megatron_brrm.workers.cluster import Cluster
+    from megatron_brrm.workers.fleet import GenerationFleet
+    from megatron_brrm.workers.policy import SFTLoss
+    from megatron_brrm.workers.policy_group import Policy
+    from megatron_brrm.workers.refit import refit
+
+    cfg = load_config(None, [f"model.hf_path={tiny_qwen3_dir}", "model.transformer_impl=local",
+                             "parallel.pipeline_model_parallel_size=2", "parallel.backend=gloo", "grpo.lr=0.01",
+                             "grpo.lr_warmup_steps=0", "grpo.micro_batch_size=2", "rollout.temperature=1.0"])
+    g = torch.Generator().manual_seed(0)
+    seqs = [torch.randint(3, 2000, (n,), generator=g).tolist() for n in (24, 17)]
+    batch = sequences_to_batch(seqs, [[0] * 4 + [1] * (len(s) - 4) for s in seqs], pad_id=0)
+
+    def rows(lp):
+        return [[0.0] + lp[r, 1:len(s)].tolist() for r, s in enumerate(seqs)]
+
+    def max_diff(a, b):
+        return max(abs(x - y) for ra, rb in zip(a, b) for x, y in zip(ra, rb))
+
+    cluster = Cluster.from_config(cfg, address=two_ray_nodes)
+    try:
+        policy = Policy(cluster, cfg, call_timeout_s=300)
+        fleet = GenerationFleet(cluster, functools.partial(VLLMEngine, str(tiny_qwen3_dir), dtype="float32",
+                                                           max_model_len=1024), timeout_s=300)
+        pairs = [SimpleNamespace(id=f"p{i}", context=[{"role": "user", "content": f"Is {i} prime?"}],
+                                 response1="Yes." * (i + 1), response2="No.", preference=1 + i % 2) for i in range(4)]
+        params = RolloutParams(n=2, temperature=1.0, max_new_tokens=(10, 8), max_total_length=1024, seed=9)
+        by_fleet = rollout(fleet, get_protocol("brrm"), pairs, params, RewardRule())
+        tokens = fleet.pop_metrics()
+        by_one = rollout(vllm_tiny_engine, get_protocol("brrm"), pairs, params, RewardRule())
+        before = [e.score(seqs) for e in fleet.engines]
+        assert not policy.train(batch, SFTLoss()).skipped
+        trained = rows(policy.get_logprobs(batch))
+        stats = refit(policy, fleet, bucket_bytes=16 * 1024)
+        after = [e.score(seqs) for e in fleet.engines]
+        nodes = {e.node_id() for e in fleet.engines}
+        fleet.shutdown()
+    finally:
+        cluster.shutdown()
+    assert [t.token_ids for t in by_fleet] == [t.token_ids for t in by_one]
+    assert tokens["engine0/generated_tokens"] > 0 and tokens["engine1/generated_tokens"] > 0
+    assert len(nodes) == 2 and "transport_collective" in stats.phases and stats.num_buckets > 1
+    for k in range(2):
+        assert max_diff(after[k], trained) <= 1e-4, (k, max_diff(after[k], trained))
+        assert max_diff(before[k], trained) > 1e-2, k

@@ -9,8 +9,8 @@ import ray
 import torch
 
 from megatron_brrm.rollout.engine import EngineAbilities, GenerationEngine, GenerationOutput, SamplingParams
-from megatron_brrm.workers.actors import EngineActor, as_actor_class, impl_class, make_remote
-from megatron_brrm.workers.worker_group import merge_runtime_env
+from megatron_brrm.workers.actors import EngineActor
+from megatron_brrm.workers.remote import as_actor_class, impl_class, make_remote, merge_runtime_env
 
 
 class ScriptedEngine(GenerationEngine):

@@ -196,7 +196,7 @@ def test_dead_rank_gives_worker_error_and_shutdown_frees_bundles(cluster, dist_g
     group = WorkerGroup(cluster, PlainWorker, 2, name="doomed", init_timeout_s=120, call_timeout_s=60)
     assert free() == pytest.approx(0.0) and ray.available_resources().get("CPU", 0.0) == 0.0  # every CPU held
     # The zero-CPU helper task (free port on a given node) still runs while actors hold every
-    # CPU (DESIGN.md 4.3: a 1-CPU task would wait for ever); the port it returns can be bound.
+    # CPU (docs/design.md §7: a 1-CPU task would wait for ever); the port it returns can be bound.
     pinned = NodeAffinitySchedulingStrategy(cluster.policy_placements[0].node_id, soft=False)
     port = ray.get(_free_port.options(scheduling_strategy=pinned).remote(), timeout=60)
     with socket.socket() as s:
