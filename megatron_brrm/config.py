@@ -42,7 +42,11 @@ class ModelConfig:
     recompute_granularity: Optional[str] = None  # None | full | selective
     recompute_method: Optional[str] = None  # uniform | block (with full)
     recompute_num_layers: Optional[int] = None
-    fp8: Optional[str] = None  # None | e4m3 | hybrid (GPU + TE only)
+    fp8: Optional[str] = None  # None | e4m3 | hybrid (GPU + TE only; keys checked by megatron_brrm.model.fp8)
+    fp8_recipe: str = "delayed"  # delayed | tensorwise | blockwise (Hopper) | mxfp8 (Blackwell)
+    fp8_amax_history_len: int = 1024  # delayed scaling: amax history window (steps)
+    fp8_amax_compute_algo: str = "max"  # delayed scaling: max | most_recent over the window
+    fp8_param: bool = False  # keep GEMM weights in FP8 between steps (needs the distributed optimizer)
     make_vocab_size_divisible_by: int = 128
     # Tiny-model factory settings, used when ``hf_path`` is "tiny" (CPU demo and tests).
     tiny_num_layers: int = 2
@@ -149,6 +153,9 @@ class RolloutConfig:
     gpu_memory_utilization: float = 0.6
     enable_prefix_caching: bool = True
     colocated: bool = True
+    num_engines: Optional[int] = None  # generation engines; None = one per placement (colocated: world / TP)
+    colocated_offload: str = "all"  # what the policy moves off the GPU while engines generate: all | optimizer | none
+    quantization: Optional[str] = None  # None | fp8: vLLM FP8 rollouts (weights quantised at every refit)
     refit_bucket_size_mb: int = 512
     refit_transport: str = "auto"  # auto (shm when driver, policy and engines share a node, else ray) | shm | ray
     refit_check: bool = False
