@@ -14,7 +14,10 @@ engine in this process (CPU) or vLLM (GPU). Each step:
    steps, an atomic checkpoint every ``checkpoint.save_every_n_steps`` steps.
 
 A run resumes from ``checkpoint.save_dir/latest`` when it exists (``--no-resume`` starts
-over). The resolved config is written to ``logging.output_dir/config.yaml``.
+over). The resolved config is written to ``logging.output_dir/config.yaml``. SIGUSR1 or
+SIGTERM (SLURM's warning before a time limit or preemption) ends the run after the current
+step with a checkpoint and exit code 3 (:mod:`megatron_brrm.preemption`); other exit codes:
+0 finished, 2 bad config or inputs.
 """
 from __future__ import annotations
 
@@ -25,7 +28,7 @@ import sys
 import time
 from collections import defaultdict
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
@@ -34,12 +37,30 @@ from megatron_brrm.data import PairLoader, read_pairs
 from megatron_brrm.hub import resolve_hf_path
 from megatron_brrm.judge import RewardRule, get_protocol
 from megatron_brrm.metrics import MetricsLogger
+from megatron_brrm.preemption import REQUEUE_EXIT_CODE, PreemptionHandler
 
 log = logging.getLogger("megatron_brrm.train")
 
 
 class TrainError(RuntimeError):
     """A run cannot start (bad paths or sizes); the message says which config key to fix."""
+
+
+def _check_layout(cfg: RunConfig, shape, nodes: int = 1, gpus_per_node: int = 0):
+    """The planner's layout rules (:func:`megatron_brrm.plan.layout.plan_layout`) as a TrainError.
+
+    Called twice: before anything is loaded with one CPU replica (every rule that does not
+    depend on the allocation), and with the Ray cluster's nodes and GPUs once it exists.
+    """
+    from megatron_brrm.plan.layout import LayoutError, plan_layout
+
+    try:
+        layout = plan_layout(cfg, shape, nodes=nodes, gpus_per_node=gpus_per_node)
+    except LayoutError as exc:
+        raise TrainError(f"{exc}\n(check a recipe before submitting it: python -m megatron_brrm.plan --config ...)") from None
+    for warning in layout.warnings:
+        log.warning("layout: %s", warning)
+    return layout
 
 
 def _check_sizes(cfg: RunConfig) -> int:
@@ -83,6 +104,13 @@ class GRPOTrainer:
         except FileNotFoundError as exc:
             raise TrainError(f"model.hf_path: {exc}") from None
         self.cfg = cfg
+        from megatron_brrm.plan.shapes import ShapeError, resolve_shape
+
+        try:
+            self.shape = resolve_shape(cfg.model)
+        except ShapeError as exc:
+            raise TrainError(str(exc)) from None
+        _check_layout(cfg, self.shape)
         if not cfg.data.train_path or not Path(cfg.data.train_path).is_file():
             raise TrainError(f"data.train_path={cfg.data.train_path!r} does not exist; build it with "
                              "tools/preprocess_data.py")
@@ -106,6 +134,11 @@ class GRPOTrainer:
             self.val_pairs = self._fit_prompts(read_pairs(cfg.data.val_path), "val")[: cfg.grpo.val_num_pairs]
 
         self.cluster = Cluster.from_config(cfg)
+        try:
+            _check_layout(cfg, self.shape, nodes=self.cluster.num_nodes, gpus_per_node=self.cluster.gpus_per_node)
+        except TrainError:
+            self.cluster.shutdown()
+            raise
         world = self.cluster.policy_world_size
         self.policy = WorkerGroup(self.cluster, PolicyActor, world, args=(cfg,), name="policy")
         self.metrics = MetricsLogger(self.out, tensorboard=cfg.logging.tensorboard,
@@ -223,11 +256,22 @@ class GRPOTrainer:
         return self.policy.run_all("save_checkpoint", c.save_dir, self.step, extra, c.keep_last_k)[0]
 
     # ------------------------------------------------------------------ loop
-    def fit(self) -> Dict[str, float]:
-        """Run until ``grpo.max_num_steps``; returns the last step's metrics."""
+    def fit(self, should_stop: Optional[Callable[[], bool]] = None) -> Dict[str, float]:
+        """Run until ``grpo.max_num_steps``; returns the last step's metrics.
+
+        Args:
+            should_stop: polled after every step (and once before the first); when it returns
+                True the loop writes a checkpoint of the step just finished (unless that step
+                already saved one) and returns early with ``self.stopped_early = True``
+                (preemption: :mod:`megatron_brrm.preemption`).
+        """
         from tqdm.auto import tqdm
 
         cfg, last = self.cfg, {}
+        self.stopped_early = False
+        if should_stop is not None and should_stop():
+            self.stopped_early = True
+            return last
         if self.step == 0 and self.val_pairs:
             last = self.validate()
             self.metrics.log(0, last)
@@ -239,8 +283,9 @@ class GRPOTrainer:
             self.step += 1
             if self.val_pairs and self.step % cfg.grpo.val_every_n_steps == 0:
                 m.update(self.validate())
+            stop = should_stop is not None and should_stop()
             if cfg.checkpoint.save_dir and (self.step % cfg.checkpoint.save_every_n_steps == 0
-                                            or self.step == cfg.grpo.max_num_steps):
+                                            or self.step == cfg.grpo.max_num_steps or stop):
                 t1 = time.perf_counter()
                 self.save()
                 m["timing/checkpoint"] = time.perf_counter() - t1
@@ -250,6 +295,9 @@ class GRPOTrainer:
             bar.set_postfix(reward=f"{m.get('rollout/reward_mean', 0):.2f}", acc=f"{m.get('rollout/accuracy', 0):.2f}",
                             fmt_err=f"{m.get('rollout/format_error_rate', 0):.2f}")
             last = m
+            if stop:
+                self.stopped_early = True
+                break
         bar.close()
         return last
 
@@ -275,16 +323,28 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # SIGUSR1 (SLURM's warning before a time limit or preemption) and SIGTERM: finish the step,
+    # checkpoint, exit with REQUEUE_EXIT_CODE. Installed again after Ray has started (ray.init
+    # replaces the driver's SIGTERM handler).
+    preemption = PreemptionHandler().install()
     try:
         cfg = load_config(args.config, args.overrides)
         trainer = GRPOTrainer(cfg, resume=not args.no_resume and cfg.checkpoint.resume)
     except (ConfigError, TrainError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    preemption.install()
     try:
-        last = trainer.fit()
+        last = trainer.fit(should_stop=lambda: preemption.requested)
     finally:
         trainer.close()
+        preemption.uninstall()
+    if trainer.stopped_early:
+        where = f"checkpoint in {cfg.checkpoint.save_dir}" if cfg.checkpoint.save_dir else \
+            "no checkpoint (checkpoint.save_dir is unset: a requeued run starts over)"
+        print(f"stopped by {preemption.received} after step {trainer.step}: {where}; exiting with code "
+              f"{REQUEUE_EXIT_CODE} (requeue)", flush=True)
+        return REQUEUE_EXIT_CODE
     print(f"GRPO finished at step {trainer.step}: {_fmt({k: v for k, v in last.items() if k.startswith(('rollout/', 'validation/'))})}")
     print(f"outputs: {trainer.out} (config.yaml, metrics.jsonl, tensorboard/)"
           + (f", checkpoints: {cfg.checkpoint.save_dir}" if cfg.checkpoint.save_dir else ""))
