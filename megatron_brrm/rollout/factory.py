@@ -52,5 +52,6 @@ def make_engine(rollout_cfg, model_path: str) -> GenerationEngine:
                           enable_prefix_caching=rollout_cfg.enable_prefix_caching, seed=rollout_cfg.seed,
                           dtype=_VLLM_DTYPES[dtype], max_model_len=rollout_cfg.max_total_sequence_length,
                           enable_sleep_mode=bool(getattr(rollout_cfg, "colocated", True)),
-                          refit_bucket_bytes=int(rollout_cfg.refit_bucket_size_mb) << 20)
+                          refit_bucket_bytes=int(rollout_cfg.refit_bucket_size_mb) << 20,
+                          quantization=getattr(rollout_cfg, "quantization", None))
     raise ValueError(f"rollout.engine={name!r} is not a known engine; choose one of {list(ENGINES)}")

@@ -19,6 +19,8 @@
   memory (pickled RPC); names and shapes are checked first against the checkpoint's
   safetensors headers. For a tied-embedding checkpoint ``lm_head.weight`` is dropped (vLLM
   skips the alias; NeMo-RL does the same, vllm-project/vllm#51665).
+* ``quantization="fp8"`` (``rollout.quantization``): block-FP8 linear layers; the workers
+  quantise every loaded weight (start-up and each refit), see :mod:`.fp8`.
 * ``sleep``/``wake`` map to ``LLM.sleep(level)`` / ``LLM.wake_up(tags)`` (needs
   ``enable_sleep_mode=True``).
 """
@@ -36,8 +38,9 @@ import torch
 from .refit import iter_buckets
 from .engine import GenerationEngine, GenerationOutput, SamplingParams
 from .sampling import derive_sample_seed, validate_request
+from .fp8 import vllm_fp8_overrides
 from .vllm_worker import WORKER_EXTENSION_CLS
-from .weights import check_against_manifest, hf_checkpoint_manifest
+from .weights import check_against_manifest, hf_checkpoint_manifest, iter_checkpoint_tensors
 
 VLLM_MISSING = ("VLLMEngine needs the gpu extra: pip install -e .[gpu] on a CUDA machine; "
                 "use rollout.engine=hf on CPU")
@@ -119,6 +122,8 @@ class VLLMEngine(GenerationEngine):
         max_model_len: longest prompt + generation (None: the model's maximum).
         enable_sleep_mode: needed for :meth:`sleep` / :meth:`wake`.
         refit_bucket_bytes: size bound of one ``collective_rpc`` weight batch.
+        quantization: None, or ``"fp8"`` for block-FP8 rollouts (:mod:`.fp8`): vLLM starts
+            from dummy weights and the checkpoint is loaded through the quantising refit path.
         **llm_kwargs: further ``vllm.LLM`` arguments.
 
     Raises:
@@ -128,7 +133,9 @@ class VLLMEngine(GenerationEngine):
     def __init__(self, model_path: str, tensor_parallel_size: int = 1, gpu_memory_utilization: float = 0.6,
                  enable_prefix_caching: bool = True, seed: int = 0, dtype: str = "auto",
                  max_model_len: Optional[int] = None, enable_sleep_mode: bool = True,
-                 refit_bucket_bytes: int = 512 << 20, **llm_kwargs):
+                 refit_bucket_bytes: int = 512 << 20, quantization: Optional[str] = None, **llm_kwargs):
+        if quantization not in (None, "fp8"):
+            raise ValueError(f"rollout.quantization={quantization!r} is not one of [None, 'fp8']")
         vllm = _import_vllm()
         from vllm.engine.arg_utils import EngineArgs
 
@@ -140,6 +147,8 @@ class VLLMEngine(GenerationEngine):
         self._processed_logprobs = "logprobs_mode" in arg_names
         if self._processed_logprobs:
             kwargs["logprobs_mode"] = "processed_logprobs"
+        if quantization == "fp8":
+            kwargs.update(vllm_fp8_overrides())
         kwargs.update(llm_kwargs)
         self.llm = vllm.LLM(**kwargs)
         self._vllm = vllm
@@ -150,6 +159,10 @@ class VLLMEngine(GenerationEngine):
         self.eos_token_ids = eos_ids_of(_read_json(model_path, "generation_config.json"), self._tokenizer)
         self.last_update_stats = {"tensors": 0, "bytes": 0}
         self._weights_dirty = False
+        self.quantization = quantization
+        if quantization == "fp8":  # the real weights, quantised by the workers as every refit is
+            self.update_weights(iter_checkpoint_tensors(model_path))
+            self.finish_weight_update()
 
     @property
     def tokenizer(self):

@@ -29,9 +29,15 @@ class BRRMWorkerExtension:
         """Load one bucket of ``(hf_name, full tensor)`` pairs; returns how many were given.
 
         Tensors arrive on the host (they were pickled across the RPC); they are moved to this
-        worker's device one at a time before ``load_weights`` shards them.
+        worker's device one at a time before ``load_weights`` shards them. With FP8 rollouts
+        (``quantization == "fp8"``) each GEMM weight is quantised on the device into an FP8 tensor
+        and its block scales first (:func:`megatron_brrm.rollout.fp8.quantize_named_weights`).
         """
         weights: List[Tuple[str, torch.Tensor]] = [(name, t.to(self.device, non_blocking=True)) for name, t in named_tensors]
+        if getattr(getattr(self, "model_config", None), "quantization", None) == "fp8":
+            from megatron_brrm.rollout.fp8 import quantize_named_weights
+
+            weights = list(quantize_named_weights(weights))
         self.model_runner.model.load_weights(weights=weights)
         del weights
         return len(named_tensors)
