@@ -12,9 +12,9 @@ Rows (each in its own process, on a tiny Qwen3 model built locally, nothing down
   refit           refit into the HF engine on CUDA: weights bit-equal to the stream, outputs change
   te_spec         the Transformer Engine layer spec: logits vs transformers          (needs transformer_engine)
   fp8_<recipe>    TE FP8 training step for each recipe this GPU supports            (needs transformer_engine)
-  vllm            the vLLM engine: greedy tokens equal transformers' generate       (needs vllm)
-  vllm_refit      refit into vLLM: greedy tokens equal transformers' after the update (needs vllm)
-  vllm_fp8        FP8 rollouts: block-FP8 vLLM engine, generation before and after a refit (needs vllm)
+  vllm            the vLLM engine: generated tokens' logprobs vs transformers (bf16)   (needs vllm)
+  vllm_refit      refit into vLLM: logprobs follow the new weights, not the old ones  (needs vllm)
+  vllm_fp8        FP8 rollouts: block-FP8 vLLM engine near bf16, and a refit lands      (needs vllm)
 
 Each row is pass / FAIL / n/a with the reason (n/a: no CUDA device, a package that does not
 import, or a GPU too old for an FP8 recipe). Exit code 1 when a row fails, else 0; on a machine
@@ -266,45 +266,62 @@ def row_refit(args) -> str:
 def _vllm(args, **kw):
     from megatron_brrm.rollout.vllm_engine import VLLMEngine
 
-    return VLLMEngine(args.tiny, dtype="float32", gpu_memory_utilization=0.3, max_model_len=512,
+    return VLLMEngine(args.tiny, dtype="bfloat16", gpu_memory_utilization=0.3, max_model_len=512,
                       enable_sleep_mode=False, **kw)
 
 
+def _logprob_gap(tiny: str, device: str, prompt: List[int], out, state=None) -> float:
+    """Max |engine logprob - transformers' log-softmax| over the generated tokens (bf16 model)."""
+    import torch
+
+    model, _ = _hf_model(tiny, device, torch.bfloat16)
+    if state is not None:
+        model.load_state_dict({k: v.to(torch.bfloat16) for k, v in state.items()}, strict=False)
+    ids = torch.tensor([prompt + list(out.token_ids)], device=device)
+    with torch.no_grad():
+        logp = model(ids).logits[0, len(prompt) - 1:-1].float().log_softmax(-1)
+    ref = logp.gather(-1, ids[0, len(prompt):, None]).squeeze(-1).cpu()
+    return float((torch.tensor(out.logprobs) - ref).abs().max())
+
+
 def row_vllm(args) -> str:
-    prompt, new = _prompt(args.tiny), 12
-    got = _vllm(args).generate([prompt], _no_eos_params(new))[0][0].token_ids
-    want = _greedy_hf(args.tiny, args.device, prompt, new)
-    if got != want[:len(got)] or not got:
-        raise RowFailed(f"vLLM greedy tokens {got} differ from transformers' {want}")
-    return f"{len(got)} greedy tokens equal transformers' generate (fp32)"
+    prompt = _prompt(args.tiny)
+    out = _vllm(args).generate([prompt], _no_eos_params(12))[0][0]
+    gap = _logprob_gap(args.tiny, args.device, prompt, out)
+    if not out.token_ids or not gap < 0.1:  # bf16 kernels of a 2-layer model agree to ~1e-2
+        raise RowFailed(f"vLLM generated {out.token_ids}; its logprobs differ from transformers' by {gap:.3g} (> 0.1)")
+    return f"{len(out.token_ids)} greedy tokens; logprobs within {gap:.2g} of transformers' (bf16)"
 
 
 def row_vllm_refit(args) -> str:
-    prompt, new = _prompt(args.tiny), 12
+    prompt = _prompt(args.tiny)
     eng = _vllm(args)
     state = _perturbed(args.tiny)
     eng.update_weights(iter(state.items()))
-    got = eng.generate([prompt], _no_eos_params(new))[0][0].token_ids
-    want = _greedy_hf(args.tiny, args.device, prompt, new, state)
-    if got != want[:len(got)] or not got:
-        raise RowFailed(f"after the refit vLLM's greedy tokens {got} differ from transformers' {want}")
-    return f"refit of {len(state)} tensors; greedy tokens equal transformers' with the new weights"
+    out = eng.generate([prompt], _no_eos_params(12))[0][0]
+    new = _logprob_gap(args.tiny, args.device, prompt, out, state)
+    old = _logprob_gap(args.tiny, args.device, prompt, out)
+    if not new < 0.1 or not new < old:
+        raise RowFailed(f"after the refit vLLM's logprobs are {new:.3g} from the new weights' and {old:.3g} from the "
+                        "old ones': the update did not land")
+    return f"refit of {len(state)} tensors: logprobs within {new:.2g} of the new weights' (old weights: {old:.2g})"
 
 
 def row_vllm_fp8(args) -> str:
-    prompt, new = _prompt(args.tiny), 12
+    prompt = _prompt(args.tiny)
     eng = _vllm(args, quantization="fp8")
-    out0 = eng.generate([prompt], _no_eos_params(new))[0][0]
-    eng.update_weights(iter(_perturbed(args.tiny).items()))
-    out1 = eng.generate([prompt], _no_eos_params(new))[0][0]
-    if not out0.token_ids or not out1.token_ids or not all(x == x for x in out0.logprobs + out1.logprobs):
-        raise RowFailed(f"FP8 generation returned {out0.token_ids} / {out1.token_ids} with logprobs "
-                        f"{out0.logprobs[:3]} / {out1.logprobs[:3]}")
-    if out1.token_ids == out0.token_ids:
-        raise RowFailed("greedy output did not change after refitting perturbed weights (the refit did not land)")
-    ref = _greedy_hf(args.tiny, args.device, prompt, new)
-    same = sum(a == b for a, b in zip(out0.token_ids, ref))
-    return f"block-FP8 engine: {same}/{len(ref)} greedy tokens as the fp32 model; the refit changed the output"
+    out0 = eng.generate([prompt], _no_eos_params(12))[0][0]
+    gap0 = _logprob_gap(args.tiny, args.device, prompt, out0)
+    state = _perturbed(args.tiny)
+    eng.update_weights(iter(state.items()))
+    out1 = eng.generate([prompt], _no_eos_params(12))[0][0]
+    new = _logprob_gap(args.tiny, args.device, prompt, out1, state)
+    old = _logprob_gap(args.tiny, args.device, prompt, out1)
+    if not out0.token_ids or not gap0 < 1.0 or not new < old:
+        raise RowFailed(f"FP8 engine: logprob gap {gap0:.3g} to the bf16 model before the refit; after it {new:.3g} "
+                        f"to the new weights vs {old:.3g} to the old (the refit must bring it closer to the new)")
+    return (f"block-FP8 engine: logprobs within {gap0:.2g} of bf16; after the refit {new:.2g} from the new weights "
+            f"(old weights: {old:.2g})")
 
 
 RUNNERS = {"cuda": row_cuda, "megatron_local": row_megatron_local, "nccl": row_nccl, "hf_engine": row_hf_engine,
