@@ -17,7 +17,7 @@ from megatron_brrm.plan.cli import main as plan_main
 from megatron_brrm.plan.layout import LayoutError, plan_layout
 from megatron_brrm.plan.memory import engine_memory, lifecycle_phases, training_memory
 from megatron_brrm.plan.sbatch import check_sbatch, parse_sbatch, parse_time
-from megatron_brrm.plan.shapes import ModelShape, ShapeError, resolve_shape
+from megatron_brrm.plan.shapes import ShapeError, resolve_shape
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 R8B = REPO_ROOT / "model_configs" / "qwen3_8b.yaml"

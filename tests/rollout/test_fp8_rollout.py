@@ -113,7 +113,7 @@ def fake_vllm(monkeypatch):
 
 
 def test_fp8_engine_starts_dummy_and_loads_the_checkpoint_through_the_refit_path(fake_vllm, tiny_qwen3_dir):
-    eng = V.VLLMEngine(str(tiny_qwen3_dir), quantization="fp8")
+    V.VLLMEngine(str(tiny_qwen3_dir), quantization="fp8")
     llm = fake_vllm[0]
     assert llm.kwargs["quantization"] == "fp8" and llm.kwargs["load_format"] == "dummy"
     assert llm.kwargs["hf_overrides"]["quantization_config"]["quant_method"] == "fp8"
