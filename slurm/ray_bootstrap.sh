@@ -1,39 +1,149 @@
 #!/usr/bin/env bash
-# Start a Ray cluster over the nodes of the current SLURM allocation, then run a command on
-# the head node. Used by the brrm_*.sub scripts:
-#   bash slurm/ray_bootstrap.sh python -m megatron_brrm.train --config ... [overrides]
-# Environment: GPUS_PER_NODE (default 8), RAY_PORT (6379), CONTAINER_IMAGE (optional, passed to srun).
-set -euo pipefail
-: "${SLURM_JOB_NODELIST:?run inside a SLURM allocation (sbatch/salloc)}"
-GPUS_PER_NODE=${GPUS_PER_NODE:-8}
+# Start Ray over the nodes of the current SLURM allocation, run the driver on the head node,
+# tear Ray down, and requeue the job when the driver asks for it. Used by slurm/*.sub:
+#   bash slurm/ray_bootstrap.sh python -m megatron_brrm.train --config R.yaml [overrides]
+#
+# 1. The Ray head starts on the first node, workers on the others, each as a background
+#    `srun --overlap` step running `ray start --block --node-name=<SLURM hostname>`.
+# 2. It waits (polling, RAY_JOIN_TIMEOUT seconds) until every node has joined; otherwise it
+#    stops with an error naming the missing nodes (their logs are in $LOG_DIR).
+# 3. The driver runs on the head as an srun step with RAY_ADDRESS exported (the driver joins
+#    that cluster). SIGUSR1 or SIGTERM to this script (SLURM's `--signal=B:USR1@<s>` before a
+#    time limit or preemption) is forwarded to the driver as SIGUSR1: it checkpoints at the
+#    end of its step and exits with code 3.
+# 4. Ray is stopped by the PIDs of its steps (never `ray stop`, which would kill every Ray on
+#    the node); then exit code 3 becomes `scontrol requeue` (needs `#SBATCH --requeue`) and the
+#    requeued job resumes from the checkpoint's `latest`. Other exit codes are passed on.
+#
+# Environment (all optional):
+#   PYTHON            interpreter with megatron_brrm and ray installed (default: python3)
+#   GPUS_PER_NODE     GPUs each Ray node offers (default: SLURM_GPUS_ON_NODE, else 0 = CPU only)
+#   CPUS_PER_NODE     CPUs each Ray node offers (default: SLURM_CPUS_ON_NODE, else nproc)
+#   RAY_PORT          the head's GCS port (default 6379)
+#   RAY_HEAD_IP       the head's address (default: `hostname --ip-address` on the head node)
+#   RAY_START_ARGS    extra `ray start` arguments (ports, --object-store-memory, ...)
+#   RAY_JOIN_TIMEOUT  seconds to wait for every node to join (default 300)
+#   CONTAINER_IMAGE   run every step in this container image (pyxis `--container-image`)
+#   CONTAINER_MOUNTS  pyxis mounts (default: the submit directory)
+#   LOG_DIR           this job's log folder (default: logs/<job name>-<job id>)
+set -uo pipefail
+: "${SLURM_JOB_ID:?run inside a SLURM allocation (sbatch or salloc)}"
+REQUEUE_EXIT_CODE=3
+PYTHON=${PYTHON:-python3}
+GPUS_PER_NODE=${GPUS_PER_NODE:-${SLURM_GPUS_ON_NODE:-0}}
+CPUS_PER_NODE=${CPUS_PER_NODE:-${SLURM_CPUS_ON_NODE:-$(nproc)}}
 RAY_PORT=${RAY_PORT:-6379}
-CPUS_PER_NODE=${SLURM_CPUS_ON_NODE:-$(nproc)}
-SRUN_ARGS=(--overlap --ntasks-per-node=1)
-[ -n "${CONTAINER_IMAGE:-}" ] && SRUN_ARGS+=(--container-image="$CONTAINER_IMAGE" --container-mounts="$PWD:$PWD" --container-workdir="$PWD")
+RAY_JOIN_TIMEOUT=${RAY_JOIN_TIMEOUT:-300}
+read -r -a RAY_EXTRA <<< "${RAY_START_ARGS:-}"
+LOG_DIR=${LOG_DIR:-logs/${SLURM_JOB_NAME:-job}-$SLURM_JOB_ID}
+RESTART=${SLURM_RESTART_COUNT:-0}
+mkdir -p "$LOG_DIR"
+
+SRUN=(srun --overlap --nodes=1 --ntasks=1)
+if [ -n "${CONTAINER_IMAGE:-}" ]; then
+  SRUN+=(--container-image="$CONTAINER_IMAGE" --container-mounts="${CONTAINER_MOUNTS:-$PWD:$PWD}"
+         --container-workdir="$PWD")
+fi
+log() { echo "[ray_bootstrap $(date +%H:%M:%S)] $*"; }
 
 mapfile -t NODES < <(scontrol show hostnames "$SLURM_JOB_NODELIST")
 HEAD=${NODES[0]}
-HEAD_IP=$(srun "${SRUN_ARGS[@]}" --nodes=1 -w "$HEAD" hostname --ip-address | awk '{print $1}')
+HEAD_IP=${RAY_HEAD_IP:-$("${SRUN[@]}" -w "$HEAD" hostname --ip-address | awk '{print $1}')}
 export RAY_ADDRESS="$HEAD_IP:$RAY_PORT"
-echo "[ray_bootstrap] head $HEAD ($RAY_ADDRESS), ${#NODES[@]} node(s) x $GPUS_PER_NODE GPU(s)"
+# Ray >= 2.5x authenticates with a token when one exists in ~/.ray (head) but a client joining an
+# existing cluster does not look there unless RAY_AUTH_MODE=token: give every process of this job
+# (exported through srun to every node) one fresh token, unless the site configured its own.
+if [ -z "${RAY_AUTH_MODE:-}" ]; then
+  export RAY_AUTH_MODE=token
+  RAY_AUTH_TOKEN=${RAY_AUTH_TOKEN:-$(od -An -N32 -tx1 /dev/urandom | tr -d ' \n')}
+  export RAY_AUTH_TOKEN
+fi
+log "job $SLURM_JOB_ID (restart $RESTART): ${#NODES[@]} node(s) [${NODES[*]}], head $HEAD at $RAY_ADDRESS," \
+    "$GPUS_PER_NODE GPU(s) and $CPUS_PER_NODE CPU(s) per node; logs in $LOG_DIR"
 
-srun "${SRUN_ARGS[@]}" --nodes=1 -w "$HEAD" \
-  ray start --head --node-ip-address="$HEAD_IP" --port="$RAY_PORT" \
-  --num-gpus="$GPUS_PER_NODE" --num-cpus="$CPUS_PER_NODE" --disable-usage-stats --block &
-sleep 15
+RAY_PIDS=()
+DRIVER=""
+stop_ray() {
+  [ "${#RAY_PIDS[@]}" -eq 0 ] && return 0
+  log "stopping Ray (steps ${RAY_PIDS[*]})"
+  kill -TERM "${RAY_PIDS[@]}" 2>/dev/null  # srun forwards SIGTERM; `ray start --block` then stops its node
+  for _ in $(seq 1 60); do
+    alive=0
+    for pid in "${RAY_PIDS[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+    [ "$alive" -eq 0 ] && break
+    sleep 1
+  done
+  kill -KILL "${RAY_PIDS[@]}" 2>/dev/null
+  wait "${RAY_PIDS[@]}" 2>/dev/null
+  RAY_PIDS=()
+}
+forward() {
+  log "received $1: asking the driver to checkpoint at the end of its step (SIGUSR1)"
+  [ -n "$DRIVER" ] && kill -USR1 "$DRIVER" 2>/dev/null
+  [ -z "$DRIVER" ] && STOP_BEFORE_DRIVER=1
+}
+STOP_BEFORE_DRIVER=0
+trap 'forward SIGUSR1' USR1
+trap 'forward SIGTERM' TERM
+trap stop_ray EXIT
+
+# A signal for the batch step reaches this shell and its srun children, which forward it to
+# their tasks: the Ray steps ignore SIGUSR1 (inherited by every Ray process), the driver acts on it.
+start_node() {  # start_node NODE [ray start args...]
+  local node=$1; shift
+  "${SRUN[@]}" -w "$node" --output="$LOG_DIR/ray-$node-r$RESTART.log" bash -c 'trap "" USR1; exec "$@"' ray-node \
+    "$PYTHON" -m ray.scripts.scripts start --block --node-name="$node" --num-cpus="$CPUS_PER_NODE" \
+    --num-gpus="$GPUS_PER_NODE" --disable-usage-stats "${RAY_EXTRA[@]}" "$@" &
+  RAY_PIDS+=($!)
+}
+
+start_node "$HEAD" --head --node-ip-address="$HEAD_IP" --port="$RAY_PORT" --include-dashboard=false
+up=0
+for _ in $(seq 1 "$RAY_JOIN_TIMEOUT"); do
+  if ! kill -0 "${RAY_PIDS[0]}" 2>/dev/null; then break; fi
+  if (exec 3<>"/dev/tcp/$HEAD_IP/$RAY_PORT") 2>/dev/null; then up=1; break; fi
+  sleep 1
+done
+if [ "$up" -ne 1 ]; then
+  log "error: the Ray head on $HEAD did not open $RAY_ADDRESS; see $LOG_DIR/ray-$HEAD-r$RESTART.log:"
+  tail -n 20 "$LOG_DIR/ray-$HEAD-r$RESTART.log" 2>/dev/null
+  exit 1
+fi
 for node in "${NODES[@]:1}"; do
-  srun "${SRUN_ARGS[@]}" --nodes=1 -w "$node" \
-    ray start --address="$RAY_ADDRESS" --num-gpus="$GPUS_PER_NODE" --num-cpus="$CPUS_PER_NODE" \
-    --disable-usage-stats --block &
+  start_node "$node" --address="$RAY_ADDRESS"
 done
+NODE_LIST=$(IFS=,; echo "${NODES[*]}")
+if ! "${SRUN[@]}" -w "$HEAD" "$PYTHON" -m megatron_brrm.workers.ray_nodes --address "$RAY_ADDRESS" \
+     --nodes "$NODE_LIST" --timeout "$RAY_JOIN_TIMEOUT"; then
+  if [ "$STOP_BEFORE_DRIVER" -ne 1 ]; then
+    log "error: not every node joined the Ray cluster within ${RAY_JOIN_TIMEOUT} s (RAY_JOIN_TIMEOUT);" \
+        "see $LOG_DIR/ray-<node>-r$RESTART.log"
+    exit 1
+  fi
+else
+  log "Ray is up on ${#NODES[@]} node(s); running the driver on $HEAD: $*"
+fi
 
-# Wait until every node's GPUs are registered (10 minutes at most).
-want=$(( ${#NODES[@]} * GPUS_PER_NODE ))
-for _ in $(seq 1 120); do
-  have=$(srun "${SRUN_ARGS[@]}" --nodes=1 -w "$HEAD" python -c \
-    "import ray; ray.init(address='auto', logging_level='ERROR'); print(int(ray.cluster_resources().get('GPU', 0)))" 2>/dev/null | tail -n1 || echo 0)
-  [ "$have" -ge "$want" ] && break
-  sleep 5
-done
-echo "[ray_bootstrap] cluster has ${have:-0}/$want GPUs; running: $*"
-srun "${SRUN_ARGS[@]}" --nodes=1 -w "$HEAD" "$@"
+if [ "$STOP_BEFORE_DRIVER" -eq 1 ]; then
+  log "a stop signal arrived during start-up: requeueing without running the driver"
+  rc=$REQUEUE_EXIT_CODE
+else
+  "${SRUN[@]}" -w "$HEAD" "$@" &
+  DRIVER=$!
+  rc=""
+  while [ -z "$rc" ]; do
+    wait "$DRIVER"
+    st=$?
+    # wait returns early (status > 128) when a trapped signal arrives; the driver runs on
+    if [ "$st" -gt 128 ] && kill -0 "$DRIVER" 2>/dev/null; then continue; fi
+    rc=$st
+  done
+  log "driver exited with code $rc"
+fi
+stop_ray
+if [ "$rc" -eq "$REQUEUE_EXIT_CODE" ]; then
+  log "requeueing job $SLURM_JOB_ID; the next run resumes from the latest checkpoint"
+  if scontrol requeue "$SLURM_JOB_ID"; then exit 0; fi
+  log "error: scontrol requeue failed (does the job have #SBATCH --requeue?)"
+fi
+exit "$rc"

@@ -19,12 +19,14 @@ DRIVERS = {"train", "sft", "demo", "api"}
 
 ALLOWED: Dict[str, Set[str]] = {
     "config": set(), "judge": set(), "data": set(), "metrics": set(), "hub": set(), "parallel": set(),
+    "preemption": set(),
     "model": {"parallel"},
     "rl": {"model", "parallel"},
     "rollout": {"judge", "model"},
     "checkpoint": {"model", "parallel", "config", "hub"},
     "workers": {"rl", "rollout", "model", "checkpoint", "parallel", "config"},
     "distill": {"judge", "data", "rollout", "config"},
+    "plan": {"config", "model"},
     "evaluation": {"judge", "rollout", "data", "checkpoint", "config"},
 }
 

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from megatron_brrm.model.architectures import ArchSpec, get_arch_spec, hf_get
+from megatron_brrm.model.fp8 import FP8ConfigError, check_fp8_config, fp8_transformer_kwargs
 from megatron_brrm.model.mapping import padded_vocab_size
 
 log = logging.getLogger(__name__)
@@ -176,6 +177,10 @@ def transformer_config_from_hf(hf_config: Any, model_cfg, parallel_cfg):
     if sequence_parallel and tp == 1:
         log.warning("parallel.sequence_parallel ignored with tensor_model_parallel_size=1 (as Megatron-LM does)")
         sequence_parallel = False
+    try:
+        check_fp8_config(model_cfg, parallel_cfg)
+    except FP8ConfigError as exc:
+        raise ModelBuildError(str(exc)) from None
     te = use_transformer_engine(model_cfg)
     if model_cfg.fp8 is not None and not te:
         raise ModelBuildError(f"model.fp8={model_cfg.fp8!r} needs Transformer Engine on CUDA")
@@ -219,8 +224,7 @@ def transformer_config_from_hf(hf_config: Any, model_cfg, parallel_cfg):
         recompute_num_layers=model_cfg.recompute_num_layers,
         batch_p2p_comm=False,  # gloo + interleaved PP silently swaps buffers with the batched path (DESIGN 4.3)
     )
-    if model_cfg.fp8 is not None:
-        kwargs.update(fp8=model_cfg.fp8)
+    kwargs.update(fp8_transformer_kwargs(model_cfg))
     try:
         return TransformerConfig(**kwargs)
     except (AssertionError, ValueError) as exc:

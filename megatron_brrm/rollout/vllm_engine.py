@@ -30,6 +30,9 @@ One class for both platforms; what differs is chosen from ``vllm.platforms.curre
   are checked against the checkpoint's safetensors headers first. For a tied-embedding
   checkpoint ``lm_head.weight`` is dropped (vLLM ties it; NeMo-RL does the same). The prefix
   cache is reset before the next generation (its KV blocks came from the old weights).
+* **FP8 rollouts** (``quantization="fp8"``, ``rollout.quantization``): block-FP8 linear layers;
+  vLLM starts from dummy weights and the workers quantise every loaded weight, the checkpoint at
+  start-up and each refit (:mod:`.fp8`).
 """
 from __future__ import annotations
 
@@ -46,9 +49,10 @@ import torch
 from .engine import EngineAbilities, GenerationEngine, GenerationOutput, SamplingParams
 from .refit import fused_module_key, iter_buckets, missing_fused_members, order_fused_modules
 from .sampling import derive_sample_seed, validate_request
+from .fp8 import vllm_fp8_overrides
 from .shm import BucketEntry, SharedBuffers, dtype_name, layout_entries, mmap_file, pack_bucket
 from .vllm_worker import WORKER_EXTENSION_CLS, entries_to_wire
-from .weights import check_against_manifest, hf_checkpoint_manifest
+from .weights import check_against_manifest, hf_checkpoint_manifest, iter_checkpoint_tensors
 
 log = logging.getLogger(__name__)
 
@@ -168,8 +172,8 @@ class VLLMEngine(GenerationEngine):
         cpu_threads_bind: CPU: cores for this engine's OpenMP threads
             (``VLLM_CPU_OMP_THREADS_BIND``, e.g. ``"0"``, ``"0-3"``, ``"all"``); None keeps vLLM's
             default. Ignored on GPU.
-        quantization: vLLM ``quantization`` (e.g. ``"fp8"``: weights quantised as they are
-            loaded, at start and after every refit).
+        quantization: None, or ``"fp8"`` for block-FP8 rollouts (:mod:`.fp8`): vLLM starts
+            from dummy weights and the checkpoint is loaded through the quantising refit path.
         **llm_kwargs: further ``vllm.LLM`` arguments.
 
     Raises:
@@ -182,6 +186,8 @@ class VLLMEngine(GenerationEngine):
                  refit_bucket_bytes: int = 512 << 20, kv_cache_memory_bytes: Optional[int] = None,
                  enforce_eager: Optional[bool] = None, cpu_threads_bind: Optional[str] = None,
                  quantization: Optional[str] = None, **llm_kwargs):
+        if quantization not in (None, "fp8"):
+            raise ValueError(f"rollout.quantization={quantization!r} is not one of [None, 'fp8']")
         vllm = _import_vllm()
         self.on_cpu = vllm_on_cpu()
         kwargs = dict(model=str(model_path), tensor_parallel_size=tensor_parallel_size,
@@ -203,8 +209,8 @@ class VLLMEngine(GenerationEngine):
             kwargs.update(gpu_memory_utilization=gpu_memory_utilization, enable_sleep_mode=sleep)
             if kv_cache_memory_bytes:
                 kwargs["kv_cache_memory_bytes"] = int(kv_cache_memory_bytes)
-        if quantization:
-            kwargs["quantization"] = quantization
+        if quantization == "fp8":
+            kwargs.update(vllm_fp8_overrides())
         kwargs.update(llm_kwargs)
         self.llm = vllm.LLM(**kwargs)
         self._vllm = vllm
@@ -220,6 +226,9 @@ class VLLMEngine(GenerationEngine):
         self.module_key = functools.partial(fused_module_key, packed=self.packed_modules)
         self.last_update_stats = {"tensors": 0, "bytes": 0}
         self._weights_dirty = False
+        self.quantization = quantization
+        if quantization == "fp8":  # the real weights, quantised by the workers as every refit is
+            self.update_weights(iter_checkpoint_tensors(model_path))
 
     @property
     def tokenizer(self):

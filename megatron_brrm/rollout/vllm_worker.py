@@ -34,6 +34,7 @@ from typing import Any, Dict, List, Sequence, Tuple
 
 import torch
 
+from .fp8 import quantize_named_weights
 from .shm import BucketEntry, bucket_views, mmap_file
 
 WORKER_EXTENSION_CLS = f"{__name__}.BRRMWorkerExtension"
@@ -102,6 +103,10 @@ class BRRMWorkerExtension:
         quiet.setLevel(logging.ERROR)
         try:
             views = bucket_views(buffer, entries)
+            if getattr(getattr(self, "model_config", None), "quantization", None) == "fp8":
+                # FP8 rollouts: each GEMM weight becomes its block-FP8 tensor and scales here, on the
+                # worker's device, so the checkpoint-format reload sees what an FP8 checkpoint holds
+                views = list(quantize_named_weights((n, v.to(self.device)) for n, v in views))
             self.model_runner.reload_weights(weights_iterator=iter(views), is_checkpoint_format=True)
             if torch.device(self.device).type == "cuda":
                 torch.cuda.synchronize()

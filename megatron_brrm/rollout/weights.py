@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Dict, Iterable, Mapping, Sequence, Tuple
+from typing import Dict, Iterable, Iterator, List, Mapping, Sequence, Tuple
 
 import torch
 
@@ -63,6 +63,15 @@ def hf_checkpoint_manifest(model_dir: str | Path) -> Dict[str, Tuple[int, ...]]:
     """
     from safetensors import safe_open
 
+    manifest: Dict[str, Tuple[int, ...]] = {}
+    for path in _weight_files(model_dir):
+        with safe_open(str(path), framework="pt") as f:
+            for key in f.keys():
+                manifest[key] = tuple(f.get_slice(key).get_shape())
+    return manifest
+
+
+def _weight_files(model_dir: str | Path) -> List[Path]:
     model_dir = Path(model_dir)
     index = model_dir / "model.safetensors.index.json"
     if index.exists():
@@ -72,12 +81,21 @@ def hf_checkpoint_manifest(model_dir: str | Path) -> Dict[str, Tuple[int, ...]]:
     else:
         raise FileNotFoundError(f"{model_dir} holds no model.safetensors or model.safetensors.index.json; "
                                 f"save the model with save_pretrained(..., safe_serialization=True)")
-    manifest: Dict[str, Tuple[int, ...]] = {}
-    for fname in files:
-        with safe_open(str(model_dir / fname), framework="pt") as f:
+    return [model_dir / f for f in files]
+
+
+def iter_checkpoint_tensors(model_dir: str | Path) -> Iterator[Tuple[str, torch.Tensor]]:
+    """Stream ``(name, tensor)`` from an HF folder's safetensors, one tensor at a time (CPU).
+
+    Raises:
+        FileNotFoundError: the folder holds no safetensors weights.
+    """
+    from safetensors import safe_open
+
+    for path in _weight_files(model_dir):
+        with safe_open(str(path), framework="pt") as f:
             for key in f.keys():
-                manifest[key] = tuple(f.get_slice(key).get_shape())
-    return manifest
+                yield key, f.get_tensor(key)
 
 
 def check_against_manifest(manifest: Mapping[str, Tuple[int, ...]], name: str, shape: Sequence[int],

@@ -232,6 +232,10 @@ class PolicyWorker:
     def _microbatches(self, batch: Batch):
         g = self.cfg.grpo
         pad = self.tp_size if self.model_config.sequence_parallel else 1
+        if self.model_config.fp8:  # TE's FP8 GEMMs take token counts in multiples of 16 (MXFP8: 32)
+            from megatron_brrm.model.fp8 import fp8_token_multiple
+
+            pad *= fp8_token_multiple(self.model_config.fp8_recipe)
         if g.sequence_packing:
             mbs, stats = make_packed_microbatches(batch, g.max_tokens_per_microbatch, pad_multiple=pad,
                                                   fixed_shape=self.pp_size > 1)
