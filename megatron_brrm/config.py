@@ -16,7 +16,7 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -24,6 +24,40 @@ from omegaconf.errors import OmegaConfBaseException
 
 class ConfigError(ValueError):
     """Raised for an unknown key, a wrong type or an unreadable recipe; names key and source."""
+
+
+# The allowed values of every enum-like key, checked when a config loads (one place: the modules
+# that act on these keys import the tuples from here).
+LR_DECAY_STYLES = ("constant", "linear", "cosine", "WSD")
+WSD_DECAY_STYLES = ("linear", "cosine", "exponential", "minus_sqrt")
+ENGINES = ("hf", "vllm")
+REFIT_TRANSPORTS = ("auto", "shm", "collective", "ray")
+OFFLOAD_MODES = ("all", "optimizer", "none")
+CHOICES: Dict[str, Tuple[Any, ...]] = {
+    "model.params_dtype": ("fp32", "bf16", "fp16"),
+    "model.transformer_impl": ("auto", "local", "transformer_engine"),
+    "model.recompute_granularity": (None, "full", "selective"),
+    "model.recompute_method": (None, "uniform", "block"),
+    "parallel.backend": ("auto", "nccl", "gloo"),
+    "grpo.kl_type": ("k1", "k3"),
+    "grpo.advantage_std_type": ("nemo_rl", "group"),
+    "grpo.loss_aggregation": ("token_mean", "seq_mean"),
+    "grpo.optimizer.lr_decay_style": LR_DECAY_STYLES,
+    "grpo.optimizer.lr_wsd_decay_style": WSD_DECAY_STYLES,
+    "sft.optimizer.lr_decay_style": LR_DECAY_STYLES,
+    "sft.optimizer.lr_wsd_decay_style": WSD_DECAY_STYLES,
+    "sft.verdict": ("random", "label"),
+    "rollout.engine": ENGINES,
+    "rollout.dtype": ("auto", "fp32", "bf16", "fp16"),
+    "rollout.refit_transport": REFIT_TRANSPORTS,
+    "rollout.colocated_offload": OFFLOAD_MODES,
+    "rollout.quantization": (None, "fp8"),
+}
+# Keys that moved, so an old recipe gets a pointer instead of a bare "unknown key".
+MOVED_KEYS = {f"grpo.{k}": f"grpo.optimizer.{k}" for k in (
+    "lr", "min_lr", "lr_decay_style", "lr_warmup_steps", "lr_warmup_init_factor", "weight_decay", "adam_beta1",
+    "adam_beta2", "adam_eps", "clip_grad")}
+MOVED_KEYS["sft.lr"] = "sft.optimizer.lr"
 
 
 @dataclass
@@ -104,6 +138,39 @@ class JudgeConfig:
 
 
 @dataclass
+class OptimizerConfig:
+    """AdamW (decoupled weight decay, none on 1-D parameters) and its learning-rate schedule, for one
+    trainer: ``grpo.optimizer``, ``sft.optimizer`` (and the BT trainer's).
+
+    The schedule is Megatron-Core's ``OptimizerParamScheduler``, counted in optimizer steps over
+    the trainer's whole run: a linear warm-up from ``lr_warmup_init_factor * lr`` to ``lr`` over
+    ``lr_warmup_steps`` steps, then ``lr_decay_style``: ``constant``; ``linear`` or ``cosine``
+    (``min_lr + (lr - min_lr) (1 + cos(pi t)) / 2``) down to ``min_lr`` at the last step; or
+    ``WSD`` (warm-up, stable at ``lr``, then ``lr_wsd_decay_style`` down to ``min_lr`` over the
+    last ``lr_wsd_decay_steps`` steps; Hu et al. 2024, "MiniCPM"). Gradients are clipped to a
+    global norm of ``clip_grad`` (0: off).
+    """
+
+    lr: float = 5e-7
+    min_lr: Optional[float] = None  # end of the decay; None = lr
+    lr_decay_style: str = "constant"  # constant | linear | cosine | WSD
+    lr_warmup_steps: int = 0
+    lr_warmup_init_factor: float = 0.1
+    lr_wsd_decay_steps: Optional[int] = None  # WSD: length of the final decay (required with WSD)
+    lr_wsd_decay_style: str = "linear"  # WSD's final decay: linear | cosine | exponential | minus_sqrt
+    weight_decay: float = 0.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_eps: float = 1e-8
+    clip_grad: float = 1.0
+
+
+def _grpo_optimizer() -> OptimizerConfig:
+    """The BR-RM 8B recipe's: lr 5e-7, 50-step linear warm-up from 0.1x (docs/design.md §6)."""
+    return OptimizerConfig(lr=5e-7, lr_warmup_steps=50, lr_warmup_init_factor=0.1)
+
+
+@dataclass
 class GRPOConfig:
     """GRPO hyper-parameters (docs/design.md §6; defaults = the BR-RM 8B recipe)."""
 
@@ -114,16 +181,7 @@ class GRPOConfig:
     max_tokens_per_microbatch: Optional[int] = None
     sequence_packing: bool = False  # pack rows up to max_tokens_per_microbatch (local spec only)
     max_num_steps: int = 1000
-    lr: float = 5e-7
-    min_lr: Optional[float] = None  # end of the decay (lr_decay_style); None = lr
-    lr_decay_style: str = "constant"  # constant | linear | cosine, from lr to min_lr over max_num_steps
-    weight_decay: float = 0.0
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    adam_eps: float = 1e-8
-    lr_warmup_steps: int = 50
-    lr_warmup_init_factor: float = 0.1
-    clip_grad: float = 1.0
+    optimizer: OptimizerConfig = field(default_factory=_grpo_optimizer)
     ratio_clip_low: float = 0.2
     ratio_clip_high: float = 0.28
     ratio_clip_c: Optional[float] = None  # dual-clip constant (None = off)
@@ -187,7 +245,6 @@ class LoggingConfig:
     output_dir: str = "outputs/run"
     tensorboard: bool = True
     wandb_project: Optional[str] = None
-    log_every_n_steps: int = 1
 
 
 @dataclass
@@ -205,7 +262,7 @@ class SFTConfig:
     verdict: str = "random"  # random | label
     num_steps: int = 20
     global_batch_size: int = 8
-    lr: float = 1.0e-3
+    optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(lr=1e-3))
     output_hf_dir: Optional[str] = None  # default: <logging.output_dir>/sft_hf
 
 
@@ -231,7 +288,55 @@ def _merge(base, update, source: str):
     except OmegaConfBaseException as exc:  # unknown key, wrong type, bad value
         key = getattr(exc, "full_key", None) or "?"
         msg = str(getattr(exc, "msg", exc)).splitlines()[0]
-        raise ConfigError(f"{source}: invalid config key '{key}': {msg}") from None
+        moved = MOVED_KEYS.get(key)
+        hint = f"; it moved to '{moved}'" if moved else ""
+        raise ConfigError(f"{source}: invalid config key '{key}': {msg}{hint}") from None
+
+
+def _get(cfg, dotted: str):
+    for part in dotted.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def optimizer_steps_per_rollout(cfg: "RunConfig") -> int:
+    """GRPO optimizer steps per rollout batch: ``num_prompts_per_step * num_generations / global_batch_size``."""
+    g = cfg.grpo
+    return g.num_prompts_per_step * g.num_generations // g.global_batch_size
+
+
+def validate_config(cfg: "RunConfig", source: str = "config") -> None:
+    """Check every enum-like key against :data:`CHOICES` and the cross-field rules that need
+    nothing but the config (batch sizes, schedule lengths).
+
+    Rules that need the model or the cluster (heads divisible by TP, layers by PP, engine TP
+    within a node) are the planner's (``python -m megatron_brrm.plan``), which the drivers run
+    at start-up.
+
+    Raises:
+        ConfigError: naming the key, its value, the allowed values or the rule, and ``source``.
+    """
+    for key, allowed in CHOICES.items():
+        value = _get(cfg, key)
+        if value not in allowed:
+            raise ConfigError(f"{source}: {key}={value!r} is not one of {', '.join(repr(a) for a in allowed)}")
+    g = cfg.grpo
+    total = g.num_prompts_per_step * g.num_generations
+    if g.global_batch_size < 1 or total % g.global_batch_size:
+        raise ConfigError(f"{source}: grpo.global_batch_size={g.global_batch_size} must divide "
+                          f"grpo.num_prompts_per_step x grpo.num_generations = {total}")
+    for name, opt, steps in (("grpo", g.optimizer, g.max_num_steps * max(total // max(g.global_batch_size, 1), 1)),
+                             ("sft", cfg.sft.optimizer, cfg.sft.num_steps)):
+        key = f"{name}.optimizer"
+        if opt.min_lr is not None and opt.min_lr > opt.lr:
+            raise ConfigError(f"{source}: {key}.min_lr={opt.min_lr} exceeds {key}.lr={opt.lr}")
+        if opt.lr_warmup_steps < 0:
+            raise ConfigError(f"{source}: {key}.lr_warmup_steps={opt.lr_warmup_steps} must be >= 0")
+        if opt.lr_decay_style == "WSD":
+            wsd = opt.lr_wsd_decay_steps
+            if wsd is None or not 1 <= wsd <= steps - opt.lr_warmup_steps:
+                raise ConfigError(f"{source}: {key}.lr_decay_style=WSD needs {key}.lr_wsd_decay_steps between 1 and "
+                                  f"{steps - opt.lr_warmup_steps} (the optimizer steps after the warm-up), got {wsd}")
 
 
 def load_config(path: Optional[str | os.PathLike] = None, overrides: Sequence[str] = ()) -> RunConfig:
@@ -245,7 +350,8 @@ def load_config(path: Optional[str | os.PathLike] = None, overrides: Sequence[st
         A validated :class:`RunConfig` (plain dataclass objects, not OmegaConf nodes).
 
     Raises:
-        ConfigError: unreadable file, unknown key or wrong value type; the message names
+        ConfigError: unreadable file, unknown key, wrong value type, a value outside its
+            choices or a broken cross-field rule (:func:`validate_config`); the message names
             the key and the file (or "command line").
     """
     cfg = OmegaConf.structured(RunConfig)
@@ -266,7 +372,9 @@ def load_config(path: Optional[str | os.PathLike] = None, overrides: Sequence[st
         except OmegaConfBaseException as exc:
             raise ConfigError(f"command line: cannot parse override '{item}': {exc}") from None
         cfg = _merge(cfg, dotted, f"command line ('{item}')")
-    return OmegaConf.to_object(cfg)
+    out = OmegaConf.to_object(cfg)
+    validate_config(out, f"{path} + command line" if path is not None else "command line")
+    return out
 
 
 def config_to_dict(cfg: RunConfig) -> dict:

@@ -9,13 +9,12 @@ Traces come from ``sft.traces_path`` (JSONL, one ``{"messages": [...]}`` per lin
 unset, ``sft.num_synthetic`` format-correct BR-RM conversations built from
 ``data.train_path`` pairs (:func:`megatron_brrm.rollout.traces.synthetic_trace`, verdicts per
 ``sft.verdict``). Token layout = the two-turn rollout's, so SFT and GRPO train on the same
-sequences. Config: ``sft.num_steps`` optimizer steps of ``sft.global_batch_size`` traces,
-learning rate ``sft.lr`` (constant; the GRPO schedule settings are not used).
+sequences. Config: ``sft.num_steps`` optimizer steps of ``sft.global_batch_size`` traces with
+the SFT's own optimizer and learning-rate schedule, ``sft.optimizer`` (GRPO's are not used).
 """
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import random
 import sys
@@ -58,14 +57,6 @@ def build_sft_sequences(cfg: RunConfig, tokenizer) -> List[Tuple[List[int], List
     return kept
 
 
-def sft_policy_config(cfg: RunConfig) -> RunConfig:
-    """The config the policy workers get for SFT: ``grpo.lr = sft.lr``, constant (no warm-up, no decay:
-    the GRPO schedule's ``max_num_steps`` is not the SFT's), no KL."""
-    grpo = dataclasses.replace(cfg.grpo, lr=cfg.sft.lr, lr_warmup_steps=0, lr_decay_style="constant", min_lr=None,
-                               max_num_steps=cfg.sft.num_steps, kl_coef=0.0)
-    return dataclasses.replace(cfg, grpo=grpo)
-
-
 def run_sft(cfg: RunConfig) -> Path:
     """Run the SFT stage; returns the HF folder written (``sft.output_hf_dir``)."""
     from transformers import AutoTokenizer
@@ -84,10 +75,9 @@ def run_sft(cfg: RunConfig) -> Path:
     target = Path(cfg.sft.output_hf_dir or Path(cfg.logging.output_dir) / "sft_hf")
     tokenizer = AutoTokenizer.from_pretrained(cfg.model.hf_path)
     seqs = build_sft_sequences(cfg, tokenizer)
-    pcfg = sft_policy_config(cfg)
-    cluster = Cluster.from_config(pcfg)
+    cluster = Cluster.from_config(cfg)
     metrics = MetricsLogger(out, tensorboard=cfg.logging.tensorboard)
-    policy = Policy(cluster, pcfg)
+    policy = Policy(cluster, cfg, optimizer=cfg.sft.optimizer, total_steps=cfg.sft.num_steps)
     try:
         order = list(range(len(seqs)))
         rng = random.Random(cfg.data.seed)

@@ -40,7 +40,8 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
-from megatron_brrm.config import ConfigError, RunConfig, config_to_dict, load_config, save_config
+from megatron_brrm.config import (ConfigError, RunConfig, config_to_dict, load_config,
+                                  optimizer_steps_per_rollout, save_config, validate_config)
 from megatron_brrm.data import PairLoader, read_pairs
 from megatron_brrm.hub import resolve_hf_path
 from megatron_brrm.judge import RewardRule, get_protocol
@@ -58,7 +59,6 @@ from megatron_brrm.rollout.two_turn import RolloutParams, rollout
 from megatron_brrm.workers.batching import sequences_to_batch, split_minibatches, trajectories_to_batch
 from megatron_brrm.workers.cluster import Cluster
 from megatron_brrm.workers.fleet import GenerationFleet, engine_factory_for
-from megatron_brrm.workers.offload import OFFLOAD_MODES
 from megatron_brrm.workers.policy import PGLoss
 from megatron_brrm.workers.policy_group import Policy
 from megatron_brrm.workers.refit import refit
@@ -86,15 +86,6 @@ def _check_layout(cfg: RunConfig, shape, nodes: int = 1, gpus_per_node: int = 0)
     return layout
 
 
-def _check_sizes(cfg: RunConfig) -> int:
-    g = cfg.grpo
-    total = g.num_prompts_per_step * g.num_generations
-    if g.global_batch_size < 1 or total % g.global_batch_size:
-        raise TrainError(f"grpo.global_batch_size={g.global_batch_size} must divide grpo.num_prompts_per_step x "
-                         f"grpo.num_generations = {total}")
-    return total // g.global_batch_size
-
-
 class GRPOTrainer:
     """Owns the cluster, the policy, the engine fleet, the data and the loop.
 
@@ -106,16 +97,15 @@ class GRPOTrainer:
             the model; tests pass engines that fail on purpose).
 
     Raises:
-        TrainError: missing model or data, or inconsistent batch sizes.
+        ConfigError: a key outside its choices or a broken cross-field rule.
+        TrainError: missing model or data, or a layout the planner rejects.
         WorkerError: a policy rank or an engine failed to start.
     """
 
     def __init__(self, cfg: RunConfig, resume: bool = True,
                  engine_factory: Optional[Callable[[], object]] = None):
-        self.optimizer_steps_per_rollout = _check_sizes(cfg)
-        if cfg.rollout.colocated_offload not in OFFLOAD_MODES:
-            raise TrainError(f"rollout.colocated_offload={cfg.rollout.colocated_offload!r}: expected one of "
-                             f"{', '.join(OFFLOAD_MODES)}")
+        validate_config(cfg, "the run's config")  # also for configs built in code, not loaded
+        self.optimizer_steps_per_rollout = optimizer_steps_per_rollout(cfg)
         if cfg.model.hf_path == "tiny":
             raise TrainError("model.hf_path=tiny: the tiny CPU model is built by `python -m megatron_brrm.demo` "
                              "(or pass model.hf_path=<an HF folder>)")
@@ -400,7 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m megatron_brrm.train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=True, help="YAML recipe under model_configs/ (any subset of the config tree)")
     p.add_argument("--no-resume", action="store_true", help="start from the initial weights even if a checkpoint exists")
-    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. grpo.num_generations=8 grpo.lr=1e-6")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. grpo.num_generations=8 grpo.optimizer.lr=1e-6")
     return p
 
 

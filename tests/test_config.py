@@ -14,9 +14,9 @@ def test_defaults_match_brrm_recipe():
 
 def test_yaml_then_overrides(tmp_path):
     f = tmp_path / "r.yaml"
-    f.write_text("grpo:\n  num_generations: 4\n  lr: 1.0e-6\nparallel:\n  tensor_model_parallel_size: 2\n")
+    f.write_text("grpo:\n  num_generations: 4\n  optimizer:\n    lr: 1.0e-6\nparallel:\n  tensor_model_parallel_size: 2\n")
     cfg = load_config(f, ["grpo.num_generations=16", "judge.reward.wrong=-10"])
-    assert cfg.grpo.num_generations == 16 and cfg.grpo.lr == 1e-6
+    assert cfg.grpo.num_generations == 16 and cfg.grpo.optimizer.lr == 1e-6
     assert cfg.parallel.tensor_model_parallel_size == 2 and cfg.judge.reward.wrong == -10.0
 
 
@@ -50,3 +50,23 @@ def test_saved_config_round_trips(tmp_path):
     cfg = load_config(None, ["grpo.kl_coef=0.01", "name=x"])
     path = save_config(cfg, tmp_path / "out")
     assert load_config(path) == cfg
+
+
+@pytest.mark.parametrize("override, message", [
+    ("rollout.engine=sglang", "rollout.engine='sglang' is not one of 'hf', 'vllm'"),
+    ("rollout.refit_transport=nccl", "rollout.refit_transport='nccl' is not one of 'auto', 'shm', 'collective', 'ray'"),
+    ("rollout.colocated_offload=weights", "rollout.colocated_offload='weights' is not one of 'all', 'optimizer', 'none'"),
+    ("grpo.kl_type=k2", "grpo.kl_type='k2' is not one of 'k1', 'k3'"),
+    ("sft.verdict=maybe", "sft.verdict='maybe' is not one of 'random', 'label'"),
+    ("grpo.global_batch_size=300", "grpo.global_batch_size=300 must divide grpo.num_prompts_per_step x grpo.num_generations = 1024"),
+])
+def test_choices_and_cross_field_rules_are_checked_at_load(override, message):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, [override])
+    assert message in str(e.value) and "command line" in str(e.value)
+
+
+def test_every_recipe_loads(repo_root):
+    """Every shipped recipe passes the load-time checks."""
+    for recipe in sorted((repo_root / "model_configs").glob("*.yaml")):
+        load_config(recipe)

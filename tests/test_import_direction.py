@@ -22,7 +22,7 @@ ALLOWED: Dict[str, Set[str]] = {
     "preemption": set(),
     "model": {"parallel"},
     "rl": {"model", "parallel"},
-    "rollout": {"judge", "model"},
+    "rollout": {"judge", "model", "config"},
     "checkpoint": {"model", "parallel", "config", "hub"},
     "workers": {"rl", "rollout", "model", "checkpoint", "parallel", "config"},
     "distill": {"judge", "data", "rollout", "config"},

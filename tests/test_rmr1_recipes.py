@@ -16,8 +16,11 @@ REPO = Path(__file__).resolve().parents[1]
 def test_rmr1_sft_recipe():
     c = load_config(REPO / "model_configs" / "rmr1_qwen3_8b_sft.yaml")
     assert c.judge.protocol == "rmr1" and c.model.hf_path == "Qwen/Qwen3-8B"
-    assert (c.sft.lr, c.sft.global_batch_size, c.grpo.micro_batch_size) == (5e-6, 128, 1)
-    assert (c.grpo.adam_beta1, c.grpo.adam_beta2, c.grpo.weight_decay, c.grpo.clip_grad) == (0.9, 0.95, 0.0, 1.0)
+    o = c.sft.optimizer
+    assert (o.lr, c.sft.global_batch_size, c.grpo.micro_batch_size) == (5e-6, 128, 1)
+    assert (o.adam_beta1, o.adam_beta2, o.weight_decay, o.clip_grad) == (0.9, 0.95, 0.0, 1.0)
+    # OpenRLHF cosine_with_min_lr: 3% warm-up from 0 (ceil(0.03 * 68) = 3), cosine down to 0.1 x lr
+    assert (o.lr_decay_style, o.lr_warmup_steps, o.lr_warmup_init_factor, o.min_lr) == ("cosine", 3, 0.0, 5e-7)
     assert c.rollout.max_total_sequence_length == 12288
     assert c.sft.num_steps == 68  # one epoch of 8.7K traces at 128 per step: ceil(8700 / 128)
 
@@ -30,9 +33,10 @@ def test_rmr1_grpo_recipe():
     assert (c.judge.reward.correct, c.judge.reward.wrong, c.judge.reward.malformed) == (1.0, -1.0, -1.0)
     g = c.grpo
     assert (g.num_prompts_per_step, g.num_generations, g.global_batch_size) == (1024, 7, 128 * 7)
-    assert (g.lr, g.lr_warmup_steps, g.lr_decay_style) == (1e-6, 0, "constant")
+    o = g.optimizer
+    assert (o.lr, o.lr_warmup_steps, o.lr_decay_style) == (1e-6, 0, "constant")
     assert (g.ratio_clip_low, g.ratio_clip_high, g.kl_coef, g.kl_type) == (0.2, 0.2, 0.001, "k3")
-    assert (g.clip_grad, g.weight_decay, g.adam_beta2) == (1.0, 0.01, 0.999)
+    assert (o.clip_grad, o.weight_decay, o.adam_beta2) == (1.0, 0.01, 0.999)
     assert (g.use_leave_one_out_baseline, g.advantage_std_type) == (False, "group")
     assert (c.rollout.temperature, c.rollout.top_p, c.rollout.max_new_tokens_turn1) == (1.0, 1.0, 8192)
     assert (c.data.max_prompt_tokens, c.rollout.max_total_sequence_length) == (4096, 4096 + 8192)

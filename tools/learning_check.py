@@ -77,7 +77,7 @@ DEFAULT_CONFIG = REPO_ROOT / "model_configs" / "learning_check.yaml"
 # form (module docstring).
 QUICK_OVERRIDES = [
     "grpo.max_num_steps=20", "grpo.val_every_n_steps=10", "rollout.temperature=1.0", "grpo.kl_coef=0.01",
-    "grpo.lr_warmup_steps=0", "grpo.lr_decay_style=constant", "sft.num_steps=80", "sft.lr=1e-2",
+    "grpo.optimizer.lr_warmup_steps=0", "grpo.optimizer.lr_decay_style=constant", "sft.num_steps=80", "sft.optimizer.lr=1e-2",
 ]
 
 FULL_TARGETS = {"min_final_accuracy": 0.80}
@@ -396,9 +396,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "seconds": {"setup": t_setup, "sft": t_sft, "grpo": t_grpo, "total": elapsed},
         "load_average_start": load_start, "load_average_end": os.getloadavg(),
         "config": {"grpo.max_num_steps": cfg.grpo.max_num_steps, "grpo.num_prompts_per_step": cfg.grpo.num_prompts_per_step,
-                   "grpo.num_generations": cfg.grpo.num_generations, "grpo.lr": cfg.grpo.lr,
+                   "grpo.num_generations": cfg.grpo.num_generations, "grpo.optimizer.lr": cfg.grpo.optimizer.lr,
                    "grpo.kl_coef": cfg.grpo.kl_coef, "rollout.temperature": cfg.rollout.temperature,
-                   "sft.num_steps": cfg.sft.num_steps, "sft.lr": cfg.sft.lr,
+                   "sft.num_steps": cfg.sft.num_steps, "sft.optimizer.lr": cfg.sft.optimizer.lr,
                    "num_train_rows": len(train), "num_val_rows": len(val)},
         "output_dir": str(out),
     }

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import torch
 
+from megatron_brrm.config import ENGINES
+
 from .engine import GenerationEngine
 
-ENGINES = ("hf", "vllm")
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 _VLLM_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "auto": "auto"}
 

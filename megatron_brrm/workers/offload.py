@@ -25,10 +25,6 @@ from typing import Dict, Iterable, List, Tuple
 
 import torch
 
-OFFLOAD_MODES = ("all", "optimizer", "none")
-"""``rollout.colocated_offload``: ``all`` = optimizer state + gradients + parameters,
-``optimizer`` = optimizer state + gradients, ``none`` = nothing."""
-
 
 def _bytes_view(storage: torch.UntypedStorage) -> torch.Tensor:
     """A uint8 tensor over every byte of ``storage``."""

@@ -15,9 +15,10 @@ share of the global batch, layout in :mod:`megatron_brrm.workers.policy_data`).
   ``use_reference_model``), so no second model is built.
 * Optimizer: ``get_megatron_optimizer`` (Adam with decoupled weight decay = AdamW, no decay
   on 1-D parameters, distributed optimizer per ``parallel.use_distributed_optimizer``),
-  global-norm gradient clipping, and ``OptimizerParamScheduler`` with a linear warm-up from
-  ``lr_warmup_init_factor * lr`` to ``lr`` over ``lr_warmup_steps`` steps, then ``lr_decay_style``
-  (constant, or linear / cosine down to ``min_lr`` at ``max_num_steps``).
+  global-norm gradient clipping, and ``OptimizerParamScheduler``: the trainer's own
+  :class:`~megatron_brrm.config.OptimizerConfig` (``grpo.optimizer``, ``sft.optimizer``) over
+  its run's optimizer steps (:func:`build_lr_scheduler`: warm-up, then constant, linear,
+  cosine or WSD).
 * Forward/backward through ``get_forward_backward_func`` (no pipelining / 1F1B /
   interleaved); ``batch_p2p_comm=False`` is set by the model config (docs/design.md §7).
   Micro-batches come from :mod:`megatron_brrm.workers.policy_data` (padding, or sequence
@@ -46,14 +47,13 @@ import torch
 
 from megatron_brrm.rl.logprobs import token_logprobs
 from megatron_brrm.rl.loss import Normalizer, reduce_metrics
-from megatron_brrm.workers.offload import (OFFLOAD_MODES, StorageOffloader, distinct_storages, model_tensors,
-                                           optimizer_tensors)
+from megatron_brrm.config import OFFLOAD_MODES
+from megatron_brrm.workers.offload import StorageOffloader, distinct_storages, model_tensors, optimizer_tensors
 from megatron_brrm.workers.policy_data import (Batch, MicroBatch, make_microbatches, make_packed_microbatches,
                                                 pad_microbatch_count)
 
 log = logging.getLogger(__name__)
 
-LR_DECAY_STYLES = ("constant", "linear", "cosine")  # OptimizerParamScheduler styles offered by grpo.lr_decay_style
 LossFn = Callable[..., Any]  # (logprobs [b,s], micro-batch dict, Normalizer, entropy=None) -> (loss, metrics)
 
 
@@ -61,38 +61,44 @@ class PolicyError(RuntimeError):
     """A policy worker call got inconsistent input (named in the message)."""
 
 
-def _checked_decay_style(g) -> str:
-    if g.lr_decay_style not in LR_DECAY_STYLES:
-        raise ValueError(f"grpo.lr_decay_style must be one of {LR_DECAY_STYLES}, got {g.lr_decay_style!r}")
-    return g.lr_decay_style
+def build_lr_scheduler(optimizer, o, total_steps: int):
+    """Megatron-Core's ``OptimizerParamScheduler`` for the optimizer config ``o``, stepped once per
+    optimizer step over a run of ``total_steps`` optimizer steps.
 
-
-def build_lr_scheduler(optimizer, g):
-    """Megatron-Core's ``OptimizerParamScheduler`` for the GRPO config ``g``, stepped once per optimizer step.
-
-    Learning rate: a linear warm-up from ``lr_warmup_init_factor * lr`` to ``lr`` over
-    ``lr_warmup_steps`` steps (none when 0), then ``lr_decay_style`` over the remaining steps up
-    to ``max_num_steps``: ``constant`` (stays at ``lr``), ``linear`` or ``cosine``
-    (``min_lr + (lr - min_lr) * (1 + cos(pi * t)) / 2``, ``t`` the fraction of the decay done)
-    down to ``min_lr`` (default ``lr``). Weight decay is constant.
+    Learning rate at step ``t`` (``W`` = ``o.lr_warmup_steps``, ``T`` = ``total_steps``): for
+    ``t <= W`` a linear warm-up ``lr0 + (lr - lr0) t / W`` with ``lr0 = o.lr_warmup_init_factor *
+    lr``; then by ``o.lr_decay_style``: ``constant`` ``lr``; ``linear`` ``lr - (lr - min_lr) r``;
+    ``cosine`` ``min_lr + (lr - min_lr) (1 + cos(pi r)) / 2`` with ``r = (t - W) / (T - W)``;
+    ``WSD`` ``lr`` until ``T - D`` (``D = o.lr_wsd_decay_steps``), then ``o.lr_wsd_decay_style``
+    from ``lr`` to ``min_lr`` over the last ``D`` steps (linear ``1 - u``, cosine, exponential
+    ``2 * 0.5^u - 1``, minus_sqrt ``1 - sqrt(u)``, ``u`` the fraction of the decay done).
+    ``min_lr`` defaults to ``lr``. Weight decay is constant.
 
     Args:
         optimizer: a Megatron optimizer (or any object with torch-style ``param_groups``).
-        g: :class:`megatron_brrm.config.GRPOConfig`.
+        o: :class:`megatron_brrm.config.OptimizerConfig`.
+        total_steps: optimizer steps of the whole run (>= 1).
 
     Raises:
-        ValueError: an unknown ``lr_decay_style``.
+        ValueError: an unknown ``lr_decay_style`` or WSD without ``lr_wsd_decay_steps``
+            (``load_config`` already refuses both).
     """
     from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
-    style = _checked_decay_style(g)
-    warmup = int(g.lr_warmup_steps)
-    min_lr = min(g.min_lr if g.min_lr is not None else g.lr, g.lr)
+    from megatron_brrm.config import LR_DECAY_STYLES
+
+    if o.lr_decay_style not in LR_DECAY_STYLES:
+        raise ValueError(f"optimizer.lr_decay_style must be one of {LR_DECAY_STYLES}, got {o.lr_decay_style!r}")
+    if o.lr_decay_style == "WSD" and not o.lr_wsd_decay_steps:
+        raise ValueError("optimizer.lr_decay_style=WSD needs optimizer.lr_wsd_decay_steps")
+    warmup = int(o.lr_warmup_steps)
+    min_lr = min(o.min_lr if o.min_lr is not None else o.lr, o.lr)
     return OptimizerParamScheduler(
-        optimizer, init_lr=g.lr * g.lr_warmup_init_factor if warmup > 0 else g.lr, max_lr=g.lr,
-        min_lr=min_lr, lr_warmup_steps=warmup, lr_decay_steps=max(int(g.max_num_steps), warmup + 1),
-        lr_decay_style=style, start_wd=g.weight_decay, end_wd=g.weight_decay,
-        wd_incr_steps=max(int(g.max_num_steps), 1), wd_incr_style="constant")
+        optimizer, init_lr=o.lr * o.lr_warmup_init_factor if warmup > 0 else o.lr, max_lr=o.lr,
+        min_lr=min_lr, lr_warmup_steps=warmup, lr_decay_steps=max(int(total_steps), warmup + 1),
+        lr_decay_style=o.lr_decay_style, start_wd=o.weight_decay, end_wd=o.weight_decay,
+        wd_incr_steps=max(int(total_steps), 1), wd_incr_style="constant",
+        wsd_decay_steps=o.lr_wsd_decay_steps, lr_wsd_decay_style=o.lr_wsd_decay_style)
 
 
 def hf_weight_getter(hf_path) -> Callable[[str], torch.Tensor]:
@@ -144,19 +150,24 @@ class PolicyWorker:
     """Megatron policy with reference weights, optimizer and LR schedule (module docstring).
 
     Args:
-        cfg: :class:`megatron_brrm.config.RunConfig` (``model``, ``parallel``, ``grpo``,
-            ``rollout.temperature``).
+        cfg: :class:`megatron_brrm.config.RunConfig` (``model``, ``parallel``, ``grpo``'s
+            micro-batching, ``rollout.temperature``).
         hf_path: HF folder with the config and, unless ``cfg.model.megatron_path`` is set, the
             initial (and reference) weights; default ``cfg.model.hf_path``. With
             ``cfg.model.megatron_path`` the weights come from that converted Megatron checkpoint.
         init_parallel: call :func:`megatron_brrm.parallel.initialize_parallel` (False when the
             caller already did, with the same ``cfg.parallel``).
+        optimizer: the trainer's :class:`~megatron_brrm.config.OptimizerConfig` (default
+            ``cfg.grpo.optimizer``; the SFT driver passes ``cfg.sft.optimizer``).
+        total_steps: optimizer steps of the whole run, the length of the LR schedule (default:
+            ``grpo.max_num_steps`` x the optimizer steps per rollout batch).
 
     Raises:
         PolicyError: no HF path; ModelBuildError / MappingError from the model helpers.
     """
 
-    def __init__(self, cfg, hf_path: Optional[str] = None, init_parallel: bool = True):
+    def __init__(self, cfg, hf_path: Optional[str] = None, init_parallel: bool = True, optimizer=None,
+                 total_steps: Optional[int] = None):
         from megatron.core import parallel_state as mpu
         from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
         from megatron.core.distributed import finalize_model_grads
@@ -167,8 +178,12 @@ class PolicyWorker:
         from megatron_brrm.model.weights import load_hf_weights_into_megatron
         from megatron_brrm.parallel import initialize_parallel
 
+        from megatron_brrm.config import optimizer_steps_per_rollout
+
         self.cfg = cfg
-        _checked_decay_style(cfg.grpo)  # fail before the model is built
+        self.optim_cfg = optimizer if optimizer is not None else cfg.grpo.optimizer
+        self.total_steps = int(total_steps) if total_steps is not None else \
+            cfg.grpo.max_num_steps * max(optimizer_steps_per_rollout(cfg), 1)
         hf_path = hf_path or cfg.model.hf_path
         if not hf_path:
             raise PolicyError("model.hf_path is not set: the policy needs an HF folder for its initial weights")
@@ -213,15 +228,16 @@ class PolicyWorker:
         no_sync = [m.no_sync for m in self.model]
         self.model_config.no_sync_func = no_sync[0] if len(no_sync) == 1 else no_sync
 
-        min_lr = g.min_lr if g.min_lr is not None else g.lr
+        o = self.optim_cfg
+        min_lr = o.min_lr if o.min_lr is not None else o.lr
         opt_cfg = OptimizerConfig(
-            optimizer="adam", lr=g.lr, min_lr=min_lr, weight_decay=g.weight_decay, adam_beta1=g.adam_beta1,
-            adam_beta2=g.adam_beta2, adam_eps=g.adam_eps, clip_grad=g.clip_grad, decoupled_weight_decay=True,
+            optimizer="adam", lr=o.lr, min_lr=min_lr, weight_decay=o.weight_decay, adam_beta1=o.adam_beta1,
+            adam_beta2=o.adam_beta2, adam_eps=o.adam_eps, clip_grad=o.clip_grad, decoupled_weight_decay=True,
             use_distributed_optimizer=cfg.parallel.use_distributed_optimizer,
             params_dtype=self.model_config.params_dtype,
             bf16=self.model_config.bf16, fp16=self.model_config.fp16)
         self.optimizer = get_megatron_optimizer(opt_cfg, self.model)
-        self.scheduler = build_lr_scheduler(self.optimizer, g)
+        self.scheduler = build_lr_scheduler(self.optimizer, o, self.total_steps)
         self.step = 0
         self.skipped_steps = 0
         self._params = [p for m in self.model for p in m.parameters()]
@@ -427,7 +443,7 @@ class PolicyWorker:
                 m.zero_grad_buffer()
             self.optimizer.zero_grad()
             return TrainResult(metrics, skipped=True)
-        clip = self.cfg.grpo.clip_grad
+        clip = self.optim_cfg.clip_grad
         for sub in getattr(self.optimizer, "chained_optimizers", [self.optimizer]):
             params = sub.get_parameters()
             if clip > 0 and params:

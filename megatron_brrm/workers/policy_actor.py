@@ -40,15 +40,17 @@ class PolicyActor:
     Args:
         cfg: the run's :class:`megatron_brrm.config.RunConfig`.
         hf_path: HF folder with the initial weights (default ``cfg.model.hf_path``).
+        optimizer, total_steps: the trainer's optimizer config and run length (see
+            :class:`~megatron_brrm.workers.policy.PolicyWorker`; default: GRPO's).
     """
 
-    def __init__(self, cfg, hf_path: Optional[str] = None):
+    def __init__(self, cfg, hf_path: Optional[str] = None, optimizer=None, total_steps: Optional[int] = None):
         os.environ.setdefault("OMP_NUM_THREADS", "1")
         torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
         from megatron_brrm.workers.policy import PolicyWorker
 
         self.cfg = cfg
-        self.worker = PolicyWorker(cfg, hf_path=hf_path)
+        self.worker = PolicyWorker(cfg, hf_path=hf_path, optimizer=optimizer, total_steps=total_steps)
 
     # ------------------------------------------------------------------ info
     def info(self) -> Dict[str, int]:

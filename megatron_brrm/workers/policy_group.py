@@ -65,17 +65,19 @@ class Policy:
         hf_path: HF folder of the initial weights (default ``cfg.model.hf_path``).
         name: worker-group name (errors and logs).
         call_timeout_s: default per-call timeout in seconds (None: none).
+        optimizer: the trainer's :class:`~megatron_brrm.config.OptimizerConfig` (default ``cfg.grpo.optimizer``).
+        total_steps: optimizer steps of the run, the LR schedule's length (default: GRPO's).
 
     Raises:
         WorkerError: a rank failed to start.
     """
 
     def __init__(self, cluster, cfg, hf_path: Optional[str] = None, name: str = "policy",
-                 call_timeout_s: Optional[float] = None):
+                 call_timeout_s: Optional[float] = None, optimizer=None, total_steps: Optional[int] = None):
         self.cfg = cfg
         self.group = WorkerGroup(cluster, PolicyActor, cluster.policy_world_size, args=(cfg,),
-                                 kwargs={"hf_path": hf_path} if hf_path else None, name=name,
-                                 call_timeout_s=call_timeout_s)
+                                 kwargs={"hf_path": hf_path, "optimizer": optimizer, "total_steps": total_steps},
+                                 name=name, call_timeout_s=call_timeout_s)
         infos = self.group.run_all("info")
         self.layout: List[RankLayout] = [
             RankLayout(rank=i["rank"], tp_rank=i["tp_rank"], tp_size=i["tp_size"], pp_rank=i["pp_rank"],

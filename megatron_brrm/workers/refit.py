@@ -37,6 +37,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import ray
 
+from megatron_brrm.config import REFIT_TRANSPORTS as TRANSPORTS
 from megatron_brrm.rollout.refit import RefitStats, push_buckets
 from megatron_brrm.rollout.shm import BucketEntry, unmap_buffers
 from megatron_brrm.workers.actors import RemoteEngine
@@ -48,7 +49,6 @@ from megatron_brrm.workers.errors import WorkerError, describe_ray_error
 
 log = logging.getLogger(__name__)
 
-TRANSPORTS = ("auto", "shm", "collective", "ray")
 SHM_MAX_BUCKET_BYTES = 64 << 20
 
 

@@ -58,8 +58,8 @@ def _cfg(tiny_qwen3_dir, data_dir, out, *extra):
     return load_config(None, [
         f"model.hf_path={tiny_qwen3_dir}", "model.transformer_impl=local", "parallel.tensor_model_parallel_size=2",
         "parallel.backend=gloo", f"data.train_path={data_dir / 'train.jsonl'}", "grpo.num_prompts_per_step=2",
-        "grpo.num_generations=2", "grpo.global_batch_size=4", "grpo.max_num_steps=2", "grpo.lr=1e-3",
-        "grpo.lr_warmup_steps=0", "grpo.kl_coef=0.01", "rollout.max_new_tokens_turn1=12",
+        "grpo.num_generations=2", "grpo.global_batch_size=4", "grpo.max_num_steps=2", "grpo.optimizer.lr=1e-3",
+        "grpo.optimizer.lr_warmup_steps=0", "grpo.kl_coef=0.01", "rollout.max_new_tokens_turn1=12",
         "rollout.max_new_tokens_turn2=12", "rollout.temperature=1.0", "rollout.colocated=true",
         f"logging.output_dir={out}", "logging.tensorboard=false", *extra])
 

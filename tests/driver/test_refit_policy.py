@@ -79,7 +79,7 @@ def test_refit_matches_trainer(layout, tiny_qwen3_dir, tmp_path):
     cfg = load_config(None, [f"model.hf_path={tiny_qwen3_dir}", "model.transformer_impl=local",
                              f"parallel.tensor_model_parallel_size={layout['tp']}",
                              f"parallel.pipeline_model_parallel_size={layout['pp']}", "parallel.backend=gloo",
-                             "grpo.lr=0.01", "grpo.lr_warmup_steps=0", "grpo.micro_batch_size=2"])
+                             "grpo.optimizer.lr=0.01", "grpo.optimizer.lr_warmup_steps=0", "grpo.micro_batch_size=2"])
     g = torch.Generator().manual_seed(0)
     seqs = [torch.randint(3, 2000, (n,), generator=g).tolist() for n in (24, 17)]
     batch = sequences_to_batch(seqs, [[0] * 4 + [1] * (len(s) - 4) for s in seqs], pad_id=0)

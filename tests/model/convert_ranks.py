@@ -190,7 +190,7 @@ def train_and_save(rank: int, world_size: int, model_dir: str, save_dir: str):
     cfg = RunConfig()
     cfg.model.hf_path = model_dir
     cfg.parallel.tensor_model_parallel_size, cfg.parallel.backend = world_size, "gloo"
-    cfg.grpo.lr, cfg.grpo.lr_warmup_steps, cfg.grpo.micro_batch_size = 1e-2, 0, 2
+    cfg.grpo.optimizer.lr, cfg.grpo.optimizer.lr_warmup_steps, cfg.grpo.micro_batch_size = 1e-2, 0, 2
     try:
         worker = PolicyWorker(cfg)
         gen = torch.Generator().manual_seed(7)

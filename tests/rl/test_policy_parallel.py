@@ -116,8 +116,8 @@ def _worker_layouts(rank, world, model_dir, layouts):
             cfg.model.hf_path = str(model_dir)
             cfg.parallel.tensor_model_parallel_size, cfg.parallel.pipeline_model_parallel_size = tp, pp
             cfg.parallel.sequence_parallel, cfg.parallel.backend = sp, "gloo"
-            g = cfg.grpo
-            g.lr, g.lr_warmup_steps, g.lr_warmup_init_factor, g.weight_decay, g.clip_grad = LR, WARMUP, INIT_FACTOR, WD, CLIP
+            g, o = cfg.grpo, cfg.grpo.optimizer
+            o.lr, o.lr_warmup_steps, o.lr_warmup_init_factor, o.weight_decay, o.clip_grad = LR, WARMUP, INIT_FACTOR, WD, CLIP
             g.micro_batch_size, g.max_tokens_per_microbatch, g.max_num_steps = mbs, max_tok, 10
             g.sequence_packing = packing
             cfg.parallel.virtual_pipeline_model_parallel_size = vpp[0] if vpp else None

@@ -43,8 +43,8 @@ def _worker(model_dir, tp):
     cfg = RunConfig()
     cfg.model.hf_path = model_dir
     cfg.parallel.tensor_model_parallel_size, cfg.parallel.backend = tp, "gloo"
-    g = cfg.grpo
-    g.lr, g.lr_warmup_steps, g.weight_decay, g.micro_batch_size, g.max_num_steps = 1e-3, 3, 0.01, 2, 10
+    g, o = cfg.grpo, cfg.grpo.optimizer
+    o.lr, o.lr_warmup_steps, o.weight_decay, g.micro_batch_size, g.max_num_steps = 1e-3, 3, 0.01, 2, 10
     return PolicyWorker(cfg)
 
 

@@ -27,7 +27,7 @@ def test_refit_across_two_nodes(layout, two_ray_nodes, tiny_qwen3_dir):
     cfg = load_config(None, [f"model.hf_path={tiny_qwen3_dir}", "model.transformer_impl=local",
                              f"parallel.tensor_model_parallel_size={layout['tp']}",
                              f"parallel.pipeline_model_parallel_size={layout['pp']}", "parallel.backend=gloo",
-                             "grpo.lr=0.01", "grpo.lr_warmup_steps=0", "grpo.micro_batch_size=2", "rollout.engine=hf"])
+                             "grpo.optimizer.lr=0.01", "grpo.optimizer.lr_warmup_steps=0", "grpo.micro_batch_size=2", "rollout.engine=hf"])
     g = torch.Generator().manual_seed(0)
     seqs = [torch.randint(3, 2000, (n,), generator=g).tolist() for n in (24, 17)]
     batch = sequences_to_batch(seqs, [[0] * 4 + [1] * (len(s) - 4) for s in seqs], pad_id=0)
@@ -83,8 +83,8 @@ def test_refit_across_two_nodes_into_vllm(two_ray_nodes, tiny_qwen3_dir, vllm_ti
     from megatron_brrm.workers.refit import refit
 
     cfg = load_config(None, [f"model.hf_path={tiny_qwen3_dir}", "model.transformer_impl=local",
-                             "parallel.pipeline_model_parallel_size=2", "parallel.backend=gloo", "grpo.lr=0.01",
-                             "grpo.lr_warmup_steps=0", "grpo.micro_batch_size=2", "rollout.temperature=1.0"])
+                             "parallel.pipeline_model_parallel_size=2", "parallel.backend=gloo", "grpo.optimizer.lr=0.01",
+                             "grpo.optimizer.lr_warmup_steps=0", "grpo.micro_batch_size=2", "rollout.temperature=1.0"])
     g = torch.Generator().manual_seed(0)
     seqs = [torch.randint(3, 2000, (n,), generator=g).tolist() for n in (24, 17)]
     batch = sequences_to_batch(seqs, [[0] * 4 + [1] * (len(s) - 4) for s in seqs], pad_id=0)
