@@ -15,7 +15,7 @@ setup(
     install_requires=[
         # CPU installs: `pip install torch==2.13.0` first (a bare `torch` pulls a CUDA build).
         "torch>=2.6",
-        "megatron-core>=0.16,<0.17",
+        "megatron-core==0.16.1",  # the version parallel/cpu_compat.py patches were checked against
         "transformers>=4.56",
         "tokenizers>=0.21",
         "datasets>=3.0",

@@ -28,7 +28,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, Iterator, Optional, Sequence, Tuple
-from unittest import mock
 
 import torch
 
@@ -154,8 +153,8 @@ def meta_sharded_state_dict(hf_config, params_dtype: torch.dtype, padded_vocab: 
     from megatron_brrm.model.build import build_gpt_model
 
     model_cfg = ModelConfig(params_dtype=DTYPE_TO_NAME[params_dtype], transformer_impl="local")
-    with mock.patch("torch.cuda.is_available", return_value=False), torch.device("meta"):
-        model = build_gpt_model(hf_config, model_cfg, ParallelConfig(), padded_vocab=padded_vocab)
+    with torch.device("meta"):
+        model = build_gpt_model(hf_config, model_cfg, ParallelConfig(), padded_vocab=padded_vocab, cpu_init=True)
     return model.sharded_state_dict()
 
 

@@ -39,6 +39,8 @@ from typing import Any, Dict, List, Optional
 
 import torch
 
+from megatron_brrm.parallel.cpu_compat import use_in_process_save_queue
+
 log = logging.getLogger(__name__)
 
 OPTIM_METADATA = {"distrib_optim_sharding_type": "fully_reshardable", "chained_optim_avoid_prefix": True}
@@ -257,24 +259,6 @@ def _all_params_finite(model) -> bool:
     return float(bad) == 0.0
 
 
-def _use_in_process_results_queue() -> None:
-    """Give Megatron's torch_dist writer an in-process results queue.
-
-    For a synchronous save, megatron-core 0.16.1 (``filesystem_async._get_write_results_queue``)
-    starts a ``multiprocessing`` Manager server process per rank just to hold a queue that is
-    only used inside the saving process. That process outlives a trainer killed with
-    SIGKILL (an orphan holding the job's stdout) and costs a process start. A plain
-    ``queue.Queue`` has the same ``put`` / ``get_nowait`` interface for the synchronous path
-    used here (async saves are not used).
-    """
-    import queue
-
-    from megatron.core.dist_checkpointing.strategies import filesystem_async
-
-    if getattr(filesystem_async, "_results_queue", "missing") is None:
-        filesystem_async._results_queue = queue.Queue()
-
-
 def save_train_checkpoint(save_dir, step: int, model, optimizer, scheduler, extra_state: Optional[dict] = None,
                           keep_last_k: Optional[int] = 3, strategy: str = "torch_dist") -> Path:
     """Save a complete training checkpoint for ``step`` (collective: every rank calls it).
@@ -314,7 +298,7 @@ def save_train_checkpoint(save_dir, step: int, model, optimizer, scheduler, extr
         tmp_dir.mkdir()
     _barrier()
     sd = _sharded_state_dict(model, optimizer, scheduler, is_loading=False)
-    _use_in_process_results_queue()
+    use_in_process_save_queue()
     dist_checkpointing.save(sd, str(tmp_dir), sharded_strategy=(strategy, 1), content_metadata=OPTIM_METADATA)
     _barrier()
     if rank == 0:

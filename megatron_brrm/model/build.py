@@ -140,7 +140,7 @@ def _check_hf_config(hf_config: Any, arch: ArchSpec) -> None:
         raise ModelBuildError(f"num_attention_heads={heads} is not a multiple of num_key_value_heads={groups}")
 
 
-def transformer_config_from_hf(hf_config: Any, model_cfg, parallel_cfg):
+def transformer_config_from_hf(hf_config: Any, model_cfg, parallel_cfg, cpu_init: Optional[bool] = None):
     """Translate an HF Qwen3/Llama config plus our model/parallel config into a ``TransformerConfig``.
 
     Args:
@@ -212,7 +212,7 @@ def transformer_config_from_hf(hf_config: Any, model_cfg, parallel_cfg):
         pipeline_dtype=dtype,
         bf16=dtype == torch.bfloat16,
         fp16=dtype == torch.float16,
-        use_cpu_initialization=not torch.cuda.is_available(),
+        use_cpu_initialization=(not torch.cuda.is_available()) if cpu_init is None else bool(cpu_init),
         bias_activation_fusion=fuse,
         bias_dropout_fusion=fuse,
         masked_softmax_fusion=fuse,
@@ -302,7 +302,7 @@ def layer_spec(config, model_cfg, vp_stage: Optional[int] = None, pp_rank: Optio
 
 def build_gpt_model(hf_config: Any, model_cfg, parallel_cfg, pre_process: Optional[bool] = None,
                     post_process: Optional[bool] = None, vp_stage: Optional[int] = None,
-                    padded_vocab: Optional[int] = None):
+                    padded_vocab: Optional[int] = None, cpu_init: Optional[bool] = None):
     """Build this rank's ``GPTModel`` chunk (random init; load weights with ``mapping``).
 
     Requires :func:`megatron_brrm.parallel.initialize_parallel` to have run with the same
@@ -319,6 +319,9 @@ def build_gpt_model(hf_config: Any, model_cfg, parallel_cfg, pre_process: Option
         vp_stage: virtual pipeline chunk index (with VPP).
         padded_vocab: embedding / output rows to use instead of :func:`padded_vocab_size`
             (e.g. the rows recorded in a checkpoint); must be >= the HF vocab and divisible by TP.
+        cpu_init: initialise the parameters on the CPU (Megatron's ``use_cpu_initialization``);
+            default: when no GPU is visible. The converters pass True to build meta-device
+            layouts on any machine.
 
     Returns:
         ``megatron.core.models.gpt.GPTModel`` in ``model_cfg.params_dtype``.
@@ -329,7 +332,7 @@ def build_gpt_model(hf_config: Any, model_cfg, parallel_cfg, pre_process: Option
     from megatron.core import parallel_state as mpu
     from megatron.core.models.gpt import GPTModel
 
-    config = transformer_config_from_hf(hf_config, model_cfg, parallel_cfg)
+    config = transformer_config_from_hf(hf_config, model_cfg, parallel_cfg, cpu_init=cpu_init)
     if pre_process is None:
         pre_process = mpu.is_pipeline_first_stage(ignore_virtual=False, vp_stage=vp_stage)
     if post_process is None:

@@ -1,4 +1,4 @@
-"""CPU compatibility layer for Megatron-Core (installed only when CUDA is absent).
+"""CPU compatibility layer for Megatron-Core, and the one place that patches Megatron internals.
 
 Megatron-Core 0.16 assumes a GPU in many places that have nothing to do with the maths:
 it allocates with ``device=torch.cuda.current_device()``, moves tensors with ``.cuda()``,
@@ -29,6 +29,12 @@ rng_state_functions   ``_get_cuda_rng_state`` / ``_set_cuda_rng_state`` use the 
 
 ``torch.cuda.empty_cache`` needs no stand-in: on a CPU build of torch it is already a
 no-op (measured, torch 2.13), so it is not patched.
+
+One patch is not about the CPU: :func:`use_in_process_save_queue` (synchronous
+``dist_checkpointing`` saves without a Manager server process), applied on every device by the
+training checkpoints. Every patch here touches Megatron-Core internals that were checked
+against the versions in :data:`CHECKED_MEGATRON_VERSIONS` only; :func:`check_megatron_version`
+refuses others with the fix.
 """
 from __future__ import annotations
 
@@ -41,6 +47,7 @@ from torch.overrides import TorchFunctionMode
 
 log = logging.getLogger(__name__)
 
+CHECKED_MEGATRON_VERSIONS = ("0.16.1",)
 MODE_PATCHES = ("cuda_device_args", "tensor_cuda_identity", "cuda_type_names", "backward_keeps_mode")
 PATCH_NAMES = MODE_PATCHES + ("current_device", "synchronize", "rng_tracker", "rng_state_functions")
 
@@ -354,6 +361,44 @@ _INSTALLERS = {
 }
 
 
+def check_megatron_version() -> str:
+    """The installed megatron-core version, when the patches here were checked against it.
+
+    Raises:
+        RuntimeError: another version (the message names both and the fix).
+    """
+    from importlib.metadata import version
+
+    installed = version("megatron-core")
+    if installed not in CHECKED_MEGATRON_VERSIONS:
+        raise RuntimeError(f"megatron-core {installed} is installed, but megatron_brrm/parallel/cpu_compat.py patches "
+                           f"Megatron internals checked against {', '.join(CHECKED_MEGATRON_VERSIONS)} only: install "
+                           f"megatron-core=={CHECKED_MEGATRON_VERSIONS[-1]} (as setup.py pins), or re-check the patches "
+                           "(tests/model/test_cpu_compat.py) and add the version to CHECKED_MEGATRON_VERSIONS")
+    return installed
+
+
+def use_in_process_save_queue() -> None:
+    """Synchronous ``dist_checkpointing`` saves keep their results in a plain in-process queue.
+
+    For a synchronous save, megatron-core 0.16.1 (``filesystem_async._get_write_results_queue``)
+    starts a ``multiprocessing`` Manager server process per rank just to hold a queue that is
+    only used inside the saving process. That process outlives a trainer killed with SIGKILL
+    (an orphan holding the job's stdout) and costs a process start. A ``queue.Queue`` has the
+    same ``put`` / ``get_nowait`` interface for the synchronous path (async saves are not used).
+
+    Raises:
+        RuntimeError: an unchecked megatron-core version (:func:`check_megatron_version`).
+    """
+    import queue
+
+    from megatron.core.dist_checkpointing.strategies import filesystem_async
+
+    check_megatron_version()
+    if getattr(filesystem_async, "_results_queue", "missing") is None:
+        filesystem_async._results_queue = queue.Queue()
+
+
 def install(skip: Iterable[str] = (), force: bool = False) -> bool:
     """Install the CPU patches once per process; a no-op when CUDA is available.
 
@@ -372,6 +417,7 @@ def install(skip: Iterable[str] = (), force: bool = False) -> bool:
 
     Raises:
         ValueError: an unknown name in ``skip``.
+        RuntimeError: an unchecked megatron-core version (:func:`check_megatron_version`).
     """
     skip = set(skip)
     unknown = skip - set(PATCH_NAMES)
@@ -379,6 +425,7 @@ def install(skip: Iterable[str] = (), force: bool = False) -> bool:
         raise ValueError(f"unknown cpu_compat patch name(s) {sorted(unknown)}; known: {list(PATCH_NAMES)}")
     if torch.cuda.is_available() and not force:
         return False
+    check_megatron_version()
     for name in PATCH_NAMES:
         if name in skip or name in _installed:
             continue

@@ -73,3 +73,17 @@ def test_unknown_patch_name_is_rejected():
     with pytest.raises(ValueError, match="unknown cpu_compat patch name.*no_such_patch"):
         cpu_compat.install(skip=["no_such_patch"])
     assert _installed() == before
+
+
+def test_unchecked_megatron_version_is_refused(monkeypatch):
+    """The patches touch Megatron internals checked against one version; another one is refused with the fix."""
+    import importlib.metadata
+
+    from megatron_brrm.parallel import cpu_compat
+
+    assert cpu_compat.check_megatron_version() == "0.16.1"  # the pinned, checked version
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: "0.17.0")
+    with pytest.raises(RuntimeError, match=r"megatron-core 0.17.0 is installed.*checked against 0.16.1.*megatron-core==0.16.1"):
+        cpu_compat.check_megatron_version()
+    with pytest.raises(RuntimeError, match="0.17.0"):
+        cpu_compat.use_in_process_save_queue()
