@@ -57,11 +57,8 @@ from megatron_brrm.rollout.refit import refit_check
 from megatron_brrm.rollout.trajectory import rollout_metrics
 from megatron_brrm.rollout.two_turn import RolloutParams, rollout
 from megatron_brrm.workers.batching import sequences_to_batch, split_minibatches, trajectories_to_batch
-from megatron_brrm.workers.cluster import Cluster
-from megatron_brrm.workers.fleet import GenerationFleet, engine_factory_for
 from megatron_brrm.workers.policy import PGLoss
-from megatron_brrm.workers.policy_group import Policy
-from megatron_brrm.workers.refit import refit
+from megatron_brrm.workers.runtime import Runtime, start_runtime
 from megatron_brrm.workers.errors import WorkerError
 
 log = logging.getLogger("megatron_brrm.train")
@@ -95,6 +92,8 @@ class GRPOTrainer:
         resume: resume from ``checkpoint.save_dir`` when a checkpoint exists.
         engine_factory: builds each fleet engine inside its actor (default: ``rollout.engine`` for
             the model; tests pass engines that fail on purpose).
+        runtime: an already started :class:`~megatron_brrm.workers.runtime.Runtime` (policy,
+            fleet, refit); default: :func:`~megatron_brrm.workers.runtime.start_runtime`.
 
     Raises:
         ConfigError: a key outside its choices or a broken cross-field rule.
@@ -103,7 +102,7 @@ class GRPOTrainer:
     """
 
     def __init__(self, cfg: RunConfig, resume: bool = True,
-                 engine_factory: Optional[Callable[[], object]] = None):
+                 engine_factory: Optional[Callable[[], object]] = None, runtime: Optional[Runtime] = None):
         validate_config(cfg, "the run's config")  # also for configs built in code, not loaded
         self.optimizer_steps_per_rollout = optimizer_steps_per_rollout(cfg)
         if cfg.model.hf_path == "tiny":
@@ -136,12 +135,12 @@ class GRPOTrainer:
         self.lifecycle: List[str] = []  # this step's phases, in order
         self._probe = None  # (sequences, trainer logprobs at T=1) awaiting the engines' side of a refit check
 
-        self.cluster = Cluster.from_config(cfg)
+        if runtime is None:
+            log.info("starting the policy ranks and the engine fleet (%s) on %s", cfg.rollout.engine, cfg.model.hf_path)
+            runtime = start_runtime(cfg, engine_factory, lambda nodes, gpus: _check_layout(cfg, self.shape, nodes, gpus))
+        self.runtime = runtime
+        self.policy, self.fleet = runtime.policy, runtime.fleet
         try:
-            _check_layout(cfg, self.shape, nodes=self.cluster.num_nodes, gpus_per_node=self.cluster.gpus_per_node)
-            log.info("starting the engine fleet (%s) on %s", cfg.rollout.engine, cfg.model.hf_path)
-            self.fleet = GenerationFleet(self.cluster, engine_factory or engine_factory_for(cfg.rollout, cfg.model.hf_path),
-                                         num_engines=cfg.rollout.num_engines)
             self.tokenizer = self.fleet.tokenizer
             train_pairs = self._fit_prompts(read_pairs(cfg.data.train_path), "train")
             self.loader = PairLoader(train_pairs, cfg.grpo.num_prompts_per_step, seed=cfg.data.seed,
@@ -149,9 +148,8 @@ class GRPOTrainer:
             self.val_pairs = []
             if cfg.data.val_path:
                 self.val_pairs = self._fit_prompts(read_pairs(cfg.data.val_path), "val")[: cfg.grpo.val_num_pairs]
-            self.policy = Policy(self.cluster, cfg)
         except BaseException:
-            self.cluster.shutdown()
+            runtime.shutdown()
             raise
         self.metrics = MetricsLogger(self.out, tensorboard=cfg.logging.tensorboard,
                                      wandb_project=cfg.logging.wandb_project, config=config_to_dict(cfg),
@@ -208,8 +206,7 @@ class GRPOTrainer:
         """Refit every engine with the policy's weights (the engines' weights are woken first)."""
         if self.colocated:
             self.fleet.wake(["weights"])
-        stats = refit(self.policy, self.fleet, self.cfg.rollout.refit_bucket_size_mb * 2**20,
-                      transport=self.cfg.rollout.refit_transport)
+        stats = self.runtime.refit()
         self.lifecycle.append("refit")
         return {"refit/bytes": stats.num_bytes, "refit/buckets": stats.num_buckets, "refit/gb_per_s": stats.gb_per_s,
                 "timing/refit": stats.seconds}
@@ -375,9 +372,8 @@ class GRPOTrainer:
         """Stop the engines (their engine processes first), the policy ranks (each tears down its
         process groups), the cluster and the logger."""
         try:
-            self.fleet.shutdown()
+            self.runtime.shutdown()
         finally:
-            self.cluster.shutdown()
             self.metrics.close()
 
 
