@@ -11,7 +11,7 @@ Megatron code paths run on CPU (docs/design.md §7).
 :func:`install` applies every patch once (idempotent) and does nothing when
 ``torch.cuda.is_available()``. Each patch has a name in :data:`PATCH_NAMES` and a
 docstring saying what Megatron does and why the patch is needed;
-``tests/model/test_cpu_compat.py`` removes each patch in turn and shows that the named
+``tests/parallel/test_cpu_compat.py`` removes each patch in turn and shows that the named
 Megatron operation fails again with the specific error.
 
 ===================== ===================================================================
@@ -374,7 +374,7 @@ def check_megatron_version() -> str:
         raise RuntimeError(f"megatron-core {installed} is installed, but megatron_brrm/parallel/cpu_compat.py patches "
                            f"Megatron internals checked against {', '.join(CHECKED_MEGATRON_VERSIONS)} only: install "
                            f"megatron-core=={CHECKED_MEGATRON_VERSIONS[-1]} (as setup.py pins), or re-check the patches "
-                           "(tests/model/test_cpu_compat.py) and add the version to CHECKED_MEGATRON_VERSIONS")
+                           "(tests/parallel/test_cpu_compat.py) and add the version to CHECKED_MEGATRON_VERSIONS")
     return installed
 
 
