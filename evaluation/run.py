@@ -94,6 +94,12 @@ def check_engine_args(args: argparse.Namespace) -> None:
         raise UsageError(f"--model HF_DIR is required with --engine {args.engine}")
     if not (Path(args.model) / "config.json").is_file():
         raise UsageError(f"--model {args.model}: not an HF model folder (no config.json)")
+    from megatron_brrm.checkpoint.hf_io import HFCheckpointError, HFSafetensorsReader
+
+    try:  # headers only: a truncated or missing shard is named here, before a model loads
+        HFSafetensorsReader(args.model)
+    except HFCheckpointError as exc:
+        raise UsageError(f"--model {args.model}: {exc}") from None
     if args.engine == "vllm":
         try:
             import vllm  # noqa: F401

@@ -21,27 +21,47 @@ import sys
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
+from tqdm.auto import tqdm
+from transformers import AutoTokenizer
+
 from megatron_brrm.config import ConfigError, RunConfig, load_config, save_config
+from megatron_brrm.data import DataError, read_pairs
+from megatron_brrm.judge import get_protocol
+from megatron_brrm.metrics import MetricsLogger
+from megatron_brrm.rollout.traces import TraceError, read_traces, synthetic_trace, tokenize_trace
+from megatron_brrm.workers.batching import sequences_to_batch
+from megatron_brrm.workers.cluster import Cluster
+from megatron_brrm.workers.policy import SFTLoss
+from megatron_brrm.workers.policy_group import Policy
 
 log = logging.getLogger("megatron_brrm.sft")
+
+
+class SFTInputError(ValueError):
+    """The SFT inputs are unusable (a broken traces or pairs file, no trace that fits); the message names the file."""
 
 
 def build_sft_sequences(cfg: RunConfig, tokenizer) -> List[Tuple[List[int], List[int]]]:
     """Tokenized ``(token_ids, loss_mask)`` SFT sequences for the run (see module docstring).
 
     Raises:
-        ValueError: no traces / pairs, or none fits ``rollout.max_total_sequence_length``.
+        SFTInputError: a broken traces / pairs file (file and line named), no traces / pairs, or
+            none fits ``rollout.max_total_sequence_length``.
     """
-    from megatron_brrm.data import read_pairs
-    from megatron_brrm.judge import get_protocol
-    from megatron_brrm.rollout.traces import read_traces, synthetic_trace, tokenize_trace
+    try:
+        return _build_sft_sequences(cfg, tokenizer)
+    except (TraceError, DataError) as exc:
+        raise SFTInputError(str(exc)) from None
+
+
+def _build_sft_sequences(cfg: RunConfig, tokenizer) -> List[Tuple[List[int], List[int]]]:
 
     s = cfg.sft
     if s.traces_path:
         traces = list(read_traces(s.traces_path))
     else:
         if not cfg.data.train_path:
-            raise ValueError("sft.traces_path and data.train_path are both unset: give judge traces or preference pairs")
+            raise SFTInputError("sft.traces_path and data.train_path are both unset: give judge traces or preference pairs")
         protocol = get_protocol(cfg.judge.protocol, cfg.judge.template_dir)
         rng = random.Random(cfg.data.seed)
         pairs = read_pairs(cfg.data.train_path)
@@ -53,23 +73,16 @@ def build_sft_sequences(cfg: RunConfig, tokenizer) -> List[Tuple[List[int], List
         log.warning("dropped %d of %d SFT traces longer than rollout.max_total_sequence_length=%d",
                     len(seqs) - len(kept), len(seqs), cfg.rollout.max_total_sequence_length)
     if not kept:
-        raise ValueError("no SFT trace fits rollout.max_total_sequence_length")
+        raise SFTInputError(f"no SFT trace fits rollout.max_total_sequence_length={cfg.rollout.max_total_sequence_length}")
     return kept
 
 
 def run_sft(cfg: RunConfig) -> Path:
     """Run the SFT stage; returns the HF folder written (``sft.output_hf_dir``)."""
-    from transformers import AutoTokenizer
-    from tqdm.auto import tqdm
 
-    from megatron_brrm.metrics import MetricsLogger
-    from megatron_brrm.workers.batching import sequences_to_batch
-    from megatron_brrm.workers.cluster import Cluster
-    from megatron_brrm.workers.policy import SFTLoss
-    from megatron_brrm.workers.policy_group import Policy
 
     if not cfg.model.hf_path:
-        raise ValueError("model.hf_path is unset: SFT starts from an HF model folder")
+        raise SFTInputError("model.hf_path is unset: SFT starts from an HF model folder")
     out = Path(cfg.logging.output_dir) / "sft"
     save_config(cfg, out)
     target = Path(cfg.sft.output_hf_dir or Path(cfg.logging.output_dir) / "sft_hf")
@@ -116,7 +129,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    target = run_sft(cfg)
+    try:
+        target = run_sft(cfg)
+    except SFTInputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(f"SFT finished: HF model written to {target}")
     return 0
 

@@ -42,10 +42,12 @@ import torch
 
 from megatron_brrm.config import (ConfigError, RunConfig, config_to_dict, load_config,
                                   optimizer_steps_per_rollout, save_config, validate_config)
-from megatron_brrm.data import PairLoader, read_pairs
+from megatron_brrm.checkpoint.hf_io import HFCheckpointError, HFSafetensorsReader, read_hf_config
+from megatron_brrm.data import DataError, PairLoader, read_pairs
 from megatron_brrm.hub import resolve_hf_path
 from megatron_brrm.judge import RewardRule, get_protocol
 from megatron_brrm.metrics import MetricsLogger
+from megatron_brrm.model.architectures import UnsupportedArchitectureError, get_arch_spec
 from megatron_brrm.plan.layout import LayoutError, plan_layout
 from megatron_brrm.plan.shapes import ShapeError, resolve_shape
 from megatron_brrm.preemption import REQUEUE_EXIT_CODE, PreemptionHandler
@@ -66,6 +68,22 @@ log = logging.getLogger("megatron_brrm.train")
 
 class TrainError(RuntimeError):
     """A run cannot start (bad paths or sizes); the message says which config key to fix."""
+
+
+def _check_model_folder(path: str) -> None:
+    """A local HF folder's architecture and safetensors headers, checked before anything starts
+    (a truncated shard or an unsupported model would otherwise fail inside an actor, later).
+
+    Raises:
+        TrainError: naming the file and what is wrong with it.
+    """
+    if not Path(path).is_dir():
+        return
+    try:
+        get_arch_spec(read_hf_config(path))
+        HFSafetensorsReader(path)
+    except (HFCheckpointError, UnsupportedArchitectureError, ValueError) as exc:
+        raise TrainError(f"model.hf_path: {exc}") from None
 
 
 def _check_layout(cfg: RunConfig, shape, nodes: int = 1, gpus_per_node: int = 0):
@@ -115,6 +133,7 @@ class GRPOTrainer:
         except FileNotFoundError as exc:
             raise TrainError(f"model.hf_path: {exc}") from None
         self.cfg = cfg
+        _check_model_folder(cfg.model.hf_path)
         try:
             self.shape = resolve_shape(cfg.model)
         except ShapeError as exc:
@@ -123,6 +142,11 @@ class GRPOTrainer:
         if not cfg.data.train_path or not Path(cfg.data.train_path).is_file():
             raise TrainError(f"data.train_path={cfg.data.train_path!r} does not exist; build it with "
                              "tools/preprocess_data.py")
+        try:  # read the data before any process starts: a broken line stops the run here, named
+            train_pairs = read_pairs(cfg.data.train_path)
+            val_pairs = read_pairs(cfg.data.val_path) if cfg.data.val_path else []
+        except DataError as exc:
+            raise TrainError(str(exc)) from None
         self.out = Path(cfg.logging.output_dir)
         self.out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, self.out)
@@ -142,12 +166,10 @@ class GRPOTrainer:
         self.policy, self.fleet = runtime.policy, runtime.fleet
         try:
             self.tokenizer = self.fleet.tokenizer
-            train_pairs = self._fit_prompts(read_pairs(cfg.data.train_path), "train")
+            train_pairs = self._fit_prompts(train_pairs, "train")
             self.loader = PairLoader(train_pairs, cfg.grpo.num_prompts_per_step, seed=cfg.data.seed,
                                      shuffle=cfg.data.shuffle)
-            self.val_pairs = []
-            if cfg.data.val_path:
-                self.val_pairs = self._fit_prompts(read_pairs(cfg.data.val_path), "val")[: cfg.grpo.val_num_pairs]
+            self.val_pairs = self._fit_prompts(val_pairs, "val")[: cfg.grpo.val_num_pairs] if val_pairs else []
         except BaseException:
             runtime.shutdown()
             raise
@@ -400,8 +422,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         cfg = load_config(args.config, args.overrides)
         trainer = GRPOTrainer(cfg, resume=not args.no_resume and cfg.checkpoint.resume)
-    except (ConfigError, TrainError, WorkerError) as exc:
+    except (ConfigError, TrainError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except WorkerError as exc:  # a rank or an engine failed to start: one line here, the details in the log
+        log.error("%s", exc)
+        print(f"error: {str(exc).splitlines()[0]} (details above)", file=sys.stderr)
         return 2
     preemption.install()
     try:

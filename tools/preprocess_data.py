@@ -162,10 +162,10 @@ def main(argv=None) -> int:
     try:
         return run(args)
     except DataError as exc:
-        print(f"{exc}", file=sys.stderr)
+        print(f"preprocess_data.py: error: {exc}", file=sys.stderr)
         return 1
     except ValueError as exc:  # an adapter option with a bad value
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"preprocess_data.py: error: {exc}", file=sys.stderr)
         return 1
 
 

@@ -113,6 +113,7 @@ def read_safetensors_header(path: str | os.PathLike) -> Dict[str, TensorInfo]:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise HFCheckpointError(f"{path}: cannot read safetensors header: {exc}") from None
     out: Dict[str, TensorInfo] = {}
+    data_end = 0
     for name, entry in header.items():
         if name == "__metadata__":
             continue
@@ -120,8 +121,13 @@ def read_safetensors_header(path: str | os.PathLike) -> Dict[str, TensorInfo]:
         if dtype is None:
             raise HFCheckpointError(f"{path}: tensor {name!r} has unsupported dtype {entry.get('dtype')!r}")
         begin, end = entry["data_offsets"]
+        data_end = max(data_end, int(end))
         out[name] = TensorInfo(name=name, shape=tuple(int(d) for d in entry["shape"]), dtype=dtype,
                                file=path.name, nbytes=int(end) - int(begin))
+    size, expected = path.stat().st_size, 8 + hlen + data_end
+    if size < expected:
+        raise HFCheckpointError(f"{path}: truncated safetensors file ({size} bytes, its header describes {expected}); "
+                                "copy or download it again")
     return out
 
 

@@ -126,7 +126,6 @@ def iter_megatron_to_hf(model_chunks, mapping: ArchMapping, *, vp_size: Optional
     tp_size, pp_size = torch.distributed.get_world_size(tp_group), torch.distributed.get_world_size(pp_group)
     pp_rank = torch.distributed.get_rank(pp_group)
     local = local_global_params(model_chunks, mapping, pp_rank, pp_size, vp_size)
-    meta: Dict[str, Tuple[torch.dtype, str]] = {}
     if pp_size > 1:  # every stage learns the dtype of every tensor (it allocates broadcast buffers)
         mine = {n: str(p.dtype) for n, p in local.items()}
         stages: List[Any] = [None] * pp_size

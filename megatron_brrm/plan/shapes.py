@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Optional
 
+from megatron_brrm.model.architectures import UnsupportedArchitectureError, get_arch_spec
+
 
 class ShapeError(ValueError):
     """The model's dimensions cannot be found or are inconsistent (the message says which and how to fix)."""
@@ -86,8 +88,12 @@ class ModelShape:
         """From a ``config.json`` dict (Qwen3 / Llama keys).
 
         Raises:
-            ShapeError: a required key is missing (named).
+            ShapeError: an architecture the project cannot train, or a required key is missing (named).
         """
+        try:
+            get_arch_spec(cfg)
+        except UnsupportedArchitectureError as exc:
+            raise ShapeError(f"{name}: {exc}") from None
         missing = [k for k in ("num_hidden_layers", "hidden_size", "num_attention_heads", "intermediate_size",
                                "vocab_size") if k not in cfg]
         if missing:

@@ -36,7 +36,6 @@ One class for both platforms; what differs is chosen from ``vllm.platforms.curre
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import logging

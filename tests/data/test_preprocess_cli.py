@@ -79,7 +79,8 @@ def test_missing_field_exits_nonzero_naming_file_and_line(repo_root, samples_dir
     path.write_text("\n".join(lines) + "\n")
     res = _run(repo_root, "--output-dir", tmp_path / "o", "--data-dir", data)
     assert res.returncode == 1
-    assert res.stderr.startswith(f"{path}:5: missing field 'response_1'")
+    assert res.stderr.startswith(f"preprocess_data.py: error: {path}:5: missing field 'response_1'")
+    assert len(res.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "o" / "train_data.jsonl").exists()
     ok = _run(repo_root, "--output-dir", tmp_path / "o", "--data-dir", data, "--skip-invalid")
     assert ok.returncode == 0

@@ -15,7 +15,6 @@ spawned 2-rank job, on a 4-layer tiny Qwen3. Checked per layout:
   amplifies the ~1e-7 relative reduction-order noise of elements whose gradient is near 0);
 * the reference logprobs still equal the initial ones after training (the swap restores).
 """
-import math
 
 import numpy as np
 import pytest
