@@ -31,7 +31,7 @@ from megatron_brrm.metrics import MetricsLogger
 from megatron_brrm.rollout.traces import TraceError, read_traces, synthetic_trace, tokenize_trace
 from megatron_brrm.workers.batching import sequences_to_batch
 from megatron_brrm.workers.cluster import Cluster
-from megatron_brrm.workers.policy import SFTLoss
+from megatron_brrm.rl.loss import SFTLoss
 from megatron_brrm.workers.policy_group import Policy
 
 log = logging.getLogger("megatron_brrm.sft")

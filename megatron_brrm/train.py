@@ -59,7 +59,7 @@ from megatron_brrm.rollout.refit import refit_check
 from megatron_brrm.rollout.trajectory import rollout_metrics
 from megatron_brrm.rollout.two_turn import RolloutParams, rollout
 from megatron_brrm.workers.batching import sequences_to_batch, split_minibatches, trajectories_to_batch
-from megatron_brrm.workers.policy import PGLoss
+from megatron_brrm.rl.loss import PGLoss
 from megatron_brrm.workers.runtime import Runtime, start_runtime
 from megatron_brrm.workers.errors import WorkerError
 

@@ -19,10 +19,10 @@ DRIVERS = {"train", "sft", "demo", "api"}
 
 ALLOWED: Dict[str, Set[str]] = {
     "config": set(), "judge": set(), "data": set(), "metrics": set(), "hub": set(), "parallel": set(),
-    "preemption": set(),
+    "preemption": set(), "run_summary": set(),
     "model": {"parallel"},
     "rl": {"model", "parallel"},
-    "rollout": {"judge", "model", "config"},
+    "rollout": {"judge", "model", "config", "checkpoint"},
     "checkpoint": {"model", "parallel", "config", "hub"},
     "workers": {"rl", "rollout", "model", "checkpoint", "parallel", "config"},
     "distill": {"judge", "data", "rollout", "config"},

@@ -67,6 +67,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
+from megatron_brrm.run_summary import diff_se, read_metrics  # noqa: E402  (after the sys.path entry)
+
 DEFAULT_CONFIG = REPO_ROOT / "model_configs" / "learning_check.yaml"
 
 # The reduced CI form, applied before the user's overrides: a short, weakly warm-started run at
@@ -93,9 +95,8 @@ def _noise_sigma(n: int) -> float:
 
 
 def _diff_sigma(p0: float, p1: float, n: int) -> float:
-    """Std of ``p0 - p1`` for two independent binomial proportions over ``n`` trials each
-    (normal approximation, Wald): ``sqrt((p0 (1 - p0) + p1 (1 - p1)) / n)``."""
-    return math.sqrt((p0 * (1 - p0) + p1 * (1 - p1)) / max(n, 1))
+    """Std of ``p0 - p1`` for two independent binomial proportions over ``n`` trials each (Wald)."""
+    return diff_se(p0, n, p1, n)
 
 
 def short_traces(protocol, pairs, verdicts: Sequence[int]) -> List[List[Dict[str, str]]]:
@@ -206,11 +207,6 @@ def _resolve(path: Optional[str]) -> Optional[str]:
         return path
     return str(REPO_ROOT / path)
 
-
-def _read_metrics(path: Path) -> List[dict]:
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 DEFAULT_CUE_WORDS = "left,right;up,down;red,blue;hot,cold;east,west;black,white;old,new;top,bottom"
@@ -362,7 +358,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     t_grpo = time.time() - t0
     elapsed = time.time() - t_start
 
-    rows = _read_metrics(metrics_path)
+    rows = read_metrics(metrics_path)
     val_curve = [{"step": r["step"], "accuracy": r["validation/accuracy"],
                   "format_error_rate": r["validation/format_error_rate"]} for r in rows if "validation/accuracy" in r]
     train_curve = [{"step": r["step"], "accuracy": r.get("rollout/accuracy"),

@@ -196,17 +196,31 @@ class HFSafetensorsReader:
         """Sum of stored tensor sizes in bytes (the index's ``metadata.total_size``)."""
         return sum(i.nbytes for i in self._info.values())
 
+    def shapes(self) -> Dict[str, Tuple[int, ...]]:
+        """``{name: shape}`` of every tensor (from the headers; no data read)."""
+        return {name: info.shape for name, info in self._info.items()}
+
+    def _handle(self, file: str):
+        from safetensors import safe_open
+
+        handles = self.__dict__.setdefault("_handles", {})
+        if file not in handles:
+            handles[file] = safe_open(str(self.folder / file), framework="pt", device="cpu")
+        return handles[file]
+
     def get(self, name: str) -> torch.Tensor:
-        """Load one tensor (CPU, stored dtype and shape); only its bytes are read.
+        """Load one tensor (CPU, stored dtype and shape); only its bytes are read (each file is
+        opened once, memory-mapped, and kept open for later reads).
 
         Raises:
             HFCheckpointError: the tensor is not in the folder.
         """
-        from safetensors import safe_open
+        return self._handle(self.info(name).file).get_tensor(name)
 
-        info = self.info(name)
-        with safe_open(str(self.folder / info.file), framework="pt", device="cpu") as f:
-            return f.get_tensor(name)
+    def iter_tensors(self) -> Iterator[Tuple[str, torch.Tensor]]:
+        """Stream ``(name, tensor)`` for every tensor, file by file (one tensor materialised at a time)."""
+        for name in sorted(self._info, key=lambda n: (self._info[n].file, n)):
+            yield name, self.get(name)
 
 
 def resolve_hf_source(value: str | os.PathLike) -> Path:

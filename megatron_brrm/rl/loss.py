@@ -341,3 +341,31 @@ def reduce_metrics(parts) -> Dict[str, float]:
             else:
                 out[k] = out.get(k, 0.0) + v
     return out
+
+
+class PGLoss:
+    """:func:`clipped_pg_loss` as a policy worker's ``loss_fn(logprobs, data, norm, entropy)``.
+
+    Args:
+        cfg: :class:`ClippedPGConfig`.
+    """
+
+    def __init__(self, cfg: ClippedPGConfig):
+        self.cfg = cfg
+
+    def __call__(self, logprobs, data, norm, entropy=None):
+        return clipped_pg_loss(logprobs, data, self.cfg, norm, entropy=entropy)
+
+
+class SFTLoss:
+    """:func:`sft_nll_loss` as a policy worker's ``loss_fn(logprobs, data, norm, entropy)``.
+
+    Args:
+        aggregation: ``token_mean`` or ``sequence_mean`` (as :func:`sft_nll_loss`).
+    """
+
+    def __init__(self, aggregation: str = "token_mean"):
+        self.aggregation = aggregation
+
+    def __call__(self, logprobs, data, norm, entropy=None):
+        return sft_nll_loss(logprobs, data, norm, self.aggregation)

@@ -101,7 +101,8 @@ def turn_contents(traj: Trajectory, tokenizer, eos_token_ids) -> List[str]:
 
 
 def rollout_metrics(trajectories: Sequence[Trajectory]) -> Dict[str, float]:
-    """Batch metrics: reward mean, accuracy, format-error and truncation rates, lengths, dimensions.
+    """Batch metrics: trajectory count, reward mean, accuracy, format-error and truncation rates,
+    lengths, dimensions.
 
     Accuracy counts a trajectory correct when its verdict is valid and equals the label
     (so malformed counts as wrong). ``dimension/<name>`` is the fraction of trajectories whose
@@ -111,6 +112,7 @@ def rollout_metrics(trajectories: Sequence[Trajectory]) -> Dict[str, float]:
     if n == 0:
         return {}
     out: Dict[str, float] = {
+        "num_trajectories": n,
         "reward_mean": sum(t.reward for t in trajectories) / n,
         "accuracy": sum(1 for t in trajectories if getattr(t.verdict, "preference", None) == t.label) / n,
         "format_error_rate": sum(1 for t in trajectories if getattr(t.verdict, "format_error", None) is not None) / n,

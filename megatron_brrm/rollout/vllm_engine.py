@@ -45,13 +45,15 @@ from typing import Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 
+from megatron_brrm.checkpoint.hf_io import HFSafetensorsReader
+
 from .engine import EngineAbilities, GenerationEngine, GenerationOutput, SamplingParams
 from .refit import fused_module_key, iter_buckets, missing_fused_members, order_fused_modules
 from .sampling import derive_sample_seed, validate_request
 from .fp8 import vllm_fp8_overrides
 from .shm import BucketEntry, SharedBuffers, dtype_name, layout_entries, mmap_file, pack_bucket
 from .vllm_worker import WORKER_EXTENSION_CLS, entries_to_wire
-from .weights import check_against_manifest, hf_checkpoint_manifest, iter_checkpoint_tensors
+from .weights import check_against_manifest
 
 log = logging.getLogger(__name__)
 
@@ -215,7 +217,8 @@ class VLLMEngine(GenerationEngine):
         self._vllm = vllm
         self._tokenizer = self.llm.get_tokenizer()
         self.refit_bucket_bytes = int(refit_bucket_bytes)
-        self.manifest = hf_checkpoint_manifest(model_path) if os.path.isdir(str(model_path)) else None
+        reader = HFSafetensorsReader(model_path) if os.path.isdir(str(model_path)) else None
+        self.manifest = reader.shapes() if reader is not None else None
         self.tied_embeddings = bool(_read_json(model_path, "config.json").get("tie_word_embeddings", False))
         self._abilities = EngineAbilities(
             eos_token_ids=eos_ids_of(_read_json(model_path, "generation_config.json"), self._tokenizer),
@@ -227,7 +230,7 @@ class VLLMEngine(GenerationEngine):
         self._weights_dirty = False
         self.quantization = quantization
         if quantization == "fp8":  # the real weights, quantised by the workers as every refit is
-            self.update_weights(iter_checkpoint_tensors(model_path))
+            self.update_weights((reader or HFSafetensorsReader(model_path)).iter_tensors())
 
     @property
     def tokenizer(self):

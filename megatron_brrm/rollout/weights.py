@@ -1,4 +1,4 @@
-"""Loading streamed ``(hf_name, tensor)`` pairs into a model, and the name/shape manifest of an HF folder.
+"""Loading streamed ``(hf_name, tensor)`` pairs into a model, and checking them against a manifest.
 
 Both engines accept the refit stream of docs/design.md §3 (full, unsharded tensors with
 Hugging Face parameter names). These helpers hold the strict checks: an unknown name raises
@@ -6,9 +6,7 @@ Hugging Face parameter names). These helpers hold the strict checks: an unknown 
 """
 from __future__ import annotations
 
-import json
-from pathlib import Path
-from typing import Dict, Iterable, Iterator, List, Mapping, Sequence, Tuple
+from typing import Iterable, Mapping, Sequence, Tuple
 
 import torch
 
@@ -50,52 +48,6 @@ def copy_named_tensors(params: Mapping[str, torch.Tensor], named_tensors: Iterab
             count += 1
             nbytes += tensor.numel() * tensor.element_size()
     return count, nbytes
-
-
-def hf_checkpoint_manifest(model_dir: str | Path) -> Dict[str, Tuple[int, ...]]:
-    """``{tensor name: shape}`` of the safetensors weights in an HF model folder (headers only).
-
-    Reads ``model.safetensors`` or every shard listed in ``model.safetensors.index.json``;
-    no tensor data is loaded.
-
-    Raises:
-        FileNotFoundError: the folder holds no safetensors weights.
-    """
-    from safetensors import safe_open
-
-    manifest: Dict[str, Tuple[int, ...]] = {}
-    for path in _weight_files(model_dir):
-        with safe_open(str(path), framework="pt") as f:
-            for key in f.keys():
-                manifest[key] = tuple(f.get_slice(key).get_shape())
-    return manifest
-
-
-def _weight_files(model_dir: str | Path) -> List[Path]:
-    model_dir = Path(model_dir)
-    index = model_dir / "model.safetensors.index.json"
-    if index.exists():
-        files = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
-    elif (model_dir / "model.safetensors").exists():
-        files = ["model.safetensors"]
-    else:
-        raise FileNotFoundError(f"{model_dir} holds no model.safetensors or model.safetensors.index.json; "
-                                f"save the model with save_pretrained(..., safe_serialization=True)")
-    return [model_dir / f for f in files]
-
-
-def iter_checkpoint_tensors(model_dir: str | Path) -> Iterator[Tuple[str, torch.Tensor]]:
-    """Stream ``(name, tensor)`` from an HF folder's safetensors, one tensor at a time (CPU).
-
-    Raises:
-        FileNotFoundError: the folder holds no safetensors weights.
-    """
-    from safetensors import safe_open
-
-    for path in _weight_files(model_dir):
-        with safe_open(str(path), framework="pt") as f:
-            for key in f.keys():
-                yield key, f.get_tensor(key)
 
 
 def check_against_manifest(manifest: Mapping[str, Tuple[int, ...]], name: str, shape: Sequence[int],

@@ -35,19 +35,33 @@ share of the global batch, layout in :mod:`megatron_brrm.workers.policy_data`).
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
+from megatron.core import parallel_state as mpu
+from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
+from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+from megatron.core.optimizer.clip_grads import clip_grad_by_total_norm_fp32
+from megatron.core.pipeline_parallel import get_forward_backward_func
 
+from megatron_brrm.checkpoint.hf_io import HFSafetensorsReader
+from megatron_brrm.checkpoint.model_load import load_model_weights
+from megatron_brrm.checkpoint.train_ckpt import (STATE_FILE, latest_checkpoint, load_train_checkpoint,
+                                                 save_train_checkpoint)
+from megatron_brrm.config import OFFLOAD_MODES, optimizer_steps_per_rollout
+from megatron_brrm.model.build import build_gpt_model, load_hf_config, use_transformer_engine
+from megatron_brrm.model.fp8 import fp8_token_multiple
+from megatron_brrm.model.mapping import get_mapping
+from megatron_brrm.model.weights import load_hf_weights_into_megatron, megatron_state_to_hf
+from megatron_brrm.parallel import initialize_parallel
 from megatron_brrm.rl.logprobs import token_logprobs
 from megatron_brrm.rl.loss import Normalizer, reduce_metrics
-from megatron_brrm.config import OFFLOAD_MODES
+from megatron_brrm.workers.lr_schedule import build_lr_scheduler
 from megatron_brrm.workers.offload import StorageOffloader, distinct_storages, model_tensors, optimizer_tensors
 from megatron_brrm.workers.policy_data import (Batch, MicroBatch, make_microbatches, make_packed_microbatches,
                                                 pad_microbatch_count)
@@ -59,76 +73,6 @@ LossFn = Callable[..., Any]  # (logprobs [b,s], micro-batch dict, Normalizer, en
 
 class PolicyError(RuntimeError):
     """A policy worker call got inconsistent input (named in the message)."""
-
-
-def build_lr_scheduler(optimizer, o, total_steps: int):
-    """Megatron-Core's ``OptimizerParamScheduler`` for the optimizer config ``o``, stepped once per
-    optimizer step over a run of ``total_steps`` optimizer steps.
-
-    Learning rate at step ``t`` (``W`` = ``o.lr_warmup_steps``, ``T`` = ``total_steps``): for
-    ``t <= W`` a linear warm-up ``lr0 + (lr - lr0) t / W`` with ``lr0 = o.lr_warmup_init_factor *
-    lr``; then by ``o.lr_decay_style``: ``constant`` ``lr``; ``linear`` ``lr - (lr - min_lr) r``;
-    ``cosine`` ``min_lr + (lr - min_lr) (1 + cos(pi r)) / 2`` with ``r = (t - W) / (T - W)``;
-    ``WSD`` ``lr`` until ``T - D`` (``D = o.lr_wsd_decay_steps``), then ``o.lr_wsd_decay_style``
-    from ``lr`` to ``min_lr`` over the last ``D`` steps (linear ``1 - u``, cosine, exponential
-    ``2 * 0.5^u - 1``, minus_sqrt ``1 - sqrt(u)``, ``u`` the fraction of the decay done).
-    ``min_lr`` defaults to ``lr``. Weight decay is constant.
-
-    Args:
-        optimizer: a Megatron optimizer (or any object with torch-style ``param_groups``).
-        o: :class:`megatron_brrm.config.OptimizerConfig`.
-        total_steps: optimizer steps of the whole run (>= 1).
-
-    Raises:
-        ValueError: an unknown ``lr_decay_style`` or WSD without ``lr_wsd_decay_steps``
-            (``load_config`` already refuses both).
-    """
-    from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
-
-    from megatron_brrm.config import LR_DECAY_STYLES
-
-    if o.lr_decay_style not in LR_DECAY_STYLES:
-        raise ValueError(f"optimizer.lr_decay_style must be one of {LR_DECAY_STYLES}, got {o.lr_decay_style!r}")
-    if o.lr_decay_style == "WSD" and not o.lr_wsd_decay_steps:
-        raise ValueError("optimizer.lr_decay_style=WSD needs optimizer.lr_wsd_decay_steps")
-    warmup = int(o.lr_warmup_steps)
-    min_lr = min(o.min_lr if o.min_lr is not None else o.lr, o.lr)
-    return OptimizerParamScheduler(
-        optimizer, init_lr=o.lr * o.lr_warmup_init_factor if warmup > 0 else o.lr, max_lr=o.lr,
-        min_lr=min_lr, lr_warmup_steps=warmup, lr_decay_steps=max(int(total_steps), warmup + 1),
-        lr_decay_style=o.lr_decay_style, start_wd=o.weight_decay, end_wd=o.weight_decay,
-        wd_incr_steps=max(int(total_steps), 1), wd_incr_style="constant",
-        wsd_decay_steps=o.lr_wsd_decay_steps, lr_wsd_decay_style=o.lr_wsd_decay_style)
-
-
-def hf_weight_getter(hf_path) -> Callable[[str], torch.Tensor]:
-    """A lazy ``name -> tensor`` reader over an HF folder's safetensors (single or sharded).
-
-    Raises:
-        FileNotFoundError: no ``*.safetensors`` in the folder.
-    """
-    from safetensors import safe_open
-
-    folder = Path(hf_path)
-    index = folder / "model.safetensors.index.json"
-    if index.is_file():
-        weight_map = json.loads(index.read_text())["weight_map"]
-        files = sorted(set(weight_map.values()))
-    else:
-        files = sorted(p.name for p in folder.glob("*.safetensors"))
-        weight_map = None
-    if not files:
-        raise FileNotFoundError(f"no *.safetensors weights in {folder}; pass an HF model folder")
-    handles = {f: safe_open(str(folder / f), framework="pt") for f in files}
-    if weight_map is None:
-        weight_map = {k: f for f, h in handles.items() for k in h.keys()}
-
-    def get(name: str) -> torch.Tensor:
-        if name not in weight_map:
-            raise KeyError(name)
-        return handles[weight_map[name]].get_tensor(name)
-
-    return get
 
 
 @dataclass
@@ -168,18 +112,6 @@ class PolicyWorker:
 
     def __init__(self, cfg, hf_path: Optional[str] = None, init_parallel: bool = True, optimizer=None,
                  total_steps: Optional[int] = None):
-        from megatron.core import parallel_state as mpu
-        from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
-        from megatron.core.distributed import finalize_model_grads
-        from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
-
-        from megatron_brrm.model.build import build_gpt_model, load_hf_config
-        from megatron_brrm.model.mapping import get_mapping
-        from megatron_brrm.model.weights import load_hf_weights_into_megatron
-        from megatron_brrm.parallel import initialize_parallel
-
-        from megatron_brrm.config import optimizer_steps_per_rollout
-
         self.cfg = cfg
         self.optim_cfg = optimizer if optimizer is not None else cfg.grpo.optimizer
         self.total_steps = int(total_steps) if total_steps is not None else \
@@ -202,8 +134,6 @@ class PolicyWorker:
         g = cfg.grpo
 
         if g.sequence_packing:
-            from megatron_brrm.model.build import use_transformer_engine
-
             if not g.max_tokens_per_microbatch:
                 raise PolicyError("grpo.sequence_packing needs grpo.max_tokens_per_microbatch (the pack size)")
             if use_transformer_engine(cfg.model):
@@ -214,11 +144,9 @@ class PolicyWorker:
         self.mapping = get_mapping(self.hf_config, make_vocab_size_divisible_by=cfg.model.make_vocab_size_divisible_by,
                                    tp_size=self.tp_size)
         if cfg.model.megatron_path:  # a converted Megatron checkpoint (tools/convert_hf_to_megatron.py)
-            from megatron_brrm.checkpoint.model_load import load_model_weights
-
             load_model_weights(chunks, cfg.model.megatron_path)
         else:
-            load_hf_weights_into_megatron(chunks, hf_weight_getter(self.hf_path), self.mapping, vp_size=self.vp_size)
+            load_hf_weights_into_megatron(chunks, HFSafetensorsReader(self.hf_path).get, self.mapping, vp_size=self.vp_size)
         self.model_config = chunks[0].config
         ddp_cfg = DistributedDataParallelConfig(grad_reduce_in_fp32=True, overlap_grad_reduce=False,
                                                 use_distributed_optimizer=cfg.parallel.use_distributed_optimizer)
@@ -249,8 +177,6 @@ class PolicyWorker:
         g = self.cfg.grpo
         pad = self.tp_size if self.model_config.sequence_parallel else 1
         if self.model_config.fp8:  # TE's FP8 GEMMs take token counts in multiples of 16 (MXFP8: 32)
-            from megatron_brrm.model.fp8 import fp8_token_multiple
-
             pad *= fp8_token_multiple(self.model_config.fp8_recipe)
         if g.sequence_packing:
             mbs, stats = make_packed_microbatches(batch, g.max_tokens_per_microbatch, pad_multiple=pad,
@@ -273,16 +199,12 @@ class PolicyWorker:
 
     def _logprobs_of(self, logits: torch.Tensor, ids: torch.Tensor, with_entropy: bool,
                      temperature: Optional[float] = None):
-        from megatron.core import parallel_state as mpu
-
         v_local = logits.shape[-1]
         return token_logprobs(logits, ids, temperature=self.temperature if temperature is None else temperature,
                               vocab_start=mpu.get_tensor_model_parallel_rank() * v_local, vocab_size=self.vocab_size,
                               group=mpu.get_tensor_model_parallel_group(), with_entropy=with_entropy)
 
     def _run(self, mbs, stats, loss_func_factory, forward_only: bool):
-        from megatron.core.pipeline_parallel import get_forward_backward_func
-
         iters = [iter(mbs) for _ in self.model] if len(self.model) > 1 else iter(mbs)
         fb = get_forward_backward_func()
         return fb(forward_step_func=partial(self._forward_step, loss_func_factory), data_iterator=iters,
@@ -290,13 +212,18 @@ class PolicyWorker:
                   seq_length=stats["seq_length"], micro_batch_size=mbs[0].data["input_ids"].shape[0],
                   forward_only=forward_only)
 
-    def _broadcast_from_last_stage(self, obj):
-        from megatron.core import parallel_state as mpu
-
+    def _from_last_stage(self, obj=None, tensors: Sequence[torch.Tensor] = ()):
+        """The last pipeline stage's ``obj`` (pickled; other stages pass anything) on every stage, and
+        its ``tensors`` copied in place into every stage's tensors of the same shapes; returns the
+        last stage's ``obj``. Collective over the pipeline group; a no-op at PP=1."""
         if self.pp_size == 1:
             return obj
         group = mpu.get_pipeline_model_parallel_group()
         src = torch.distributed.get_global_rank(group, self.pp_size - 1)
+        for tensor in tensors:
+            buf = tensor.to(self.device)
+            torch.distributed.broadcast(buf, src=src, group=group)
+            tensor.copy_(buf.cpu())
         box = [obj]
         torch.distributed.broadcast_object_list(box, src=src, group=group)
         return box[0]
@@ -338,15 +265,7 @@ class PolicyWorker:
                     if ent is not None:
                         ent[row, :n] = out["entropy"][j, st:st + n].float()
                         ent[row, 0] = 0.0
-        if self.pp_size > 1:  # every stage returns the last stage's result (tensor broadcast)
-            from megatron.core import parallel_state as mpu
-
-            group = mpu.get_pipeline_model_parallel_group()
-            src = torch.distributed.get_global_rank(group, self.pp_size - 1)
-            for tensor in (lp, ent) if ent is not None else (lp,):
-                buf = tensor.to(self.device)
-                torch.distributed.broadcast(buf, src=src, group=group)
-                tensor.copy_(buf.cpu())
+        self._from_last_stage(tensors=(lp, ent) if ent is not None else (lp,))  # every stage returns the result
         return (lp, ent) if with_entropy else lp
 
     @contextlib.contextmanager
@@ -372,8 +291,6 @@ class PolicyWorker:
 
     # --------------------------------------------------------------------- train
     def _global_normalizer(self, batch: Batch) -> Normalizer:
-        from megatron.core import parallel_state as mpu
-
         if "loss_mask" not in batch:
             raise PolicyError("train batch is missing 'loss_mask' ([B, T], 1 on generated tokens)")
         counts = Normalizer.local_counts(batch["loss_mask"]).to(self.device)
@@ -383,8 +300,6 @@ class PolicyWorker:
         return Normalizer(float(counts[0]), float(counts[1]))
 
     def _reduce_over_dp(self, metrics: Dict[str, float]) -> Dict[str, float]:
-        from megatron.core import parallel_state as mpu
-
         if self.dp_size == 1 or not metrics:
             return metrics
         keys = sorted(metrics)
@@ -408,9 +323,6 @@ class PolicyWorker:
         Returns:
             :class:`TrainResult` (same on every rank).
         """
-        from megatron.core import parallel_state as mpu
-        from megatron.core.optimizer.clip_grads import clip_grad_by_total_norm_fp32
-
         for m in self.model:
             m.train()
             m.zero_grad_buffer()
@@ -426,7 +338,7 @@ class PolicyWorker:
 
         store = self._run(mbs, stats, loss_func, forward_only=False)
         local = reduce_metrics(store) if store else None
-        metrics = self._broadcast_from_last_stage(self._reduce_over_dp(local) if store else None)
+        metrics = self._from_last_stage(self._reduce_over_dp(local) if store else None)
         lr = float(self.optimizer.param_groups[0]["lr"])
         found_inf = bool(self.optimizer.prepare_grads())
         grad_norm = float(self.optimizer.get_grad_norm())
@@ -460,8 +372,6 @@ class PolicyWorker:
         position) + step as ``save_dir/step_<step>`` (collective; atomic, see
         :mod:`megatron_brrm.checkpoint.train_ckpt`). ``keep_last_k`` defaults to
         ``cfg.checkpoint.keep_last_k``. Returns the committed folder."""
-        from megatron_brrm.checkpoint.train_ckpt import save_train_checkpoint
-
         extra = dict(extra_state or {})
         extra["skipped_steps"] = self.skipped_steps
         k = self.cfg.checkpoint.keep_last_k if keep_last_k is None else keep_last_k
@@ -473,8 +383,6 @@ class PolicyWorker:
         across TP/PP/DP layouts. Returns the saved ``extra_state`` plus ``optimizer_step``
         (the restored :attr:`step`), or None when ``path`` is a save_dir without any
         checkpoint (fresh start)."""
-        from megatron_brrm.checkpoint.train_ckpt import STATE_FILE, latest_checkpoint, load_train_checkpoint
-
         path = Path(path)
         if not (path / STATE_FILE).is_file():
             path = latest_checkpoint(path)
@@ -537,30 +445,4 @@ class PolicyWorker:
     # ----------------------------------------------------------------- weights
     def hf_state_dict(self) -> Dict[str, torch.Tensor]:
         """The current weights as full HF tensors on every rank (collective; small models / tests)."""
-        from megatron_brrm.model.weights import megatron_state_to_hf
-
         return megatron_state_to_hf(self.model, self.mapping, vp_size=self.vp_size)
-
-
-class PGLoss:
-    """Adapter: :func:`megatron_brrm.rl.loss.clipped_pg_loss` as a worker ``loss_fn``."""
-
-    def __init__(self, cfg):
-        self.cfg = cfg
-
-    def __call__(self, logprobs, data, norm, entropy=None):
-        from megatron_brrm.rl.loss import clipped_pg_loss
-
-        return clipped_pg_loss(logprobs, data, self.cfg, norm, entropy=entropy)
-
-
-class SFTLoss:
-    """Adapter: :func:`megatron_brrm.rl.loss.sft_nll_loss` as a worker ``loss_fn``."""
-
-    def __init__(self, aggregation: str = "token_mean"):
-        self.aggregation = aggregation
-
-    def __call__(self, logprobs, data, norm, entropy=None):
-        from megatron_brrm.rl.loss import sft_nll_loss
-
-        return sft_nll_loss(logprobs, data, norm, self.aggregation)

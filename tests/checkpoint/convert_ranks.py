@@ -184,8 +184,8 @@ def train_and_save(rank: int, world_size: int, model_dir: str, save_dir: str):
 
     from megatron_brrm.config import RunConfig
     from megatron_brrm.parallel import destroy_parallel
-    from megatron_brrm.rl.loss import ClippedPGConfig
-    from megatron_brrm.workers.policy import PGLoss, PolicyWorker
+    from megatron_brrm.rl.loss import ClippedPGConfig, PGLoss
+    from megatron_brrm.workers.policy import PolicyWorker
 
     cfg = RunConfig()
     cfg.model.hf_path = model_dir

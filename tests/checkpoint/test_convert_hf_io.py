@@ -54,6 +54,10 @@ def test_sharded_writer_roundtrip_any_order(tmp_path):
     reader = HFSafetensorsReader(tmp_path)
     assert reader.names() == sorted(ts) and reader.total_bytes == index["metadata"]["total_size"]
     assert torch.equal(reader.get("c.bias"), ts["c.bias"]) and reader.info("a.weight").shape == (64, 32)
+    assert reader.shapes() == {n: tuple(t.shape) for n, t in ts.items()}
+    streamed = list(reader.iter_tensors())  # file by file: a.weight's shard first
+    assert [n for n, _ in streamed] == ["a.weight", "b.weight", "c.bias", "d.index", "e.scalar"]
+    assert all(torch.equal(t, ts[n]) and t.dtype == ts[n].dtype for n, t in streamed)
 
 
 def test_single_shard_is_model_safetensors(tmp_path):

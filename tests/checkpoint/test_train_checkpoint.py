@@ -51,8 +51,7 @@ def _worker(model_dir, tp):
 def _train_step(worker, step):
     from megatron.core import parallel_state as mpu
 
-    from megatron_brrm.rl.loss import ClippedPGConfig
-    from megatron_brrm.workers.policy import PGLoss
+    from megatron_brrm.rl.loss import ClippedPGConfig, PGLoss
 
     full = _step_batch(step, worker.vocab_size)
     dp, r = worker.dp_size, mpu.get_data_parallel_rank()
@@ -101,8 +100,7 @@ def _job(rank, world, model_dir, save_dir, mode):
             r = mpu.get_data_parallel_rank()
             half = {k: v[r * 2:(r + 1) * 2] for k, v in full.items()}
             half["old_logprobs"] = half["ref_logprobs"] = w.get_logprobs(half)
-            from megatron_brrm.rl.loss import ClippedPGConfig
-            from megatron_brrm.workers.policy import PGLoss
+            from megatron_brrm.rl.loss import ClippedPGConfig, PGLoss
             res = w.train(half, PGLoss(ClippedPGConfig(kl_coef=0.05)))
             out["nan_skipped"], out["step_after_nan"] = res.skipped, w.step
             out["unchanged_after_nan"] = all(np.array_equal(v, out["state_dp2"][k]) for k, v in _state(w).items())

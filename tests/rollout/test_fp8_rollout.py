@@ -14,7 +14,7 @@ from megatron_brrm.rollout import vllm_engine as V
 from megatron_brrm.rollout.fp8 import (dequantize_fp8_blockwise, is_fp8_linear, quantize_fp8_blockwise,
                                        quantize_named_weights, scale_name, vllm_fp8_overrides)
 from megatron_brrm.rollout.vllm_worker import BRRMWorkerExtension
-from megatron_brrm.rollout.weights import hf_checkpoint_manifest
+from megatron_brrm.checkpoint.hf_io import HFSafetensorsReader
 
 
 def test_blockwise_quantization_by_hand():
@@ -138,7 +138,7 @@ def test_fp8_engine_starts_dummy_and_loads_the_checkpoint_through_the_refit_path
     assert llm.kwargs["quantization"] == "fp8" and llm.kwargs["load_format"] == "dummy"
     assert llm.kwargs["hf_overrides"]["quantization_config"]["quant_method"] == "fp8"
     loaded = [n for r in llm.worker.model_runner.reloads for n, _ in r]
-    manifest = hf_checkpoint_manifest(tiny_qwen3_dir)
+    manifest = HFSafetensorsReader(tiny_qwen3_dir).shapes()
     assert sorted(n for n in loaded if not n.endswith("_scale_inv")) == sorted(manifest)
     assert sorted(n for n in loaded if n.endswith("_scale_inv")) == sorted(
         scale_name(n) for n in manifest if is_fp8_linear(n))

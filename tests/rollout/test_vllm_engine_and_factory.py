@@ -17,7 +17,7 @@ from megatron_brrm.rollout.factory import make_engine
 from megatron_brrm.rollout.hf_engine import HFEngine
 from megatron_brrm.rollout.sampling import derive_sample_seed
 from megatron_brrm.rollout.vllm_worker import WORKER_EXTENSION_CLS, BRRMWorkerExtension
-from megatron_brrm.rollout.weights import hf_checkpoint_manifest
+from megatron_brrm.checkpoint.hf_io import HFSafetensorsReader
 
 HAS_VLLM = importlib.util.find_spec("vllm") is not None
 
@@ -81,16 +81,6 @@ def test_eos_ids_from_generation_config(tok):
     assert V.eos_ids_of({}, tok) == {tok.eos_token_id}
 
 
-def test_manifest_reads_safetensors_headers(tiny_qwen3_dir):
-    from safetensors.torch import load_file
-
-    manifest = hf_checkpoint_manifest(tiny_qwen3_dir)
-    ref = {k: tuple(v.shape) for k, v in load_file(str(tiny_qwen3_dir / "model.safetensors")).items()}
-    assert manifest == ref and "model.layers.1.self_attn.q_norm.weight" in manifest
-    with pytest.raises(FileNotFoundError, match="safetensors"):
-        hf_checkpoint_manifest(tiny_qwen3_dir / "nonexistent")
-
-
 class RecordingRunner:
     """Stands in for vLLM's model runner: records what ``reload_weights`` receives (copies)."""
 
@@ -139,7 +129,7 @@ def bare_engine(tok, model_dir, tied=False, bucket=1 << 20):
 
     eng = V.VLLMEngine.__new__(V.VLLMEngine)  # skip the vLLM constructor; plumbing only
     eng.llm, eng._tokenizer, eng.refit_bucket_bytes = FakeLLM(), tok, bucket
-    eng.manifest, eng.tied_embeddings = hf_checkpoint_manifest(model_dir), tied
+    eng.manifest, eng.tied_embeddings = HFSafetensorsReader(model_dir).shapes(), tied
     eng._vllm = SimpleNamespace(SamplingParams=lambda **kw: SimpleNamespace(**kw))
     eng._weights_dirty, eng.last_update_stats = False, {}
     eng.packed_modules = {k: tuple(v) for k, v in eng.llm.collective_rpc("brrm_packed_modules")[0].items()}

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from megatron_brrm.config import ConfigError, OptimizerConfig, RunConfig, load_config
-from megatron_brrm.workers.policy import build_lr_scheduler
+from megatron_brrm.workers.lr_schedule import build_lr_scheduler
 
 
 def _reference_lr(step: int, o: OptimizerConfig, total: int) -> float:

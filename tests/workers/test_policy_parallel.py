@@ -105,8 +105,8 @@ def _reference(model_dir):
 def _worker_layouts(rank, world, model_dir, layouts):
     from megatron_brrm.config import RunConfig
     from megatron_brrm.parallel import destroy_parallel
-    from megatron_brrm.rl.loss import ClippedPGConfig
-    from megatron_brrm.workers.policy import PGLoss, PolicyWorker
+    from megatron_brrm.rl.loss import ClippedPGConfig, PGLoss
+    from megatron_brrm.workers.policy import PolicyWorker
 
     results = {}
     try:

@@ -20,7 +20,7 @@ def test_refit_across_two_nodes(layout, two_ray_nodes, tiny_qwen3_dir):
     from megatron_brrm.workers.batching import sequences_to_batch
     from megatron_brrm.workers.cluster import Cluster
     from megatron_brrm.workers.fleet import GenerationFleet, engine_factory_for
-    from megatron_brrm.workers.policy import SFTLoss
+    from megatron_brrm.rl.loss import SFTLoss
     from megatron_brrm.workers.policy_group import Policy
     from megatron_brrm.workers.refit import RefitTransportError, refit
 
@@ -78,7 +78,7 @@ def test_refit_across_two_nodes_into_vllm(two_ray_nodes, tiny_qwen3_dir, vllm_ti
     from megatron_brrm.workers.batching import sequences_to_batch
     from megatron_brrm.workers.cluster import Cluster
     from megatron_brrm.workers.fleet import GenerationFleet
-    from megatron_brrm.workers.policy import SFTLoss
+    from megatron_brrm.rl.loss import SFTLoss
     from megatron_brrm.workers.policy_group import Policy
     from megatron_brrm.workers.refit import refit
 

@@ -72,7 +72,7 @@ def test_refit_matches_trainer(layout, tiny_qwen3_dir, tmp_path):
     from megatron_brrm.rollout.hf_engine import HFEngine
     from megatron_brrm.workers.batching import sequences_to_batch
     from megatron_brrm.workers.cluster import Cluster
-    from megatron_brrm.workers.policy import SFTLoss
+    from megatron_brrm.rl.loss import SFTLoss
     from megatron_brrm.workers.policy_group import Policy
     from megatron_brrm.workers.refit import refit
 

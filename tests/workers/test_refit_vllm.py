@@ -29,7 +29,7 @@ def test_refit_into_vllm_matches_trainer(layout, vllm_tiny_engine, tiny_qwen3_di
     from megatron_brrm.rollout.refit import fused_module_key
     from megatron_brrm.workers.batching import sequences_to_batch
     from megatron_brrm.workers.cluster import Cluster
-    from megatron_brrm.workers.policy import SFTLoss
+    from megatron_brrm.rl.loss import SFTLoss
     from megatron_brrm.workers.policy_group import Policy
     from megatron_brrm.workers.refit import refit, refit_plan
 

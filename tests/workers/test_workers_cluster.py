@@ -148,8 +148,9 @@ def test_engine_actor_shares_a_device_with_its_policy_rank(ray_local):
             assert engine.tokenizer == {"name": "e0"}
             out = engine.generate([[5, 6]], SamplingParams(n=2))
             assert [o.token_ids for o in out[0]] == [[6, 5, 0], [6, 5, 1]] and out[0][1].text == "e0:1"
-            # Refit stream in buckets of <= 100 bytes: three 64-byte tensors -> three actor calls.
-            tensors = [(f"model.w{i}", torch.full((16,), float(i))) for i in range(3)]
+            # Refit stream in buckets of <= 100 bytes: three 64-byte tensors of three modules -> three
+            # actor calls (tensors of one module would share a call: rollout.refit.fused_module_key).
+            tensors = [(f"model.m{i}.weight", torch.full((16,), float(i))) for i in range(3)]
             engine.bucket_bytes = 100
             engine.update_weights(iter(tensors))
             state = ray.get(engine.handle.call.remote("state"), timeout=60)
