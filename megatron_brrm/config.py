@@ -16,7 +16,7 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -70,14 +70,60 @@ class ParallelConfig:
 
 
 @dataclass
+class CustomDatasetClass:
+    """A user dataset class loaded at start-up (verl's ``data.custom_cls``).
+
+    ``path``: a Python file; ``name``: the class in it. The class is called as
+    ``cls(data_path=..., split=..., **kwargs)`` and must yield records
+    ``{"context": str | messages, "chosen": str, "rejected": str}`` (optional ``id``, ``domain``)
+    or :class:`megatron_brrm.data.PreferencePair` objects; the contract is checked on load
+    (:mod:`megatron_brrm.data.custom`).
+    """
+
+    path: Optional[str] = None
+    name: Optional[str] = None
+    kwargs: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
 class DataConfig:
-    """Preference data (JSONL written by ``tools/preprocess_data.py``)."""
+    """Preference data: one form shared by every trainer (GRPO, SFT, Bradley-Terry).
+
+    ``train_path`` / ``val_path``: PreferencePair JSONL written by ``tools/preprocess_data.py``
+    (what the GRPO and SFT drivers read today). The NeMo-RL / verl form
+    (:func:`megatron_brrm.data.sets.load_preference_data`): ``train_data_path`` and named
+    ``val_data_paths`` (``{name: path}`` or ``{name: {path, split, format, ...}}``; metrics of
+    each go under ``validation-<name>/``), each a local JSONL / JSON / parquet file or folder, or
+    a hub dataset name read with ``train_split`` / ``val_split`` (and ``subset``). ``format``
+    picks the record layout (``auto`` detects it from the first record): ``pairs`` (this
+    project's PreferencePair JSONL), ``nemo_rl`` (NeMo-RL ``PreferenceDataset``: ``context`` +
+    ``completions`` with ``rank``, lower preferred), ``binary`` (NeMo-RL
+    ``BinaryPreferenceDataset``: ``prompt_key`` / ``chosen_key`` / ``rejected_key``), ``verl``
+    (``chosen`` / ``rejected`` full conversations: message lists or ``Human:`` / ``Assistant:``
+    transcripts), ``helpsteer3_nested`` (``input`` messages + ``output[].answer`` with
+    ``label.is_preferred``), ``custom`` (``custom_cls``), or any ``tools/preprocess_data.py``
+    source adapter name (``helpsteer3``, ``hh_rlhf``, ...; options in ``adapter_options``).
+    """
 
     train_path: Optional[str] = None
     val_path: Optional[str] = None
     max_prompt_tokens: int = 4096
     shuffle: bool = True
     seed: int = 42
+    format: str = "auto"
+    train_data_path: Optional[str] = None
+    train_split: Optional[str] = None
+    val_data_paths: Dict[str, Any] = field(default_factory=dict)
+    val_split: Optional[str] = None
+    subset: Optional[str] = None  # hub dataset configuration name
+    prompt_key: str = "prompt"
+    chosen_key: str = "chosen"
+    rejected_key: str = "rejected"
+    custom_cls: CustomDatasetClass = field(default_factory=CustomDatasetClass)
+    adapter_options: Dict[str, Any] = field(default_factory=dict)
+    skip_invalid: bool = False  # skip (and count) malformed rows instead of stopping
+    max_train_pairs: Optional[int] = None
+    max_val_pairs: Optional[int] = None  # per validation set
 
 
 @dataclass
@@ -203,6 +249,53 @@ class SFTConfig:
 
 
 @dataclass
+class OptimizerConfig:
+    """AdamW + gradient clipping + learning-rate schedule of one trainer (Bradley-Terry here).
+
+    The schedule (Megatron-Core ``OptimizerParamScheduler``): a linear warm-up from
+    ``lr_warmup_init_factor * lr`` to ``lr`` over ``lr_warmup_steps`` optimizer steps, then
+    ``lr_decay_style`` down to ``min_lr`` at the trainer's last step: ``constant``, ``linear``,
+    ``cosine``, or ``wsd`` (warmup-stable-decay, as verl's BT trainer offers: constant ``lr``,
+    then a ``lr_wsd_decay_style`` decay over the last ``lr_wsd_decay_steps`` steps).
+    """
+
+    lr: float = 2.0e-6
+    min_lr: float = 0.0
+    lr_decay_style: str = "cosine"  # constant | linear | cosine | wsd
+    lr_warmup_steps: int = 0
+    lr_warmup_init_factor: float = 0.0
+    lr_wsd_decay_steps: Optional[int] = None  # wsd: steps of the final decay (default 10% of the run)
+    lr_wsd_decay_style: str = "linear"  # wsd: linear | cosine | exponential | minus_sqrt
+    weight_decay: float = 0.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_eps: float = 1.0e-8
+    clip_grad: float = 1.0
+
+
+@dataclass
+class BTConfig:
+    """Bradley-Terry reward-model training (``python -m megatron_brrm.train_bt``).
+
+    Batches count *pairs*: each pair is two sequences (context + chosen, context + rejected),
+    always in the same micro-batch. Loss: ``-log sigmoid(r_c - r_r - margin) +
+    center_coef * (r_c + r_r)^2`` (:func:`megatron_brrm.rl.loss.bradley_terry_loss`).
+    """
+
+    global_batch_size: int = 128  # pairs per optimizer step (divisible by DP x micro_batch_size)
+    micro_batch_size: int = 1  # pairs per micro-batch
+    max_num_steps: int = 1000  # optimizer steps (the schedule's length)
+    num_epochs: Optional[int] = None  # stop after this many passes over the training pairs (None: max_num_steps)
+    max_length: int = 4096  # tokens of one sequence; longer pairs are dropped (counted)
+    margin: float = 0.0
+    center_coef: float = 0.0
+    val_every_n_steps: int = 50
+    val_batch_size: int = 32  # pairs per validation forward call
+    output_hf_dir: Optional[str] = None  # HF *ForSequenceClassification export at the end (default <output_dir>/hf)
+    optim: OptimizerConfig = field(default_factory=OptimizerConfig)
+
+
+@dataclass
 class RunConfig:
     """The whole run. ``name`` labels outputs; every section has its own dataclass."""
 
@@ -216,6 +309,7 @@ class RunConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
+    bt: BTConfig = field(default_factory=BTConfig)
 
 
 def _merge(base, update, source: str):
