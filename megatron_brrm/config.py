@@ -291,6 +291,7 @@ class BTConfig:
     center_coef: float = 0.0
     val_every_n_steps: int = 50
     val_batch_size: int = 32  # pairs per validation forward call
+    world_size: Optional[int] = None  # training ranks (default: every GPU; on CPU, TP x PP x CP); DP = world / (TP PP CP)
     output_hf_dir: Optional[str] = None  # HF *ForSequenceClassification export at the end (default <output_dir>/hf)
     optim: OptimizerConfig = field(default_factory=OptimizerConfig)
 

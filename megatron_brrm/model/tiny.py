@@ -222,3 +222,17 @@ def build_tiny_reward_model(out_dir: str | os.PathLike, base_dir: str | os.PathL
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def tiny_model_from_config(model_cfg, out_dir: str | os.PathLike, seed: int = 0) -> Path:
+    """The tiny Qwen3 of ``model.hf_path: tiny`` recipes, sized by ``model.tiny_*`` (a
+    :class:`megatron_brrm.config.ModelConfig`), built into ``out_dir`` unless a model is already there."""
+    out = Path(out_dir)
+    if (out / "config.json").is_file():
+        return out
+    m = model_cfg
+    return build_tiny_hf_model(out, arch="qwen3", seed=seed, num_layers=m.tiny_num_layers,
+                               hidden_size=m.tiny_hidden_size, num_attention_heads=m.tiny_num_attention_heads,
+                               num_key_value_heads=m.tiny_num_key_value_heads, head_dim=m.tiny_head_dim,
+                               intermediate_size=m.tiny_intermediate_size, vocab_size=m.tiny_vocab_size,
+                               tie_word_embeddings=m.tiny_tie_word_embeddings)
