@@ -76,7 +76,8 @@ def agreement_rows(labels: Sequence[str], results: Sequence[Mapping]) -> List[Li
 
 
 def compare_text(paths: Sequence[Path], labels: Optional[Sequence[str]] = None,
-                 reference: Optional[List[str]] = None, detail: bool = False) -> str:
+                 reference: Optional[List[str]] = None, detail: bool = False, judge_column: bool = True,
+                 agreement: bool = True) -> str:
     """The comparison report as text.
 
     Args:
@@ -84,6 +85,8 @@ def compare_text(paths: Sequence[Path], labels: Optional[Sequence[str]] = None,
         labels: one label per file (default: :func:`default_label`).
         reference: reference groups to append (``["brrm", "rmr1", "baseline"]``); ``[]`` for none.
         detail: also print per-section tables (files, plus the BR-RM-14B published breakdown).
+        judge_column: show each file's kind of judge (:func:`judge_kind`).
+        agreement: with two or more files, add the pairwise agreement table (:func:`agreement_rows`).
 
     Raises:
         DataError: a file is not a results.json of ``run.py``.
@@ -93,20 +96,21 @@ def compare_text(paths: Sequence[Path], labels: Optional[Sequence[str]] = None,
     if labels is not None and len(labels) != len(paths):
         raise ValueError(f"--labels: got {len(labels)} labels for {len(paths)} files")
     labels = list(labels) if labels is not None else [default_label(Path(p), r) for p, r in zip(paths, results)]
-    header = ["Model", "judge", *BENCH_LABELS.values(), "Avg", "source"]
+    header = ["Model", *(["judge"] if judge_column else []), *BENCH_LABELS.values(), "Avg", "source"]
     rows = []
     for label, res, path in zip(labels, results, paths):
         benches = res.get("benchmarks", {})
         partial = {b: bool(benches.get(b, {}).get("coverage", {}).get("partial")) for b in BENCH_LABELS}
         summ = res.get("summary", {})
-        rows.append([label, judge_kind(res), *(fmt(summ.get(b), partial[b] and b in benches) for b in BENCH_LABELS),
+        rows.append([label, *([judge_kind(res)] if judge_column else []),
+                     *(fmt(summ.get(b), partial[b] and b in benches) for b in BENCH_LABELS),
                      fmt(summ.get("avg"), any(partial[b] or b not in benches for b in BENCH_LABELS)), str(path)])
     refs = reference_rows(reference) if reference is None or reference else []
     for r in refs:
-        rows.append([r.model + " (published)", "-", fmt(r.rewardbench), fmt(r.rmbench), fmt(r.rmb), fmt(r.avg),
-                     r.source])
+        rows.append([r.model + " (published)", *(["-"] if judge_column else []), fmt(r.rewardbench), fmt(r.rmbench),
+                     fmt(r.rmb), fmt(r.avg), r.source])
     parts = [markdown_table(header, rows)]
-    if len(results) > 1:
+    if agreement and len(results) > 1:
         parts.append("\nAgreement on the comparisons judged by both (primary order)")
         parts.append(markdown_table(["A", "B", "comparisons", "same preference %", "accuracy A %", "accuracy B %"],
                                     agreement_rows(labels, results)))
