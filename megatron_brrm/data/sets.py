@@ -237,9 +237,8 @@ def _adapter_pairs(spec: DatasetSpec, fmt: str, run: AdapterRun) -> Iterator[Pre
                    "rejected_column": spec.rejected_key, **options}
         fmt = "generic"
     elif fmt == "verl":
-        options = {"chosen_key": spec.chosen_key, "rejected_key": spec.rejected_key, **options}
-        if spec.prompt_key != "prompt":  # a non-default prompt_key names a separate prompt column
-            options.setdefault("prompt_key", spec.prompt_key)
+        options = {"prompt_key": spec.prompt_key, "chosen_key": spec.chosen_key, "rejected_key": spec.rejected_key,
+                   **options}
     adapter = get_adapter(fmt)
     unknown = sorted(set(options) - set(adapter.options()))
     if unknown:

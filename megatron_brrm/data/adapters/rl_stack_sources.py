@@ -97,7 +97,7 @@ def nemo_rl(run: AdapterRun) -> Iterator[PreferencePair]:
                     yield pair
 
 
-def verl(run: AdapterRun, prompt_key: str = "", chosen_key: str = "chosen",
+def verl(run: AdapterRun, prompt_key: str = "prompt", chosen_key: str = "chosen",
          rejected_key: str = "rejected") -> Iterator[PreferencePair]:
     """verl reward-model rows -> pairs (module docstring). Id: ``verl:<file tag>:<line>``."""
     for rec in run.records():
@@ -107,7 +107,7 @@ def verl(run: AdapterRun, prompt_key: str = "", chosen_key: str = "chosen",
             for value, name in ((chosen, chosen_key), (rejected, rejected_key)):
                 if value is None:
                     raise FieldError(f"missing field '{name}'")
-            if prompt_key:
+            if prompt_key and prompt_key in row:
                 context = _context(row, prompt_key)
                 c, r = _response_text(chosen, chosen_key), _response_text(rejected, rejected_key)
             elif isinstance(chosen, list) and isinstance(rejected, list):
@@ -122,7 +122,7 @@ def verl(run: AdapterRun, prompt_key: str = "", chosen_key: str = "chosen",
                 c, r = ct[-1][1], rt[-1][1]
             else:
                 raise FieldError(f"fields '{chosen_key}' / '{rejected_key}' must both be chat-message lists or both "
-                                 "'Human:/Assistant:' transcript strings (or set prompt_key for separate prompts)")
+                                 f"'Human:/Assistant:' transcript strings (or hold responses to a '{prompt_key}' column)")
             pair = run.make_pair(f"{run.tag}:{rec.index}", context, c, r, domain="general", where=where,
                                  fields=(chosen_key, rejected_key))
             if pair is not None:
