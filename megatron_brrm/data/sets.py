@@ -15,8 +15,9 @@ One form for every trainer (GRPO, SFT, Bradley-Terry), following NeMo-RL's and v
 * ``data.format`` (or a set's ``format``) picks the record layout (:data:`FORMATS`); ``auto``
   looks at the first record's keys (:func:`detect_format`). NeMo-RL class names are accepted
   (``PreferenceDataset`` = ``nemo_rl``, ``BinaryPreferenceDataset`` = ``binary``).
-* ``data.custom_cls.path`` + ``.name`` load a user class instead (:mod:`.custom`); its records
-  are checked when loaded.
+* ``data.custom_cls.path`` + ``.name`` load a user class instead (:mod:`.custom`), for every set
+  whose format is ``auto`` or ``custom`` (a set with another ``format`` is read as data files);
+  the class gets the set's path and split, and its records are checked when loaded.
 
 Every set is read completely at start-up, so a bad record stops the run before training, with
 ``file:line: field: reason`` (or ``skip_invalid`` skips and counts it).
@@ -100,7 +101,7 @@ def dataset_specs(data) -> Tuple[Optional[DatasetSpec], Dict[str, DatasetSpec]]:
     cc = data.custom_cls
     if cc.path or cc.name:
         custom = (cc.path, cc.name, dict(cc.kwargs or {}))
-    fmt = "custom" if custom and data.format == "auto" else normalize_format(data.format, "data.format")
+    fmt = normalize_format(data.format, "data.format")
 
     def base(name, where, path, split, max_pairs, default_format=fmt) -> DatasetSpec:
         return DatasetSpec(name=name, where=where, path=path, format=default_format, split=split, subset=data.subset,
