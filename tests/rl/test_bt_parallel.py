@@ -95,7 +95,8 @@ def _worker_layouts(rank, world, model_dir, layouts):
     try:
         for name, tp, pp, sp, mbs, train in layouts:
             out = {}
-            for dist_opt in ([False, True] if train else [False]):
+            # DP > 1 (TP=1 on 2 ranks): gradients without, then training with the distributed optimizer
+            for dist_opt in ([False, True] if train and tp * pp == 1 else [False]):
                 cfg = RunConfig()
                 cfg.model.hf_path = str(model_dir)
                 cfg.parallel.tensor_model_parallel_size, cfg.parallel.pipeline_model_parallel_size = tp, pp
