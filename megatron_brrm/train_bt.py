@@ -80,6 +80,23 @@ def tokenize_pairs(tokenizer, pairs: Sequence[PreferencePair], max_length: int) 
     return out, dropped
 
 
+def check_reward_checkpoint(megatron_path: str, hf_path: str) -> None:
+    """Raise TrainError unless ``model.megatron_path`` holds a reward model (a one-row ``output_layer``):
+    a causal LM's Megatron checkpoint cannot be loaded into the reward model."""
+    from megatron_brrm.checkpoint.dcp_io import DistCheckpointError, read_tensor_metadata
+    from megatron_brrm.checkpoint.model_export import detect_head
+    from megatron_brrm.model.build import load_hf_config
+
+    try:
+        meta = read_tensor_metadata(Path(megatron_path))
+    except (DistCheckpointError, OSError, ValueError) as exc:
+        raise TrainError(f"model.megatron_path={megatron_path}: {exc}") from None
+    if detect_head(meta, "", load_hf_config(hf_path)) != "scalar":
+        raise TrainError(f"model.megatron_path={megatron_path} holds a causal LM (a vocabulary output layer), not a "
+                         "reward model: unset it to start from model.hf_path, or convert a *ForSequenceClassification "
+                         "folder with tools/convert_hf_to_megatron.py")
+
+
 def check_sizes(cfg: RunConfig, dp_size: int) -> None:
     """Raise TrainError for batch sizes the data-parallel layout cannot split into whole pairs."""
     b = cfg.bt
@@ -121,7 +138,6 @@ class BTTrainer:
         from transformers import AutoTokenizer
 
         from megatron_brrm.data.sets import load_preference_data
-
         from megatron_brrm.workers.reward_worker import check_optimizer_config
 
         check_optimizer_config(cfg.bt.optim)
@@ -138,6 +154,8 @@ class BTTrainer:
                 hf_path = resolve_hf_path(cfg.model.hf_path)
             except FileNotFoundError as exc:
                 raise TrainError(f"model.hf_path: {exc}") from None
+        if cfg.model.megatron_path:
+            check_reward_checkpoint(cfg.model.megatron_path, hf_path)
         ckpt = dataclasses.replace(cfg.checkpoint, save_dir=cfg.checkpoint.save_dir or str(out / "checkpoints"))
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, hf_path=hf_path), checkpoint=ckpt)
         self.out = out

@@ -8,8 +8,9 @@ from megatron_brrm.data.synthetic import marker_task
 
 
 class MarkerPairs:
-    def __init__(self, data_path=None, split=None, num_pairs=256, seed=0):
-        self.pairs = marker_task(int(num_pairs), int(seed), split=split or "train", both_orders=False)
+    def __init__(self, data_path=None, split=None, num_pairs=256, seed=0, num_filler_words=1):
+        self.pairs = marker_task(int(num_pairs), int(seed), split=split or "train", both_orders=False,
+                                 num_filler_words=int(num_filler_words))
 
     def __len__(self):
         return len(self.pairs)

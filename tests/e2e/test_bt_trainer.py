@@ -35,11 +35,14 @@ pytestmark = pytest.mark.multiprocess
 LR, MIN_LR, STEPS = 3e-3, 3e-4, 8
 
 
+FILLER = 3  # filler words per reply: the untrained model's held-out accuracy is then near chance (~0.6)
+
+
 def _triples(split, n):
     from megatron_brrm.data.synthetic import marker_task
 
     out = []
-    for p in marker_task(n, 0, split=split, both_orders=False):
+    for p in marker_task(n, 0, split=split, both_orders=False, num_filler_words=FILLER):
         c, r = (p.response1, p.response2) if p.preference == 1 else (p.response2, p.response1)
         out.append((p.context, c, r))
     return out
@@ -54,7 +57,8 @@ def _marker_config(tmp_path, model_dir):
     cfg.parallel.backend = "gloo"
     cfg.bt.world_size = 2  # TP=1 -> DP=2 (distributed optimizer on by default)
     d = cfg.data
-    d.custom_cls.path, d.custom_cls.name, d.custom_cls.kwargs = str(CUSTOM_FILE), "MarkerPairs", {"num_pairs": 256}
+    d.custom_cls.path, d.custom_cls.name = str(CUSTOM_FILE), "MarkerPairs"
+    d.custom_cls.kwargs = {"num_pairs": 256, "num_filler_words": FILLER}
     d.val_data_paths = {
         "heldout": {"split": "val", "max_pairs": 48},
         "nemo": {"path": str(write_nemo_rl(tmp_path / "nemo.jsonl", held)), "format": "PreferenceDataset"},
