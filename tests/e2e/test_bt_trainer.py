@@ -180,25 +180,27 @@ def test_every_layout_trains(tmp_path, tiny_reward_dir):
         assert n == 6 and not skipped and num_pairs == 6 and math.isfinite(loss) and moved > 0, (name, out[name])
 
 
-def test_recipe_on_samples_then_scalar_evaluation_and_compare(tmp_path, tiny_qwen3_dir):
+def test_recipe_on_samples_then_scalar_evaluation_and_compare(tmp_path, tiny_qwen3_dir, capsys, monkeypatch):
+    """The command lines, run through their main() in this process (same code, no interpreter start-ups)."""
+    from evaluation.compare import main as compare_main
+    from evaluation.run import main as run_main
+    from megatron_brrm.train_bt import main as train_main
+
+    monkeypatch.chdir(REPO)
     out = tmp_path / "run"
-    proc = subprocess.run(
-        [sys.executable, "-m", "megatron_brrm.train_bt", "--config", "model_configs/bt_tiny_cpu.yaml",
-         f"model.hf_path={tiny_qwen3_dir}", f"logging.output_dir={out}", "bt.max_num_steps=2",
-         "bt.val_every_n_steps=2", "data.max_val_pairs=8"],
-        cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "HF reward model (AutoModelForSequenceClassification)" in proc.stdout
+    assert train_main(["--config", "model_configs/bt_tiny_cpu.yaml", f"model.hf_path={tiny_qwen3_dir}",
+                       f"logging.output_dir={out}", "bt.max_num_steps=2", "bt.val_every_n_steps=2",
+                       "data.max_val_pairs=8"]) == 0
+    assert "HF reward model (AutoModelForSequenceClassification)" in capsys.readouterr().out
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     final = rows[-1]
     assert final["step"] == 2 and {"validation-ultrafeedback/accuracy", "validation-hh_helpful/accuracy",
                                    "train/reward_std"} <= set(final)
     results = tmp_path / "eval" / "results.json"
-    ev = subprocess.run([sys.executable, "evaluation/run.py", "--bench", "all", "--model", str(out / "hf"), "--engine",
-                         "scalar", "--limit", "2", "--max-total-length", "256", "--output", str(results), "--no-png",
-                         "--no-progress", "--name", "bt-tiny"], cwd=REPO, env=ENV, capture_output=True, text=True,
-                        timeout=600)
-    assert ev.returncode == 0, ev.stderr[-3000:]
+    assert run_main(["--bench", "all", "--model", str(out / "hf"), "--engine", "scalar", "--limit", "2",
+                     "--max-total-length", "256", "--output", str(results), "--no-png", "--no-progress",
+                     "--name", "bt-tiny"]) == 0
+    assert "tied rewards" in capsys.readouterr().out
     res = json.loads(results.read_text())
     assert set(res["summary"]) == {"rewardbench", "rmbench", "rmb", "avg"}
     assert all(v is not None for v in res["summary"].values())
@@ -207,25 +209,23 @@ def test_recipe_on_samples_then_scalar_evaluation_and_compare(tmp_path, tiny_qwe
     for r in records:  # the verdict is the position of the higher reward
         r1, r2 = r["extra"]["rewards"]
         assert r["verdict"] == (1 if r1 > r2 else 2 if r2 > r1 else None)
-    # RM-Bench: each item's 9 comparisons come from 6 scores (3 chosen x 3 rejected styles)
+    # RM-Bench: an item's 9 comparisons come from 6 scores (3 chosen x 3 rejected styles)
     item = [r for r in records if r["benchmark"] == "rmbench"][:9]
-    chosen = {r["meta"]["chosen_style"]: r["extra"]["rewards"][1 if r["swapped"] else 0] for r in item}
-    rejected = {r["meta"]["rejected_style"]: r["extra"]["rewards"][0 if r["swapped"] else 1] for r in item}
-    assert len(chosen) == 3 and len(rejected) == 3
-    assert "scalar:" in " ".join(res["notes"]) and "tied rewards" in ev.stdout
+    chosen = {(r["meta"]["chosen_style"], r["extra"]["rewards"][1 if r["swapped"] else 0]) for r in item}
+    rejected = {(r["meta"]["rejected_style"], r["extra"]["rewards"][0 if r["swapped"] else 1]) for r in item}
+    assert len(item) == 9 and len(chosen) == 3 and len(rejected) == 3
+    assert any(n.startswith("scalar: ") for n in res["notes"])
     # a generative judge's results on the same comparisons (replayed verdicts: always the chosen one)
     verdicts = tmp_path / "judge.jsonl"
     verdicts.write_text("".join(json.dumps({"comparison_id": r["comparison_id"], "swapped": r["swapped"],
                                             "verdict": 2 if r["swapped"] else 1}) + "\n" for r in records))
     judge = tmp_path / "judge.json"
-    rp = subprocess.run([sys.executable, "evaluation/run.py", "--engine", "replay", "--replay", str(verdicts), "--limit",
-                         "2", "--output", str(judge), "--no-png", "--name", "oracle-judge"], cwd=REPO, env=ENV,
-                        capture_output=True, text=True, timeout=300)
-    assert rp.returncode == 0, rp.stderr[-2000:]
-    cmp = subprocess.run([sys.executable, "evaluation/compare.py", str(results), str(judge), "--reference", "none"],
-                         cwd=REPO, env=ENV, capture_output=True, text=True, timeout=120)
-    assert cmp.returncode == 0, cmp.stderr
-    assert "| bt-tiny | scalar (BT) |" in cmp.stdout and "| oracle-judge | generative (brrm) |" in cmp.stdout
+    assert run_main(["--engine", "replay", "--replay", str(verdicts), "--limit", "2", "--output", str(judge),
+                     "--no-png", "--name", "oracle-judge"]) == 0
+    capsys.readouterr()
+    assert compare_main([str(results), str(judge), "--reference", "none"]) == 0
+    table = capsys.readouterr().out
+    assert "| bt-tiny | scalar (BT) |" in table and "| oracle-judge | generative (brrm) |" in table
     n = len([r for r in records if r["primary"]])
     accuracy = 100.0 * sum(r["correct"] for r in records if r["primary"]) / n
-    assert f"| bt-tiny | oracle-judge | {n} | {accuracy:.1f} | {accuracy:.1f} | 100.0 |" in cmp.stdout
+    assert f"| bt-tiny | oracle-judge | {n} | {accuracy:.1f} | {accuracy:.1f} | 100.0 |" in table
