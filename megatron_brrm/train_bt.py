@@ -166,6 +166,7 @@ class BTTrainer:
         data = load_preference_data(cfg.data)
         train_pairs = distinct_pairs(data.train)
         self.train_data, dropped = tokenize_pairs(self.tokenizer, train_pairs, cfg.bt.max_length)
+        self.data_counts = {"train_pairs": len(self.train_data), "train_dropped_too_long": dropped}
         if dropped:
             log.warning("train: dropped %d of %d pairs longer than bt.max_length=%d tokens", dropped, len(train_pairs),
                         cfg.bt.max_length)
@@ -174,12 +175,11 @@ class BTTrainer:
         self.val_data: Dict[str, List[Tokenized]] = {}
         for name, pairs in data.validation.items():
             tokenized, dropped = tokenize_pairs(self.tokenizer, pairs, cfg.bt.max_length)
+            self.data_counts.update({f"val_pairs/{name}": len(tokenized), f"val_dropped_too_long/{name}": dropped})
             if dropped:
                 log.warning("validation %s: dropped %d of %d pairs longer than bt.max_length", name, dropped, len(pairs))
             if tokenized:
                 self.val_data[name] = tokenized
-        self.data_counts = {"train_pairs": len(self.train_data), **{f"val_pairs/{k}": len(v)
-                                                                    for k, v in self.val_data.items()}}
         if cfg.bt.num_epochs is not None:
             steps = math.ceil(cfg.bt.num_epochs * len(self.train_data) / cfg.bt.global_batch_size)
             cfg = dataclasses.replace(cfg, bt=dataclasses.replace(cfg.bt, max_num_steps=min(cfg.bt.max_num_steps, steps)))
