@@ -4,7 +4,6 @@ scalar interface and its errors (scripted judge engine, tests/fake_judge.py), a 
 the chat-template rendering), and the README example on the tiny model through the HF engine."""
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 

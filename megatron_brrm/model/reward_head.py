@@ -45,8 +45,10 @@ class ScalarRewardHead(torch.nn.Module):
         super().__init__()
         self.config = config
         self.sequence_parallel = bool(config.sequence_parallel)
-        self.weight = torch.nn.Parameter(initial_head_weight(config.hidden_size, config.init_method_std,
-                                                             config.params_dtype))
+        weight = initial_head_weight(config.hidden_size, config.init_method_std, config.params_dtype)
+        if torch.cuda.is_available() and not config.use_cpu_initialization:  # where Megatron puts the other weights
+            weight = weight.to(torch.cuda.current_device())
+        self.weight = torch.nn.Parameter(weight)
         self.weight.is_embedding_or_output_parameter = True
 
     def forward(self, hidden_states: torch.Tensor, weight: Optional[torch.Tensor] = None,
