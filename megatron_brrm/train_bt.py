@@ -180,6 +180,9 @@ class BTTrainer:
                 log.warning("validation %s: dropped %d of %d pairs longer than bt.max_length", name, dropped, len(pairs))
             if tokenized:
                 self.val_data[name] = tokenized
+            else:
+                log.warning("validation %s: no pair fits bt.max_length=%d; the set is not evaluated", name,
+                            cfg.bt.max_length)
         if cfg.bt.num_epochs is not None:
             steps = math.ceil(cfg.bt.num_epochs * len(self.train_data) / cfg.bt.global_batch_size)
             cfg = dataclasses.replace(cfg, bt=dataclasses.replace(cfg.bt, max_num_steps=min(cfg.bt.max_num_steps, steps)))
@@ -194,22 +197,24 @@ class BTTrainer:
 
         self.loss_fn = BTLoss(cfg.bt.margin, cfg.bt.center_coef)
         self.cluster = Cluster.from_config(cfg, policy_world_size=cfg.bt.world_size)
+        self.metrics = None
+        self.step = 0
         try:
             check_sizes(cfg, self.cluster.dp_size)
             self.group = WorkerGroup(self.cluster, RewardActor, self.cluster.policy_world_size, args=(cfg,),
                                      name="reward_model")
+            self.metrics = MetricsLogger(out, tensorboard=cfg.logging.tensorboard,
+                                         wandb_project=cfg.logging.wandb_project, config=config_to_dict(cfg),
+                                         run_name=cfg.name)
+            if resume and cfg.checkpoint.resume:
+                extra = self.group.run_all("load_checkpoint", cfg.checkpoint.save_dir)[0]
+                if extra:
+                    self.step = int(extra["step"])
+                    self.loader.load_state_dict(extra["loader"])
+                    log.info("resumed from %s at step %d", cfg.checkpoint.save_dir, self.step)
         except BaseException:
-            self.cluster.shutdown()
+            self.close()
             raise
-        self.metrics = MetricsLogger(out, tensorboard=cfg.logging.tensorboard, wandb_project=cfg.logging.wandb_project,
-                                     config=config_to_dict(cfg), run_name=cfg.name)
-        self.step = 0
-        if resume and cfg.checkpoint.resume:
-            extra = self.group.run_all("load_checkpoint", cfg.checkpoint.save_dir)[0]
-            if extra:
-                self.step = int(extra["step"])
-                self.loader.load_state_dict(extra["loader"])
-                log.info("resumed from %s at step %d", cfg.checkpoint.save_dir, self.step)
 
     # ------------------------------------------------------------------ steps
     def _batch(self, pairs: Sequence[Tokenized]):
@@ -305,7 +310,9 @@ class BTTrainer:
     def close(self) -> None:
         """Stop the ranks (each tears down its process groups), the cluster and the logger."""
         self.cluster.shutdown()
-        self.metrics.close()
+        if self.metrics is not None:
+            self.metrics.close()
+            self.metrics = None
 
 
 def _has_checkpoint(save_dir: str) -> bool:
