@@ -201,6 +201,8 @@ def test_recipe_on_samples_then_scalar_evaluation_and_compare(tmp_path, tiny_qwe
                      "--max-total-length", "256", "--output", str(results), "--no-png", "--no-progress",
                      "--name", "bt-tiny"]) == 0
     assert "tied rewards" in capsys.readouterr().out
+    assert run_main(["--model", str(out / "hf"), "--engine", "hf", "--output", str(tmp_path / "x.json")]) == 2
+    assert "is a Qwen3ForSequenceClassification (a scalar reward model); use --engine scalar" in capsys.readouterr().err
     res = json.loads(results.read_text())
     assert set(res["summary"]) == {"rewardbench", "rmbench", "rmb", "avg"}
     assert all(v is not None for v in res["summary"].values())
