@@ -6,8 +6,13 @@ Usage::
         [--labels step100 step200] [--reference brrm rmr1 baseline | --reference none] [--detail]
 
 Each results file becomes a row (RewardBench | RM-Bench | RMB | Avg, ``*`` = partial
-coverage, see the file's notes); ``--detail`` adds the per-section tables. Reference
-rows are the published numbers of :mod:`evaluation.reference`, with their source.
+coverage, see the file's notes) with the kind of judge it evaluated (a generative judge and its
+protocol, e.g. ``generative (brrm)``, or ``scalar (BT)`` for a Bradley-Terry reward model from
+``run.py --engine scalar``); ``--detail`` adds the per-section tables. With two or more files an
+agreement table follows: for each pair of files, over the comparisons both judged (their
+primary order), how often they prefer the same response and each one's accuracy there -- a BT
+model and a BR-RM judge side by side on the same comparisons. Reference rows are the published
+numbers of :mod:`evaluation.reference`, with their source.
 """
 from __future__ import annotations
 
@@ -31,8 +36,48 @@ def default_label(path: Path, results: Mapping) -> str:
     return name or f"{path.parent.name}/{path.stem}"
 
 
+def judge_kind(results: Mapping) -> str:
+    """``scalar (BT)`` for a scalar reward model's results, else ``generative (<protocol>)``."""
+    cfg = results.get("config", {})
+    if cfg.get("engine") == "scalar" or cfg.get("protocol") == "scalar":
+        return "scalar (BT)"
+    return f"generative ({cfg.get('protocol') or 'brrm'})"
+
+
+def _preferred(results: Mapping) -> dict:
+    """comparison id -> whether the primary order preferred the chosen response (None: no verdict)."""
+    out = {}
+    for r in results.get("records", []):
+        if r.get("primary", True):
+            out[r["comparison_id"]] = None if r.get("verdict") is None else r["verdict"] == r["label"]
+    return out
+
+
+def agreement_rows(labels: Sequence[str], results: Sequence[Mapping]) -> List[List[str]]:
+    """Rows ``[A, B, common comparisons, agreement %, accuracy A %, accuracy B %]`` for every pair of files.
+
+    Agreement counts the common comparisons where both have a verdict and prefer the same
+    response; a comparison without a verdict in either file counts as a disagreement.
+    """
+    prefs = [_preferred(r) for r in results]
+    rows = []
+    for i in range(len(results)):
+        for j in range(i + 1, len(results)):
+            common = sorted(set(prefs[i]) & set(prefs[j]))
+            if not common:
+                rows.append([labels[i], labels[j], "0", "-", "-", "-"])
+                continue
+            a, b = [prefs[i][c] for c in common], [prefs[j][c] for c in common]
+            agree = sum(1 for x, y in zip(a, b) if x is not None and x == y)
+            rows.append([labels[i], labels[j], str(len(common)), fmt(100.0 * agree / len(common)),
+                         fmt(100.0 * sum(1 for x in a if x) / len(common)),
+                         fmt(100.0 * sum(1 for y in b if y) / len(common))])
+    return rows
+
+
 def compare_text(paths: Sequence[Path], labels: Optional[Sequence[str]] = None,
-                 reference: Optional[List[str]] = None, detail: bool = False) -> str:
+                 reference: Optional[List[str]] = None, detail: bool = False, judge_column: bool = True,
+                 agreement: bool = True) -> str:
     """The comparison report as text.
 
     Args:
@@ -40,6 +85,8 @@ def compare_text(paths: Sequence[Path], labels: Optional[Sequence[str]] = None,
         labels: one label per file (default: :func:`default_label`).
         reference: reference groups to append (``["brrm", "rmr1", "baseline"]``); ``[]`` for none.
         detail: also print per-section tables (files, plus the BR-RM-14B published breakdown).
+        judge_column: show each file's kind of judge (:func:`judge_kind`).
+        agreement: with two or more files, add the pairwise agreement table (:func:`agreement_rows`).
 
     Raises:
         DataError: a file is not a results.json of ``run.py``.
@@ -49,18 +96,24 @@ def compare_text(paths: Sequence[Path], labels: Optional[Sequence[str]] = None,
     if labels is not None and len(labels) != len(paths):
         raise ValueError(f"--labels: got {len(labels)} labels for {len(paths)} files")
     labels = list(labels) if labels is not None else [default_label(Path(p), r) for p, r in zip(paths, results)]
-    header = ["Model", *BENCH_LABELS.values(), "Avg", "source"]
+    header = ["Model", *(["judge"] if judge_column else []), *BENCH_LABELS.values(), "Avg", "source"]
     rows = []
     for label, res, path in zip(labels, results, paths):
         benches = res.get("benchmarks", {})
         partial = {b: bool(benches.get(b, {}).get("coverage", {}).get("partial")) for b in BENCH_LABELS}
         summ = res.get("summary", {})
-        rows.append([label, *(fmt(summ.get(b), partial[b] and b in benches) for b in BENCH_LABELS),
+        rows.append([label, *([judge_kind(res)] if judge_column else []),
+                     *(fmt(summ.get(b), partial[b] and b in benches) for b in BENCH_LABELS),
                      fmt(summ.get("avg"), any(partial[b] or b not in benches for b in BENCH_LABELS)), str(path)])
     refs = reference_rows(reference) if reference is None or reference else []
     for r in refs:
-        rows.append([r.model + " (published)", fmt(r.rewardbench), fmt(r.rmbench), fmt(r.rmb), fmt(r.avg), r.source])
+        rows.append([r.model + " (published)", *(["-"] if judge_column else []), fmt(r.rewardbench), fmt(r.rmbench),
+                     fmt(r.rmb), fmt(r.avg), r.source])
     parts = [markdown_table(header, rows)]
+    if agreement and len(results) > 1:
+        parts.append("\nAgreement on the comparisons judged by both (primary order)")
+        parts.append(markdown_table(["A", "B", "comparisons", "same preference %", "accuracy A %", "accuracy B %"],
+                                    agreement_rows(labels, results)))
     if detail:
         for bench in BENCH_LABELS:
             titled = {}

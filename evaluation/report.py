@@ -113,12 +113,13 @@ def format_report(results: Mapping[str, Any]) -> str:
                 parts.append(f"\n{title} - both orders (correct in both)")
                 parts.append(markdown_table(DETAIL_HEADERS[bench], [cells]))
     rule = cfg.get("unparseable_as") or "wrong"
-    lines = ["", f"Judging (unparseable verdicts {UNPARSEABLE_TEXT.get(rule, rule)}, --unparseable-as {rule}):"]
+    what = "tied rewards" if cfg.get("engine") == "scalar" or cfg.get("protocol") == "scalar" else "unparseable verdicts"
+    lines = ["", f"Judging ({what} {UNPARSEABLE_TEXT.get(rule, rule)}, --unparseable-as {rule}):"]
     for bench, res in benches.items():
         fe = res.get("format_errors", {})
         rate = "" if fe.get("rate") is None else f" ({fe['rate']:.1f}%)"
         line = (f"  {BENCH_LABELS.get(bench, bench)}: {res.get('n_comparisons', 0)} comparisons, "
-                f"{res.get('n_records', 0)} judged orders, unparseable verdicts {fe.get('count', 0)}{rate}")
+                f"{res.get('n_records', 0)} judged orders, {what} {fe.get('count', 0)}{rate}")
         if both:
             line += (f"; both-orders overall {fmt(res.get('overall_both_orders'))}, "
                      f"position consistency {fmt(res.get('position_consistency'))}"

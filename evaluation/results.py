@@ -15,7 +15,9 @@ Minimal input for ``--engine replay`` (outputs produced elsewhere): a JSON objec
   ``"rmbench:chat:12:c0r2"``, ``"rmb:pair:15173"``, ``"rmb:bon:3315:l0"``),
 * ``swapped`` (bool: true when the chosen response was shown as Response 2), and
 * either ``turn_texts`` (list of generated turn texts; the last is parsed by the judge
-  protocol's verdict parser) or ``verdict`` (1, 2 or null).
+  protocol's verdict parser), ``verdict`` (1, 2 or null), or, for a scalar reward model,
+  ``rewards`` = ``[reward of Response 1, reward of Response 2]`` (also read from
+  ``extra.rewards``; the higher one wins, equal rewards are no verdict).
 
 Optional: ``primary`` (which order is the single-order result when both are given;
 default: the order our seed would have drawn). Everything else (labels, subsets, items)
@@ -101,7 +103,8 @@ def replay_judgements(raw: Sequence[Tuple[str, dict]], comparisons: Mapping[str,
         raw: ``(where, record)`` pairs from :func:`read_raw_records`.
         comparisons: comparison id -> comparison (the selected benchmark data).
         parse_verdict: ``text -> Verdict`` (the judge protocol's final-turn parser); used
-            whenever a record has ``turn_texts``, so stored verdicts are re-derived.
+            whenever a record has ``turn_texts``, so stored verdicts are re-derived. None for a
+            scalar model's results (records are decided by their ``rewards``).
         seed: order seed, to decide ``primary`` when a record does not say.
 
     Returns:
@@ -131,7 +134,24 @@ def replay_judgements(raw: Sequence[Tuple[str, dict]], comparisons: Mapping[str,
             primary = seeded_swap(seed, comp.comparison_id) == swapped
         pres = Presentation(comp, swapped, bool(primary))
         texts = rec.get("turn_texts")
+        rewards = rec.get("rewards", (rec.get("extra") or {}).get("rewards"))
+        if not texts and rewards is not None:  # a scalar reward model's record: decided by its rewards
+            if (not isinstance(rewards, list) or len(rewards) != 2
+                    or not all(isinstance(r, (int, float)) and not isinstance(r, bool) for r in rewards)):
+                raise DataError(f"{where}: 'rewards' must be [reward of Response 1, reward of Response 2], got {rewards!r}")
+            from .scalar_judging import verdict_from_rewards
+
+            verdict, error = verdict_from_rewards(rewards)
+            j = Judgement.build(pres, [], verdict, error, extra={**(rec.get("extra") or {}), "rewards": list(rewards)})
+            if j.key in out:
+                raise DataError(f"{where}: a second record for {comp.comparison_id!r} in the same order "
+                                f"(swapped={swapped}); keep one")
+            out[j.key] = j
+            continue
         if texts is not None:
+            if parse_verdict is None:
+                raise DataError(f"{where}: this replay is of a scalar reward model: records need 'rewards' "
+                                "[reward of Response 1, reward of Response 2]")
             if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
                 raise DataError(f"{where}: 'turn_texts' must be a non-empty list of strings")
             v = parse_verdict(texts[-1])

@@ -11,6 +11,12 @@ coverage notes), <output stem>.table.md (the printed table), <output stem>.png
 rerun with the same settings resumes from it). A score marked * is partial (missing data,
 --limit, missing generations); the notes under the table say why.
 
+A scalar (Bradley-Terry) reward model, an HF *ForSequenceClassification folder such as the one
+python -m megatron_brrm.train_bt exports, scores every response once and decides each comparison
+by the higher reward (same scoring, report, cache and replay):
+
+    python evaluation/run.py --bench all --model BT_HF_DIR --engine scalar
+
 Re-scoring outputs produced elsewhere, no model needed:
 
     python evaluation/run.py --engine replay --replay FILE --output rescored.json
@@ -26,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import platform
 import sys
 from pathlib import Path
@@ -60,7 +67,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     ap.add_argument("--model", help="HF model folder (required unless --engine replay)")
     ap.add_argument("--data-dir", type=Path, default=REPO_ROOT / "samples",
                     help="folder with rewardbench/, rmbench/, rmb/ (default: the repo's samples/)")
-    ap.add_argument("--engine", default="hf", choices=["hf", "vllm", "replay"], help="generation engine (default hf)")
+    ap.add_argument("--engine", default="hf", choices=["hf", "vllm", "scalar", "replay"],
+                    help="generation engine for a generative judge (hf, vllm), scalar for a Bradley-Terry reward "
+                         "model (*ForSequenceClassification), or replay (default hf)")
     ap.add_argument("--replay", type=Path, help="results.json / records JSON(L) to re-score (with --engine replay)")
     ap.add_argument("--output", type=Path, default=Path("results.json"), help="results file (default results.json)")
     ap.add_argument("--limit", type=int, help="at most N items per benchmark, spread over its sections")
@@ -100,6 +109,12 @@ def check_engine_args(args: argparse.Namespace) -> None:
         HFSafetensorsReader(args.model)
     except HFCheckpointError as exc:
         raise UsageError(f"--model {args.model}: {exc}") from None
+    archs = json.loads((Path(args.model) / "config.json").read_text(encoding="utf-8")).get("architectures") or ["?"]
+    scalar = any(str(a).endswith("ForSequenceClassification") for a in archs)
+    if scalar != (args.engine == "scalar"):
+        fix = "--engine scalar" if scalar else "--engine hf or vllm"
+        raise UsageError(f"--model {args.model} is a {archs[0]} ({'a scalar reward model' if scalar else 'a generative judge'}); "
+                         f"use {fix}")
     if args.engine == "vllm":
         try:
             import vllm  # noqa: F401
@@ -123,6 +138,19 @@ def make_engine(args: argparse.Namespace):
     try:
         return build(cfg, str(Path(args.model)))
     except RuntimeError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def make_scorer(args: argparse.Namespace):
+    """The scalar reward model of ``--model`` (:class:`megatron_brrm.rollout.scalar.SequenceClassifierScorer`);
+    sequences longer than ``--max-total-length`` keep their last tokens."""
+    from megatron_brrm.rollout.scalar import SequenceClassifierScorer
+
+    check_engine_args(args)
+    try:
+        return SequenceClassifierScorer(args.model, device=args.device, dtype=args.dtype,
+                                        batch_size=max(1, args.batch_size), max_length=args.max_total_length)
+    except (ValueError, FileNotFoundError) as exc:
         raise UsageError(str(exc)) from None
 
 
@@ -166,10 +194,12 @@ def run(args: argparse.Namespace) -> dict:
         raise UsageError(f"--limit must be >= 0, got {args.limit}")
     if args.orders not in ORDER_MODES:
         raise UsageError(f"orders must be one of {ORDER_MODES}, got {args.orders!r} (from the replayed file's config?)")
-    try:
-        protocol = get_protocol(args.protocol, template_dir=args.template_dir)
-    except ValueError as exc:  # unknown protocol name or a bad template folder
-        raise UsageError(str(exc)) from None
+    protocol = None
+    if args.engine != "scalar" and args.protocol != "scalar":  # a scalar model has no judge protocol
+        try:
+            protocol = get_protocol(args.protocol, template_dir=args.template_dir)
+        except ValueError as exc:  # unknown protocol name or a bad template folder
+            raise UsageError(str(exc)) from None
     names = list(BENCHMARKS) if args.bench == "all" else [args.bench]
     data = {name: load_benchmark(name, args.data_dir) for name in names}
     selected = {name: select_items(d.comparisons, args.limit) for name, d in data.items()}
@@ -178,12 +208,17 @@ def run(args: argparse.Namespace) -> dict:
     output = Path(args.output)
     if args.engine == "replay":
         everything = index_comparisons([c for name in names for c in selected[name]])
-        judgements, notes = replay_judgements(raw, everything, protocol.parse_verdict, args.seed)
+        judgements, notes = replay_judgements(raw, everything, protocol.parse_verdict if protocol else None, args.seed)
     else:
-        settings = {"model": str(Path(args.model).resolve()), "protocol": args.protocol,
-                    "template_dir": args.template_dir, "max_new_tokens": args.max_new_tokens,
-                    "max_total_length": args.max_total_length,
-                    "temperature": args.temperature, "top_p": args.top_p, "seed": args.seed}
+        if args.engine == "scalar":
+            args.protocol = "scalar"
+            settings = {"model": str(Path(args.model).resolve()), "engine": "scalar",
+                        "max_total_length": args.max_total_length}
+        else:
+            settings = {"model": str(Path(args.model).resolve()), "protocol": args.protocol,
+                        "template_dir": args.template_dir, "max_new_tokens": args.max_new_tokens,
+                        "max_total_length": args.max_total_length,
+                        "temperature": args.temperature, "top_p": args.top_p, "seed": args.seed}
         cache = GenerationCache(output.with_name(output.stem + ".cache.jsonl"), settings)
         cached, stats = cache.load()
         judgements = {p.key: cached[p.key] for p in todo_all if p.key in cached}  # only this run's selection
@@ -192,7 +227,9 @@ def run(args: argparse.Namespace) -> dict:
             notes.append(f"resumed: {len(judgements)} judged orders reused from {cache.path}")
         if stats["other_settings"]:
             notes.append(f"{stats['other_settings']} cached generation(s) made with other settings were not reused")
-        if todo:
+        if todo and args.engine == "scalar":
+            notes += _score_scalar(args, todo, cache, judgements)
+        elif todo:
             engine = make_engine(args)
             bar = None
             if not args.no_progress:
@@ -227,6 +264,29 @@ def run(args: argparse.Namespace) -> dict:
     if args.orders == "both":
         results["summary_both_orders"] = summary(benches, "overall_both_orders")
     return results
+
+
+def _score_scalar(args: argparse.Namespace, todo, cache, judgements: dict) -> List[str]:
+    """Score ``todo`` with the scalar model into ``judgements``; returns notes for the report."""
+    from evaluation.scalar_judging import score_presentations
+
+    scorer = make_scorer(args)
+    bar = None
+    if not args.no_progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(todo), desc="scoring", unit="cmp")
+    try:
+        new, distinct = score_presentations(scorer, todo, batch_size=args.batch_size, cache=cache,
+                                            progress=bar.update if bar is not None else None)
+    finally:
+        if bar is not None:
+            bar.close()
+    judgements.update(new)
+    notes = [f"scalar: {distinct} distinct responses scored once each for {len(todo)} judged orders"]
+    if scorer.truncated:
+        notes.append(f"scalar: {scorer.truncated} sequence(s) longer than --max-total-length kept only their last tokens")
+    return notes
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

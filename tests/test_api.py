@@ -1,9 +1,9 @@
 """megatron_brrm.api.RewardModel: verdicts, both orders and position consistency, batching, the
-scalar interface and its errors (scripted judge engine, tests/fake_judge.py), and the README
-example on the tiny model through the HF engine."""
+scalar interface and its errors (scripted judge engine, tests/fake_judge.py), a Bradley-Terry
+*ForSequenceClassification folder loaded by from_pretrained (rewards = transformers' own scores of
+the chat-template rendering), and the README example on the tiny model through the HF engine."""
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
@@ -70,9 +70,6 @@ def test_scalar_interface_and_errors(tok, tmp_path):
     assert scalar.compare("q", "same", "size").verdict is None  # equal rewards: no preference
     with pytest.raises(ValueError, match="exactly one of engine="):
         RewardModel()
-    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["Qwen3ForSequenceClassification"]}))
-    with pytest.raises(NotImplementedError, match="scalar reward model.*ScalarScorer"):
-        RewardModel.from_pretrained(tmp_path)
     with pytest.raises(FileNotFoundError, match="no config.json"):
         RewardModel.from_pretrained(tmp_path / "nowhere")
 
@@ -96,3 +93,32 @@ def test_readme_example_runs_on_the_tiny_model(tiny_qwen3_dir, tmp_path, monkeyp
     assert result.verdict in ("a", "b", None) and result.consistency in (True, False)
     out = capsys.readouterr().out
     assert "needs a scalar (Bradley-Terry) reward model" in out
+
+
+def test_scalar_reward_model_from_pretrained(tiny_reward_dir):
+    """from_pretrained on a *ForSequenceClassification folder: score() is transformers' score of
+    context + response rendered by the chat template (computed here independently, one sequence at
+    a time, so no padding is involved), and compare() prefers the higher reward."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    rm = RewardModel.from_pretrained(tiny_reward_dir, device="cpu", batch_size=2)
+    tok = AutoTokenizer.from_pretrained(tiny_reward_dir)
+    hf = AutoModelForSequenceClassification.from_pretrained(tiny_reward_dir, dtype=torch.float32)
+    context = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 2 + 2?"}]
+    replies = ["4", "The answer is five.", "Four, because two plus two is four."]
+
+    def reference(reply):
+        text = tok.apply_chat_template(context + [{"role": "assistant", "content": reply}], tokenize=False)
+        ids = torch.tensor([tok(text, add_special_tokens=False)["input_ids"]])
+        with torch.no_grad():
+            return float(hf(input_ids=ids).logits[0, 0])
+
+    want = [reference(r) for r in replies]
+    got = rm.score_batch([(context, r) for r in replies])  # batched with right padding
+    assert got == pytest.approx(want, abs=1e-5)
+    assert rm.score(context, replies[1]) == pytest.approx(want[1], abs=1e-5)
+    assert len(set(round(w, 4) for w in want)) == 3  # distinct rewards, so compare() has a winner
+    for a, b in ((0, 1), (1, 2), (2, 0)):
+        r = rm.compare(context, replies[a], replies[b])
+        assert r.verdict == ("a" if want[a] > want[b] else "b") and r.scores == pytest.approx((want[a], want[b]), abs=1e-5)

@@ -15,7 +15,7 @@ from typing import Dict, List, Set
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("megatron_brrm", "evaluation")
-DRIVERS = {"train", "sft", "demo", "api"}
+DRIVERS = {"train", "sft", "train_bt", "demo", "api"}
 
 ALLOWED: Dict[str, Set[str]] = {
     "config": set(), "judge": set(), "data": set(), "metrics": set(), "hub": set(), "parallel": set(),

@@ -152,3 +152,32 @@ def test_stop_request_checkpoints_the_step_and_returns(tiny_qwen3_dir, tmp_path)
     trainer.close()
     assert trainer.stopped_early and trainer.step == 1
     assert (tmp_path / "ckpt" / "latest").read_text() == "step_1"  # not a cadence step: saved for the stop
+
+
+@pytest.mark.timeout(60)
+def test_shared_data_form_trains_both_orders_and_validates_each_named_set(tiny_qwen3_dir, tmp_path):
+    """GRPO reads data.train_data_path (here a NeMo-RL ``context`` + ``completions`` file) and named
+    data.val_data_paths, as the BT trainer does; metrics of each set go under validation-<name>/."""
+    from megatron_brrm.data.synthetic import marker_task
+
+    def nemo_rl(path, pairs):
+        rows = [{"context": p.context, "completions": [
+            {"rank": 0, "completion": p.response1 if p.preference == 1 else p.response2},
+            {"rank": 1, "completion": p.response2 if p.preference == 1 else p.response1}]} for p in pairs]
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        return path
+
+    train = nemo_rl(tmp_path / "nemo_train.jsonl", marker_task(3, seed=2, split="train")[::2])
+    a = nemo_rl(tmp_path / "nemo_a.jsonl", marker_task(2, seed=3, split="val")[:2])
+    b = nemo_rl(tmp_path / "nemo_b.jsonl", marker_task(2, seed=4, split="val")[:1])
+    trainer, _, _, _ = _trainer(tiny_qwen3_dir, tmp_path, "data.train_path=null", "data.val_path=null",
+                                f"data.train_data_path={train}", f"data.val_data_paths.a={a}",
+                                f"data.val_data_paths.b={b}", "grpo.max_num_steps=2", "checkpoint.save_dir=null")
+    assert len(trainer.loader.pairs) == 2 * 3  # both orders of each pair
+    assert {p.id.endswith(":swap") for p in trainer.loader.pairs} == {True, False}
+    assert {k: len(v) for k, v in trainer.val_sets.items()} == {"a": 2, "b": 1}
+    trainer.fit()
+    trainer.close()
+    rows = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[0]["validation-a/num_trajectories"] == 2 and rows[0]["validation-b/num_trajectories"] == 1
+    assert not any(k.startswith("validation/") for r in rows for k in r)

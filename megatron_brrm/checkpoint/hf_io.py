@@ -4,7 +4,7 @@ Memory stays bounded by a few tensors, never by the model (issue 3 item 4):
 
 - :class:`HFSafetensorsReader` parses the safetensors headers of a folder (one
   ``model.safetensors`` or shards listed in ``model.safetensors.index.json``) without
-  loading data, and loads a single tensor per :meth:`~HFSafetensorsReader.get` call through
+  loading data, and loads a single tensor per :meth:`~HFSafetensorsReader.get_tensor` call (or ``reader[name]``) through
   ``safetensors.safe_open`` (the file is opened for that call only, so no mapping of a whole
   shard stays resident).
 - :class:`ShardedSafetensorsWriter` is given the list of tensors up front (names, shapes,
@@ -33,6 +33,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+
+from collections.abc import Mapping
 
 import torch
 
@@ -131,8 +133,10 @@ def read_safetensors_header(path: str | os.PathLike) -> Dict[str, TensorInfo]:
     return out
 
 
-class HFSafetensorsReader:
-    """Read-only, tensor-at-a-time view of an HF safetensors folder.
+class HFSafetensorsReader(Mapping):
+    """Read-only, tensor-at-a-time view of an HF safetensors folder: a ``Mapping`` of HF name ->
+    tensor (``reader[name]`` raises ``KeyError`` for an absent name; :meth:`get_tensor` raises
+    :class:`HFCheckpointError` naming the folder).
 
     Args:
         folder: a folder with ``model.safetensors`` or ``model.safetensors.index.json`` plus
@@ -178,7 +182,15 @@ class HFSafetensorsReader:
         """All tensor names, sorted."""
         return sorted(self._info)
 
-    def __contains__(self, name: str) -> bool:
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        if name not in self._info:
+            raise KeyError(name)
+        return self.get_tensor(name)
+
+    def __contains__(self, name: object) -> bool:
         return name in self._info
 
     def __len__(self) -> int:
@@ -208,7 +220,7 @@ class HFSafetensorsReader:
             handles[file] = safe_open(str(self.folder / file), framework="pt", device="cpu")
         return handles[file]
 
-    def get(self, name: str) -> torch.Tensor:
+    def get_tensor(self, name: str) -> torch.Tensor:
         """Load one tensor (CPU, stored dtype and shape); only its bytes are read (each file is
         opened once, memory-mapped, and kept open for later reads).
 
@@ -220,7 +232,7 @@ class HFSafetensorsReader:
     def iter_tensors(self) -> Iterator[Tuple[str, torch.Tensor]]:
         """Stream ``(name, tensor)`` for every tensor, file by file (one tensor materialised at a time)."""
         for name in sorted(self._info, key=lambda n: (self._info[n].file, n)):
-            yield name, self.get(name)
+            yield name, self.get_tensor(name)
 
 
 def resolve_hf_source(value: str | os.PathLike) -> Path:

@@ -27,7 +27,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, Iterator, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -134,7 +134,7 @@ def conversion_parallel_state() -> Iterator[None]:
         destroy_parallel()
 
 
-def meta_sharded_state_dict(hf_config, params_dtype: torch.dtype, padded_vocab: int) -> dict:
+def meta_sharded_state_dict(hf_config, params_dtype: torch.dtype, padded_vocab: int, head: str = "lm") -> dict:
     """``sharded_state_dict()`` of the whole model built on the ``meta`` device at TP=1, PP=1.
 
     Uses the local layer spec (checkpoint keys are the same for the Transformer Engine spec:
@@ -145,6 +145,7 @@ def meta_sharded_state_dict(hf_config, params_dtype: torch.dtype, padded_vocab: 
         hf_config: HF config (object or dict).
         params_dtype: dtype recorded for every tensor.
         padded_vocab: rows of the embedding / output layer.
+        head: ``lm`` or ``scalar`` (a reward model: ``output_layer.weight`` is ``[1, hidden]``).
 
     Returns:
         ``{state-dict name: ShardedTensor | ShardedTensorFactory | ShardedObject}`` with meta data.
@@ -154,8 +155,37 @@ def meta_sharded_state_dict(hf_config, params_dtype: torch.dtype, padded_vocab: 
 
     model_cfg = ModelConfig(params_dtype=DTYPE_TO_NAME[params_dtype], transformer_impl="local")
     with torch.device("meta"):
-        model = build_gpt_model(hf_config, model_cfg, ParallelConfig(), padded_vocab=padded_vocab, cpu_init=True)
+        model = build_gpt_model(hf_config, model_cfg, ParallelConfig(), padded_vocab=padded_vocab, cpu_init=True,
+                                head=head)
     return model.sharded_state_dict()
+
+
+def hf_config_for_head(raw_config: dict, head: str, tokenizer_dir: Optional[Path] = None) -> Tuple[dict, List[str]]:
+    """``(config.json dict, architectures)`` to write for a model with ``head``.
+
+    A causal LM keeps ``raw_config`` and its architecture's ``*ForCausalLM`` class. A scalar
+    reward model gets its ``*ForSequenceClassification`` class, one label (``id2label``
+    ``{"0": "LABEL_0"}``, which is how transformers counts labels) and a ``pad_token_id`` (HF's
+    sequence classifier reads the reward at the rightmost token that is not the pad token and
+    refuses batches without one): the config's own, else the tokenizer's pad token in
+    ``tokenizer_dir``, else its EOS token.
+    """
+    from megatron_brrm.model.architectures import hf_class_for
+
+    cfg = dict(raw_config)
+    if head != "scalar":
+        return cfg, [hf_class_for(cfg, head)]
+    cfg.update(id2label={"0": "LABEL_0"}, label2id={"LABEL_0": 0})
+    cfg.pop("num_labels", None)
+    if cfg.get("pad_token_id") is None and tokenizer_dir is not None:
+        try:
+            from transformers import AutoTokenizer
+
+            tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+            cfg["pad_token_id"] = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        except Exception:  # no tokenizer next to the config: leave it unset (batch size 1 still works in HF)
+            pass
+    return cfg, [hf_class_for(cfg, head)]
 
 
 def tensor_layout(sharded_state_dict: dict) -> Dict[str, list]:
@@ -321,7 +351,7 @@ def convert_hf_to_megatron(hf_path: str | os.PathLike, megatron_path: str | os.P
             mis-shaped (named); FileExistsError: output exists; HFCheckpointError: unreadable
             HF folder; UnsupportedArchitectureError: unknown model_type.
     """
-    from megatron_brrm.model.architectures import get_arch_spec, hf_get
+    from megatron_brrm.model.architectures import config_head, get_arch_spec, hf_get
     from megatron_brrm.model.build import load_hf_config
     from megatron_brrm.model.mapping import get_mapping, padded_vocab_size
 
@@ -330,11 +360,12 @@ def convert_hf_to_megatron(hf_path: str | os.PathLike, megatron_path: str | os.P
     refuse_existing(megatron_path, overwrite)
     raw_config = read_hf_config(hf_path)
     hf_config = load_hf_config(hf_path)
-    arch = get_arch_spec(hf_config)
+    get_arch_spec(hf_config)
+    head = config_head(raw_config)  # a *ForSequenceClassification folder is a scalar reward model
     _validate_layout_args(hf_config, tp, pp)
     reader = HFSafetensorsReader(hf_path)
     padded = padded_vocab_size(hf_get(hf_config, "vocab_size"), make_vocab_size_divisible_by, tp)
-    mapping = get_mapping(hf_config, padded_vocab_size=padded)
+    mapping = get_mapping(hf_config, padded_vocab_size=padded, head=head)
     _validate_hf_tensors(reader, mapping, hf_config)
     if dtype is None:
         name = raw_config.get("dtype") or raw_config.get("torch_dtype")
@@ -345,7 +376,7 @@ def convert_hf_to_megatron(hf_path: str | os.PathLike, megatron_path: str | os.P
     torch_dtype = DTYPES[dtype]
 
     with conversion_parallel_state():
-        sharded = meta_sharded_state_dict(hf_config, torch_dtype, padded)
+        sharded = meta_sharded_state_dict(hf_config, torch_dtype, padded, head=head)
         layout = tensor_layout(sharded)
         check_mapping_covers_model(mapping, layout)
         where: Dict[Tuple[str, Tuple[int, ...]], Tuple[str, int]] = {}
@@ -364,7 +395,7 @@ def convert_hf_to_megatron(hf_path: str | os.PathLike, megatron_path: str | os.P
                 raise ConversionError(f"internal: no Megatron tensor for checkpoint chunk {key} at {offset}") from None
             if name not in cache:
                 cache.clear()
-                inputs = {n: reader.get(n) for n in mapping.hf_names_for(name)}
+                inputs = {n: reader.get_tensor(n) for n in mapping.hf_names_for(name)}
                 full = mapping.to_megatron(name, inputs)
                 del inputs  # free the HF tensors before a possible dtype copy
                 cache[name] = full.to(chunk_dtype)
@@ -383,7 +414,8 @@ def convert_hf_to_megatron(hf_path: str | os.PathLike, megatron_path: str | os.P
             cache.clear()
             hf_dir = tmp / HF_SUBDIR
             hf_dir.mkdir()
-            write_hf_config(raw_config, hf_dir, [arch.hf_class], torch_dtype)
+            out_config, archs = hf_config_for_head(raw_config, head, hf_path)
+            write_hf_config(out_config, hf_dir, archs, torch_dtype)
             copy_hf_side_files(hf_path, hf_dir)
             (tmp / RUN_CONFIG_NAME).write_text(run_config_fragment(
                 megatron_path / HF_SUBDIR, megatron_path, dtype, tp, pp,

@@ -7,7 +7,10 @@ of a stacked ``decoder.layers.*`` key) at a time, in read groups of at most
 ``read_budget_bytes``, maps Megatron names to HF names with the mapping registry and writes
 pre-planned safetensors shards (:class:`megatron_brrm.checkpoint.hf_io.ShardedSafetensorsWriter`)
 plus config.json (``architectures``, dtype), generation config, tokenizer and chat template,
-loadable by ``AutoModelForCausalLM.from_pretrained``.
+loadable by ``AutoModelForCausalLM.from_pretrained``. A scalar (Bradley-Terry) reward model is
+recognised by its one-row ``output_layer.weight`` (:func:`detect_head`) and written as an HF
+``*ForSequenceClassification`` folder (``score.weight``, one label, a ``pad_token_id``) that
+``AutoModelForSequenceClassification.from_pretrained`` loads.
 
 Before anything is written the checkpoint's tensor metadata is checked against what
 config.json implies (the meta model of :mod:`megatron_brrm.checkpoint.model_ckpt`): a
@@ -43,6 +46,7 @@ from megatron_brrm.checkpoint.model_ckpt import (
     arch_desc,
     check_mapping_covers_model,
     conversion_parallel_state,
+    hf_config_for_head,
     meta_sharded_state_dict,
     names_list,
     progress_bar,
@@ -139,6 +143,17 @@ def _validate_checkpoint_tensors(meta: Dict[str, tuple], prefix: str, expected: 
                               f"of {desc} as described by config.json (architecture or tied-embedding mismatch?)")
 
 
+def detect_head(meta: Dict[str, tuple], prefix: str, hf_config) -> str:
+    """``scalar`` when the checkpoint's ``output_layer.weight`` is one row (a Bradley-Terry reward
+    model), ``lm`` otherwise (a vocabulary output layer, or none when embeddings are tied)."""
+    from megatron_brrm.model.architectures import hf_get
+
+    entry = meta.get(prefix + "output_layer.weight")
+    if entry is not None and tuple(entry[0]) == (1, hf_get(hf_config, "hidden_size")):
+        return "scalar"
+    return "lm"
+
+
 def _groups(names: Sequence[str], sizes: Dict[str, int], budget: int) -> Iterator[List[str]]:
     group: List[str] = []
     used = 0
@@ -180,7 +195,7 @@ def convert_megatron_to_hf(megatron_path: str | os.PathLike, hf_path: str | os.P
             tensor, vocab, architecture; the tensor is named), no config found;
         DistCheckpointError: not a finished torch_dist checkpoint; FileExistsError.
     """
-    from megatron_brrm.model.architectures import get_arch_spec, hf_get
+    from megatron_brrm.model.architectures import hf_get
     from megatron_brrm.model.build import load_hf_config
     from megatron_brrm.model.mapping import get_mapping
 
@@ -192,22 +207,22 @@ def convert_megatron_to_hf(megatron_path: str | os.PathLike, hf_path: str | os.P
     raw_config = read_hf_config(ref_dir)
     _check_reference_matches_stored(ckpt_dir, ref_dir, raw_config)
     hf_config = load_hf_config(ref_dir)
-    arch = get_arch_spec(hf_config)
     vocab = hf_get(hf_config, "vocab_size")
     meta = read_tensor_metadata(ckpt_dir)
     prefix = _detect_key_prefix(meta, ckpt_dir) if key_prefix is None else key_prefix
+    head = detect_head(meta, prefix, hf_config)
     emb_key = prefix + VOCAB_NAMES[0]
     padded = meta[emb_key][0][0] if emb_key in meta else vocab
     if padded < vocab:
         raise ConversionError(f"vocab mismatch: checkpoint tensor {emb_key!r} has {padded} rows but config.json "
                               f"({ref_dir}) says vocab_size={vocab}")
-    mapping = get_mapping(hf_config, padded_vocab_size=padded)
+    mapping = get_mapping(hf_config, padded_vocab_size=padded, head=head)
     if dtype is not None and dtype not in DTYPES:
         raise ConversionError(f"--dtype {dtype!r} is not one of {sorted(DTYPES)}")
     out_dtype = DTYPES[dtype] if dtype is not None else None
 
     with conversion_parallel_state():
-        layout = tensor_layout(meta_sharded_state_dict(hf_config, torch.float32, padded))
+        layout = tensor_layout(meta_sharded_state_dict(hf_config, torch.float32, padded, head=head))
         check_mapping_covers_model(mapping, layout)
         expected = {st.key: tuple(st.global_shape) for shards in layout.values() for st in shards}
         _validate_checkpoint_tensors(meta, prefix, expected, ckpt_dir, hf_config, vocab)
@@ -232,7 +247,8 @@ def convert_megatron_to_hf(megatron_path: str | os.PathLike, hf_path: str | os.P
                         for hf_name, tensor in mapping.to_hf(name, loaded.pop(name)).items():
                             writer.write(hf_name, tensor if out_dtype is None else tensor.to(out_dtype))
                         bar.update(sizes[name])
-            write_hf_config(raw_config, tmp, [arch.hf_class], out_dtype or meta[emb_key][1])
+            out_config, archs = hf_config_for_head(raw_config, head, ref_dir)
+            write_hf_config(out_config, tmp, archs, out_dtype or meta[emb_key][1])
             copy_hf_side_files(ref_dir, tmp)
     return ConversionSummary(hf_path, len(plan), sum(dtype_nbytes(s, d) for _, s, d in plan),
                              time.perf_counter() - start)

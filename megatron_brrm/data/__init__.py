@@ -10,11 +10,13 @@ from .loader import PairLoader
 from .io import iter_pairs, iter_records, read_pairs, write_json, write_pairs
 from .mix import MixResult, SourceSpec, build_mix, discover_sources, parse_source_spec
 from .schema import DataError, PreferencePair
+from .sets import PreferenceData, load_preference_data
 from .summary import MixSummary, SourceSummary
 
 __all__ = [
     "ADAPTERS", "get_adapter", "load_source", "SWAP_SUFFIX", "base_id", "both_orders", "swapped_copy",
     "benchmark_prompts", "iter_pairs", "iter_records", "read_pairs", "write_json", "write_pairs",
     "MixResult", "SourceSpec", "build_mix", "discover_sources", "parse_source_spec",
-    "DataError", "PreferencePair", "PairLoader", "MixSummary", "SourceSummary",
+    "DataError", "PreferencePair", "PairLoader", "MixSummary", "SourceSummary", "PreferenceData",
+    "load_preference_data",
 ]

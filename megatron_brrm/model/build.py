@@ -302,7 +302,7 @@ def layer_spec(config, model_cfg, vp_stage: Optional[int] = None, pp_rank: Optio
 
 def build_gpt_model(hf_config: Any, model_cfg, parallel_cfg, pre_process: Optional[bool] = None,
                     post_process: Optional[bool] = None, vp_stage: Optional[int] = None,
-                    padded_vocab: Optional[int] = None, cpu_init: Optional[bool] = None):
+                    padded_vocab: Optional[int] = None, cpu_init: Optional[bool] = None, head: str = "lm"):
     """Build this rank's ``GPTModel`` chunk (random init; load weights with ``mapping``).
 
     Requires :func:`megatron_brrm.parallel.initialize_parallel` to have run with the same
@@ -322,6 +322,9 @@ def build_gpt_model(hf_config: Any, model_cfg, parallel_cfg, pre_process: Option
         cpu_init: initialise the parameters on the CPU (Megatron's ``use_cpu_initialization``);
             default: when no GPU is visible. The converters pass True to build meta-device
             layouts on any machine.
+        head: ``lm`` (vocab-parallel output layer) or ``scalar`` (a Bradley-Terry reward head
+            :class:`~megatron_brrm.model.reward_head.ScalarRewardHead` in place of the output layer,
+            embeddings never tied: the last stage then returns values ``[batch, seq, 1]``).
 
     Returns:
         ``megatron.core.models.gpt.GPTModel`` in ``model_cfg.params_dtype``.
@@ -332,6 +335,8 @@ def build_gpt_model(hf_config: Any, model_cfg, parallel_cfg, pre_process: Option
     from megatron.core import parallel_state as mpu
     from megatron.core.models.gpt import GPTModel
 
+    if head not in ("lm", "scalar"):
+        raise ModelBuildError(f"unknown model head {head!r}; expected 'lm' or 'scalar'")
     config = transformer_config_from_hf(hf_config, model_cfg, parallel_cfg, cpu_init=cpu_init)
     if pre_process is None:
         pre_process = mpu.is_pipeline_first_stage(ignore_virtual=False, vp_stage=vp_stage)
@@ -351,7 +356,7 @@ def build_gpt_model(hf_config: Any, model_cfg, parallel_cfg, pre_process: Option
         pre_process=pre_process,
         post_process=post_process,
         parallel_output=True,
-        share_embeddings_and_output_weights=bool(hf_get(hf_config, "tie_word_embeddings", False)),
+        share_embeddings_and_output_weights=head == "lm" and bool(hf_get(hf_config, "tie_word_embeddings", False)),
         position_embedding_type="rope",
         rotary_percent=1.0,
         rotary_base=rope["rotary_base"],
@@ -359,4 +364,8 @@ def build_gpt_model(hf_config: Any, model_cfg, parallel_cfg, pre_process: Option
         rope_scaling_factor=rope["rope_scaling_factor"],
         vp_stage=vp_stage,
     )
+    if head == "scalar":
+        from megatron_brrm.model.reward_head import attach_scalar_head
+
+        attach_scalar_head(model)
     return model.to(config.params_dtype)

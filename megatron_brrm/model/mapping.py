@@ -19,6 +19,13 @@ gated      ``[gate; up]`` (``linear_fc1``)             gate and up are split sep
                                                        r holds ``[gate_r; up_r]``
 ========== =========================================== ======================================
 
+Heads: a causal LM's ``output_layer`` (kind ``vocab``, HF ``lm_head``) or, for a scalar
+(Bradley-Terry) reward model (``get_mapping(..., head="scalar")``, the default for an HF
+``*ForSequenceClassification`` config), a ``[1, hidden]`` reward head kept under the same
+Megatron name ``output_layer.weight`` and mapped to HF's ``score.weight`` as kind
+``replicated``: every TP rank holds the whole head, only the last pipeline stage has it, and a
+reward model never ties it to the embedding.
+
 Names are *global* Megatron names (``decoder.layers.{i}`` with the global layer index, as
 Megatron's ``sharded_state_dict`` uses); :func:`local_to_global_layer` converts a rank's
 ``state_dict`` names. The local layer spec keeps ``input_layernorm`` / ``pre_mlp_layernorm``
@@ -39,7 +46,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
-from megatron_brrm.model.architectures import ArchSpec, get_arch_spec, hf_get
+from megatron_brrm.model.architectures import HEADS, ArchSpec, config_head, get_arch_spec, hf_get
 
 Tensor = torch.Tensor
 
@@ -71,7 +78,7 @@ class ParamRule:
     kind: str
 
 
-def _llama_rules(qk_layernorm: bool) -> List[ParamRule]:
+def _llama_rules(qk_layernorm: bool, head: str = "lm") -> List[ParamRule]:
     L, H = "decoder.layers.{i}.", "model.layers.{i}."
     rules = [
         ParamRule("embedding.word_embeddings.weight", ("model.embed_tokens.weight",), "vocab"),
@@ -90,8 +97,11 @@ def _llama_rules(qk_layernorm: bool) -> List[ParamRule]:
         ParamRule(L + "mlp.linear_fc1.weight", (H + "mlp.gate_proj.weight", H + "mlp.up_proj.weight"), "gated"),
         ParamRule(L + "mlp.linear_fc2.weight", (H + "mlp.down_proj.weight",), "row"),
         ParamRule("decoder.final_layernorm.weight", ("model.norm.weight",), "replicated"),
-        ParamRule("output_layer.weight", ("lm_head.weight",), "vocab"),
     ]
+    if head == "scalar":  # the Bradley-Terry reward head (HF *ForSequenceClassification ``score``)
+        rules.append(ParamRule("output_layer.weight", ("score.weight",), "replicated"))
+    else:
+        rules.append(ParamRule("output_layer.weight", ("lm_head.weight",), "vocab"))
     return rules
 
 
@@ -160,12 +170,12 @@ class ArchMapping:
         arch: the :class:`ArchSpec`.
         num_layers, hidden_size, ffn_hidden_size, num_heads, num_query_groups, head_dim,
         vocab_size (HF), padded_vocab_size (Megatron rows, >= vocab_size), tied (bool),
-        fused_norms (bool: ``megatron_param_names`` uses TE names).
+        fused_norms (bool: ``megatron_param_names`` uses TE names), head (``lm`` or ``scalar``).
     """
 
     def __init__(self, arch: ArchSpec, rules: Sequence[ParamRule], *, num_layers: int, hidden_size: int,
                  ffn_hidden_size: int, num_heads: int, num_query_groups: int, head_dim: int, vocab_size: int,
-                 padded_vocab_size: int, tied: bool, fused_norms: bool = False):
+                 padded_vocab_size: int, tied: bool, fused_norms: bool = False, head: str = "lm"):
         if num_heads % num_query_groups:
             raise MappingError(f"num_attention_heads={num_heads} is not a multiple of num_key_value_heads={num_query_groups}")
         if padded_vocab_size < vocab_size:
@@ -176,6 +186,7 @@ class ArchMapping:
         self.num_heads, self.num_query_groups, self.head_dim = num_heads, num_query_groups, head_dim
         self.vocab_size, self.padded_vocab_size, self.tied = vocab_size, padded_vocab_size, tied
         self.fused_norms = fused_norms
+        self.head = head
         self._mg = [(_pattern_regex(r.megatron), r) for r in self.rules]
         self._hf = [(_pattern_regex(h), r, j) for r in self.rules for j, h in enumerate(r.hf)]
 
@@ -281,6 +292,8 @@ class ArchMapping:
             return (h, f)
         if base.endswith(("q_layernorm.weight", "k_layernorm.weight")):
             return (d,)
+        if base == "output_layer.weight":  # the scalar reward head (one output)
+            return (1, h)
         return (h,)
 
     def shard_shape(self, megatron_name: str, tp_size: int) -> Tuple[int, ...]:
@@ -410,7 +423,7 @@ class ArchMapping:
 
 
 def get_mapping(hf_config: Any, *, padded_vocab_size: Optional[int] = None, make_vocab_size_divisible_by: int = 128,
-                tp_size: int = 1, fused_norms: bool = False) -> ArchMapping:
+                tp_size: int = 1, fused_norms: bool = False, head: Optional[str] = None) -> ArchMapping:
     """The :class:`ArchMapping` for an HF config (``PretrainedConfig`` or ``config.json`` dict).
 
     Args:
@@ -419,24 +432,33 @@ def get_mapping(hf_config: Any, *, padded_vocab_size: Optional[int] = None, make
             ``padded_vocab_size(vocab, make_vocab_size_divisible_by, tp_size)`` (what
             :func:`megatron_brrm.model.build.build_gpt_model` builds for that TP).
         fused_norms: list names with the Transformer Engine fused-norm names.
+        head: ``lm`` (causal LM) or ``scalar`` (reward model); default: what the config
+            describes (:func:`~megatron_brrm.model.architectures.config_head`). A scalar head is
+            never tied to the embedding.
 
     Raises:
-        UnsupportedArchitectureError: unknown ``model_type`` (lists the supported ones).
+        UnsupportedArchitectureError: unknown ``model_type`` (lists the supported ones), or a
+            sequence-classification config with ``num_labels`` != 1.
+        ValueError: unknown ``head``.
     """
     arch = get_arch_spec(hf_config)
+    head = config_head(hf_config) if head is None else head
+    if head not in HEADS:
+        raise ValueError(f"unknown model head {head!r}; expected one of {HEADS}")
     heads = hf_get(hf_config, "num_attention_heads")
     hidden = hf_get(hf_config, "hidden_size")
     vocab = hf_get(hf_config, "vocab_size")
     if padded_vocab_size is None:
         padded_vocab_size = _pad_vocab(vocab, make_vocab_size_divisible_by, tp_size)
     return ArchMapping(
-        arch, _llama_rules(arch.qk_layernorm),
+        arch, _llama_rules(arch.qk_layernorm, head),
         num_layers=hf_get(hf_config, "num_hidden_layers"), hidden_size=hidden,
         ffn_hidden_size=hf_get(hf_config, "intermediate_size"), num_heads=heads,
         num_query_groups=hf_get(hf_config, "num_key_value_heads") or heads,
         head_dim=hf_get(hf_config, "head_dim") or hidden // heads, vocab_size=vocab,
-        padded_vocab_size=padded_vocab_size, tied=bool(hf_get(hf_config, "tie_word_embeddings", False)),
-        fused_norms=fused_norms,
+        padded_vocab_size=padded_vocab_size,
+        tied=head == "lm" and bool(hf_get(hf_config, "tie_word_embeddings", False)),
+        fused_norms=fused_norms, head=head,
     )
 
 

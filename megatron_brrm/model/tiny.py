@@ -187,3 +187,52 @@ def build_tiny_hf_model(
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def build_tiny_reward_model(out_dir: str | os.PathLike, base_dir: str | os.PathLike, seed: int = 0,
+                            score_std: float = 0.5) -> Path:
+    """Write an HF ``*ForSequenceClassification`` folder (``num_labels=1``) from a causal LM folder.
+
+    The backbone is ``base_dir``'s; the ``score`` head ``[1, hidden]`` is drawn from
+    ``N(0, score_std^2)`` with ``seed`` (larger than transformers' default init, so tests see
+    rewards of order 1). Tokenizer, chat template and generation config are copied.
+
+    Returns:
+        ``Path(out_dir)``.
+    """
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    out = Path(out_dir)
+    model = AutoModelForSequenceClassification.from_pretrained(base_dir, num_labels=1, dtype=torch.float32)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        model.score.weight.copy_(torch.randn(model.score.weight.shape, generator=gen) * score_std)
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".tmp.", dir=out.parent if out.parent.exists() else None))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        if out.exists():
+            shutil.rmtree(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def tiny_model_from_config(model_cfg, out_dir: str | os.PathLike, seed: int = 0) -> Path:
+    """The tiny Qwen3 of ``model.hf_path: tiny`` recipes, sized by ``model.tiny_*`` (a
+    :class:`megatron_brrm.config.ModelConfig`), built into ``out_dir`` unless a model is already there."""
+    out = Path(out_dir)
+    if (out / "config.json").is_file():
+        return out
+    m = model_cfg
+    return build_tiny_hf_model(out, arch="qwen3", seed=seed, num_layers=m.tiny_num_layers,
+                               hidden_size=m.tiny_hidden_size, num_attention_heads=m.tiny_num_attention_heads,
+                               num_key_value_heads=m.tiny_num_key_value_heads, head_dim=m.tiny_head_dim,
+                               intermediate_size=m.tiny_intermediate_size, vocab_size=m.tiny_vocab_size,
+                               tie_word_embeddings=m.tiny_tie_word_embeddings)

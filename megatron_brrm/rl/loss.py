@@ -1,4 +1,4 @@
-"""Losses for GRPO (clipped policy gradient + KL), SFT (masked NLL) and Bradley-Terry.
+"""Losses for GRPO (clipped policy gradient + KL), SFT (masked NLL) and Bradley-Terry reward models.
 
 Conventions shared by every loss here:
 
@@ -295,32 +295,124 @@ def sft_nll_loss(logprobs: torch.Tensor, batch: Mapping[str, torch.Tensor], norm
 
 
 def bradley_terry_loss(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor,
-                       num_pairs_global: float, margin: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, Metrics]:
-    """Pairwise Bradley-Terry reward-model loss (Bradley & Terry 1952; InstructGPT eq. 1,
-    arXiv 2203.02155): ``sum_i -log sigmoid(r_chosen_i - r_rejected_i - m_i) / N_pairs``.
+                       num_pairs_global: float, margin: Optional[torch.Tensor | float] = None,
+                       center_coef: float = 0.0) -> Tuple[torch.Tensor, Metrics]:
+    """Pairwise Bradley-Terry reward-model loss with an optional margin and reward centering.
+
+    Per pair ``i`` (Bradley & Terry 1952; InstructGPT eq. 1, arXiv 2203.02155; verl's and
+    NeMo-RL's BT losses are the ``m = 0, c = 0`` case):
+
+        loss_i = -log sigmoid(r_chosen_i - r_rejected_i - m_i) + c * (r_chosen_i + r_rejected_i)^2
+
+    ``m_i`` is the Llama-2 RM margin (Touvron et al. 2023, arXiv 2307.09288, eq. 2); the second
+    term is the reward-centering auxiliary loss of Eisenstein et al. 2023 ("Helping or Herding?
+    Reward Model Ensembles Mitigate but do not Eliminate Reward Hacking", arXiv 2312.09244),
+    which pins the BT model's free additive constant near 0. The loss is
+    ``sum_i loss_i / num_pairs_global`` (global normalisation, module docstring).
 
     Args:
         chosen_rewards, rejected_rewards: float ``[P]`` scalar rewards of each pair.
         num_pairs_global: number of pairs in the global batch (all micro-batches, DP ranks).
-        margin: optional float ``[P]`` margin ``m_i`` (Llama-2 RM), default 0.
+        margin: optional margin, a float or float ``[P]``; default 0.
+        center_coef: ``c`` >= 0 (0 = off).
     Returns:
-        ``(loss, {"loss", "accuracy", "reward_margin"})``; accuracy = fraction with
-        ``r_chosen > r_rejected``; all sum-reduced (already divided by ``N_pairs``).
+        ``(loss, metrics)``, all sum-reduced (already divided by the global count):
+        ``loss``, ``bt_loss`` (the first term), ``center_loss`` (``c * mean (r_c + r_r)^2``),
+        ``accuracy`` (fraction with ``r_chosen > r_rejected``; a tie counts wrong, as
+        RewardBench scores classifiers), ``reward_margin`` (mean ``r_c - r_r``),
+        ``chosen_reward``, ``rejected_reward`` (means), ``reward_mean`` (mean of all ``2P``
+        rewards), ``reward_sq_mean`` (mean of their squares: ``std = sqrt(sq_mean - mean^2)``,
+        :func:`reward_std`), and ``num_pairs`` (a count, not divided).
     Raises:
-        ValueError: shapes differ.
+        ValueError: shapes differ or are not ``[P]``; a negative ``center_coef``.
     """
     if chosen_rewards.shape != rejected_rewards.shape or chosen_rewards.dim() != 1:
         raise ValueError(f"chosen/rejected rewards must both be [P], got {tuple(chosen_rewards.shape)} "
                          f"and {tuple(rejected_rewards.shape)}")
+    if center_coef < 0:
+        raise ValueError(f"center_coef must be >= 0, got {center_coef}")
     diff = chosen_rewards - rejected_rewards
     if margin is not None:
         diff = diff - margin
     n = max(float(num_pairs_global), 1.0)
-    loss = -F.logsigmoid(diff).sum() / n
+    bt = -F.logsigmoid(diff).sum() / n
+    loss = bt
+    center = None
+    if center_coef:
+        center = center_coef * (chosen_rewards + rejected_rewards).pow(2).sum() / n
+        loss = loss + center
     with torch.no_grad():
-        raw = (chosen_rewards - rejected_rewards).detach()
-        metrics = {"loss": loss.detach().clone(), "accuracy": (raw > 0).to(raw.dtype).sum() / n,
-                   "reward_margin": raw.sum() / n}
+        rc, rr = chosen_rewards.detach(), rejected_rewards.detach()
+        raw = rc - rr
+        metrics = {"loss": loss.detach().clone(), "bt_loss": bt.detach().clone(),
+                   "center_loss": center.detach().clone() if center is not None else raw.new_zeros(()),
+                   "accuracy": (raw > 0).to(raw.dtype).sum() / n, "reward_margin": raw.sum() / n,
+                   "chosen_reward": rc.sum() / n, "rejected_reward": rr.sum() / n,
+                   "reward_mean": (rc.sum() + rr.sum()) / (2 * n),
+                   "reward_sq_mean": (rc.pow(2).sum() + rr.pow(2).sum()) / (2 * n),
+                   "num_pairs": raw.new_tensor(float(raw.numel()))}
+    return loss, metrics
+
+
+def reward_std(metrics: Mapping[str, float]) -> float:
+    """Standard deviation of all rewards of a batch from reduced :func:`bradley_terry_loss` metrics
+    (``sqrt(max(reward_sq_mean - reward_mean^2, 0))``)."""
+    mean, sq = float(metrics["reward_mean"]), float(metrics["reward_sq_mean"])
+    return max(sq - mean * mean, 0.0) ** 0.5
+
+
+def scoring_token_rewards(values: torch.Tensor, loss_mask: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Per-row reward = the value at the row's scoring token.
+
+    Args:
+        values: float ``[B, T]`` per-position values of a scalar reward head.
+        loss_mask: ``[B, T]`` with a single 1 per real row (its last real token) and an
+            all-zero row for filler rows.
+    Returns:
+        ``(rewards [B], present [B] bool)``.
+    Raises:
+        ValueError: shapes differ, or a row marks more than one token.
+    """
+    _check("loss_mask", loss_mask, values.shape)
+    mask = loss_mask.to(values.dtype)
+    per_row = mask.sum(-1)
+    if bool((per_row > 1).any()):
+        raise ValueError("a reward-model row must mark exactly one scoring token in 'loss_mask' (its last real token)")
+    return (values * mask).sum(-1), per_row > 0
+
+
+def bradley_terry_pair_loss(values: torch.Tensor, batch: Mapping[str, torch.Tensor], norm: Normalizer,
+                            margin: float = 0.0, center_coef: float = 0.0) -> Tuple[torch.Tensor, Metrics]:
+    """:func:`bradley_terry_loss` of one micro-batch of interleaved pairs.
+
+    Rows ``2i`` / ``2i + 1`` of the micro-batch are the chosen / rejected sequence of pair ``i``
+    (chosen and rejected always share a micro-batch); each row's reward is its value at the
+    scoring token (:func:`scoring_token_rewards`); filler rows (zero ``loss_mask``) come in
+    pairs and are skipped. ``norm.num_seqs`` counts scored sequences, so the global pair count
+    is ``norm.num_seqs / 2``.
+
+    Args:
+        values: float ``[B, T]`` reward-head values (B even).
+        batch: ``loss_mask`` ``[B, T]`` (one 1 per real row).
+        norm: global counts (:class:`Normalizer`).
+        margin, center_coef: see :func:`bradley_terry_loss`.
+    Returns:
+        ``(loss, metrics)`` of :func:`bradley_terry_loss`.
+    Raises:
+        ValueError: an odd number of rows, or a pair with only one of its two rows scored.
+    """
+    if values.dim() != 2 or values.shape[0] % 2:
+        raise ValueError(f"a Bradley-Terry micro-batch holds interleaved (chosen, rejected) rows, so an even number "
+                         f"of rows; got values of shape {tuple(values.shape)}")
+    rewards, present = scoring_token_rewards(values, batch.get("loss_mask"))
+    if not torch.equal(present[0::2], present[1::2]):
+        raise ValueError("a Bradley-Terry micro-batch split a pair: rows 2i (chosen) and 2i+1 (rejected) must both "
+                         "be scored or both be filler")
+    keep = present[0::2]
+    loss, metrics = bradley_terry_loss(rewards[0::2][keep], rewards[1::2][keep], float(norm.num_seqs) / 2.0,
+                                       margin=margin if margin else None, center_coef=center_coef)
+    if not bool(keep.any()):  # a filler micro-batch: keep the graph connected (Megatron backpropagates it)
+        loss = loss + 0.0 * values.sum()
     return loss, metrics
 
 

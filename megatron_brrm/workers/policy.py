@@ -139,14 +139,14 @@ class PolicyWorker:
             if use_transformer_engine(cfg.model):
                 raise PolicyError("grpo.sequence_packing uses an explicit attention mask (local spec); with "
                                   "Transformer Engine it needs THD PackedSeqParams, not implemented: turn it off")
-        chunks = [build_gpt_model(self.hf_config, cfg.model, cfg.parallel, vp_stage=v)
+        chunks = [build_gpt_model(self.hf_config, cfg.model, cfg.parallel, vp_stage=v, head=self.head)
                   for v in (range(self.vp_size) if self.vp_size else [None])]
         self.mapping = get_mapping(self.hf_config, make_vocab_size_divisible_by=cfg.model.make_vocab_size_divisible_by,
-                                   tp_size=self.tp_size)
+                                   tp_size=self.tp_size, head=self.head)
         if cfg.model.megatron_path:  # a converted Megatron checkpoint (tools/convert_hf_to_megatron.py)
             load_model_weights(chunks, cfg.model.megatron_path)
         else:
-            load_hf_weights_into_megatron(chunks, HFSafetensorsReader(self.hf_path).get, self.mapping, vp_size=self.vp_size)
+            load_hf_weights_into_megatron(chunks, self._initial_hf_weights(), self.mapping, vp_size=self.vp_size)
         self.model_config = chunks[0].config
         ddp_cfg = DistributedDataParallelConfig(grad_reduce_in_fp32=True, overlap_grad_reduce=False,
                                                 use_distributed_optimizer=cfg.parallel.use_distributed_optimizer)
@@ -169,8 +169,19 @@ class PolicyWorker:
         self.step = 0
         self.skipped_steps = 0
         self._params = [p for m in self.model for p in m.parameters()]
-        self._reference = [p.detach().to("cpu", copy=True) for p in self._params]
+        self._reference = [p.detach().to("cpu", copy=True) for p in self._params] if self.keeps_reference else None
         self._offloader = StorageOffloader()
+
+    # Subclass hooks (e.g. the Bradley-Terry reward worker, megatron_brrm/workers/reward_worker.py):
+    # the model head (megatron_brrm.model.build.build_gpt_model's ``head``), whether the initial
+    # weights are kept as the reference policy, and the HF tensors the initial weights come from.
+    head = "lm"
+    keeps_reference = True
+
+    def _initial_hf_weights(self):
+        """The initial weights by HF name: a ``Mapping`` or a callable raising ``KeyError`` for an
+        absent name (default: the HF folder's safetensors, read a tensor at a time)."""
+        return HFSafetensorsReader(self.hf_path)
 
     # ----------------------------------------------------------------- helpers
     def _microbatches(self, batch: Batch):
@@ -272,6 +283,8 @@ class PolicyWorker:
     def reference_weights(self):
         """Context manager: the frozen initial weights are swapped into the model inside it
         (the current weights wait in CPU memory and are copied back bit-exactly on exit)."""
+        if self._reference is None:
+            raise PolicyError(f"{type(self).__name__} keeps no reference weights")
         current = [p.detach().to("cpu", copy=True) for p in self._params]
         with torch.no_grad():
             for p, r in zip(self._params, self._reference):

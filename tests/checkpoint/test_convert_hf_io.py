@@ -53,7 +53,7 @@ def test_sharded_writer_roundtrip_any_order(tmp_path):
     assert set(loaded) == set(ts) and all(torch.equal(loaded[n], ts[n]) and loaded[n].dtype == ts[n].dtype for n in ts)
     reader = HFSafetensorsReader(tmp_path)
     assert reader.names() == sorted(ts) and reader.total_bytes == index["metadata"]["total_size"]
-    assert torch.equal(reader.get("c.bias"), ts["c.bias"]) and reader.info("a.weight").shape == (64, 32)
+    assert torch.equal(reader.get_tensor("c.bias"), ts["c.bias"]) and reader.info("a.weight").shape == (64, 32)
     assert reader.shapes() == {n: tuple(t.shape) for n, t in ts.items()}
     streamed = list(reader.iter_tensors())  # file by file: a.weight's shard first
     assert [n for n, _ in streamed] == ["a.weight", "b.weight", "c.bias", "d.index", "e.scalar"]

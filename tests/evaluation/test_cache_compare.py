@@ -49,12 +49,12 @@ def test_compare_prints_files_and_published_rows(tmp_path, run_cli):
     proc = run_cli("compare.py", a, b, "--detail")
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
-    assert "| step100 | 61.0 | - | - | 61.0* |" in out  # avg partial: RM-Bench/RMB missing
-    assert "| step200 | 70.0* |" in out
-    assert "| BR-RM Qwen3-Nemotron-14B (published) | 92.1 | 85.9 | 74.7 | 84.2 | BR-RM card |" in out
-    assert "RM-R1-DeepSeek-Distilled-Qwen-32B (published) | 90.9 | 83.9 | 69.8 | 81.5" in out
+    assert "| step100 | generative (brrm) | 61.0 | - | - | 61.0* |" in out  # avg partial: RM-Bench/RMB missing
+    assert "| step200 | generative (brrm) | 70.0* |" in out
+    assert "| BR-RM Qwen3-Nemotron-14B (published) | - | 92.1 | 85.9 | 74.7 | 84.2 | BR-RM card |" in out
+    assert "RM-R1-DeepSeek-Distilled-Qwen-32B (published) | - | 90.9 | 83.9 | 69.8 | 81.5" in out
     assert "BR-RM-14B (published) | 97.0 | 82.4 | 90.0 | 98.8 | 92.1" in out
     none = run_cli("compare.py", a, "--reference", "none").stdout
-    assert "(published)" not in none and "| step100 | 61.0 |" in none
+    assert "(published)" not in none and "| step100 | generative (brrm) | 61.0 |" in none
     bad = run_cli("compare.py", tmp_path / "missing.json")
     assert bad.returncode == 2 and "cannot read" in bad.stderr

@@ -156,7 +156,7 @@ def verify(src: Path, out: Path) -> int:
     if a.names() != b.names():
         raise AssertionError(f"tensor sets differ: {sorted(set(a.names()) ^ set(b.names()))[:5]}")
     for name in a.names():
-        if not torch.equal(a.get(name), b.get(name)):
+        if not torch.equal(a.get_tensor(name), b.get_tensor(name)):
             raise AssertionError(f"tensor {name} differs after HF -> Megatron -> HF")
     return len(a.names())
 

@@ -16,6 +16,7 @@ from ..summary import SourceSummary
 from .base import AdapterRun, chosen_first, group_of
 from .brrm_sources import code_preference_pairs, helpsteer3, math_step_dpo, skywork80k
 from .grouped_sources import generic, helpsteer, prm800k
+from .rl_stack_sources import helpsteer3_nested, nemo_rl, verl
 from .shipped_sources import chatbot_arena, hh_rlhf, pku_saferlhf, ultrafeedback_binarized
 
 
@@ -55,6 +56,9 @@ ADAPTERS: Dict[str, AdapterSpec] = {s.name: s for s in (
     AdapterSpec("prm800k", prm800k, "PRM800K step ratings: +1 step preferred over -1 step of one prefix"),
     AdapterSpec("helpsteer", helpsteer, "NVIDIA HelpSteer v1: response pairs of one prompt by helpfulness"),
     AdapterSpec("generic", generic, "any prompt/chosen/rejected JSONL or parquet (column names configurable)"),
+    AdapterSpec("nemo_rl", nemo_rl, "NeMo-RL PreferenceDataset: context + completions with rank (lower preferred)"),
+    AdapterSpec("verl", verl, "verl RM data: chosen/rejected full conversations (messages or Human:/Assistant:)"),
+    AdapterSpec("helpsteer3_nested", helpsteer3_nested, "nested HelpSteer3: input + output[].answer.label.is_preferred"),
 )}
 
 
