@@ -9,7 +9,7 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",
-    packages=find_packages(include=["megatron_brrm", "megatron_brrm.*", "evaluation", "evaluation.*"]),
+    packages=find_packages(include=["megatron_brrm", "megatron_brrm.*"]),
     package_data={"megatron_brrm": ["judge/templates/*", "judge/templates/**/*"]},
     include_package_data=True,
     install_requires=[

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Dict, List, Set
 
 REPO = Path(__file__).resolve().parents[1]
-PACKAGES = ("megatron_brrm", "evaluation")
+PACKAGES = ("megatron_brrm",)
 DRIVERS = {"train", "sft", "train_bt", "demo", "api"}
 
 ALLOWED: Dict[str, Set[str]] = {
@@ -77,8 +77,6 @@ def _graph() -> Dict[str, Set[str]]:
 
 def _package(module: str) -> str:
     parts = module.split(".")
-    if parts[0] == "evaluation":
-        return "evaluation"
     return parts[1] if len(parts) > 1 else "megatron_brrm"
 
 

@@ -182,8 +182,8 @@ def test_every_layout_trains(tmp_path, tiny_reward_dir):
 
 def test_recipe_on_samples_then_scalar_evaluation_and_compare(tmp_path, tiny_qwen3_dir, capsys, monkeypatch):
     """The command lines, run through their main() in this process (same code, no interpreter start-ups)."""
-    from evaluation.compare import main as compare_main
-    from evaluation.run import main as run_main
+    from megatron_brrm.evaluation.compare import main as compare_main
+    from megatron_brrm.evaluation.run import main as run_main
     from megatron_brrm.train_bt import main as train_main
 
     monkeypatch.chdir(REPO)

@@ -31,7 +31,7 @@ def turn2(verdict) -> str:
 @pytest.fixture(scope="session")
 def all_comparisons(samples_dir):
     """Every comparison of the three benchmarks on samples/, loaded once."""
-    from evaluation.benchmarks import BENCHMARKS, load_benchmark
+    from megatron_brrm.evaluation.benchmarks import BENCHMARKS, load_benchmark
 
     return {name: load_benchmark(name, samples_dir) for name in BENCHMARKS}
 
@@ -40,7 +40,7 @@ def all_comparisons(samples_dir):
 def write_replay(tmp_path, all_comparisons) -> Callable:
     """``write_replay(name, verdict_fn, seed=42)``: a replay file with one record per comparison
     in its seeded order; ``verdict_fn(comparison, label) -> boxed content`` (1, 2, "3", ...)."""
-    from evaluation.orders import seeded_swap
+    from megatron_brrm.evaluation.orders import seeded_swap
 
     def make(name: str, verdict_fn, seed: int = 42) -> Path:
         records = []

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import json
 
-from evaluation.benchmarks.base import Comparison
-from evaluation.cache import GenerationCache
-from evaluation.orders import Presentation
-from evaluation.records import Judgement
+from megatron_brrm.evaluation.benchmarks.base import Comparison
+from megatron_brrm.evaluation.cache import GenerationCache
+from megatron_brrm.evaluation.orders import Presentation
+from megatron_brrm.evaluation.records import Judgement
 
 
 def _judgement(k: int) -> Judgement:

@@ -11,12 +11,12 @@ import json
 
 import pytest
 
-from evaluation.benchmarks.base import BenchmarkData, Comparison
-from evaluation.orders import Presentation
-from evaluation.records import Judgement
-from evaluation.report import detail_rows, format_report
-from evaluation.scoring import Outcome, score_rmb
-from evaluation.scoring.aggregate import score_benchmark
+from megatron_brrm.evaluation.benchmarks.base import BenchmarkData, Comparison
+from megatron_brrm.evaluation.orders import Presentation
+from megatron_brrm.evaluation.records import Judgement
+from megatron_brrm.evaluation.report import detail_rows, format_report
+from megatron_brrm.evaluation.scoring import Outcome, score_rmb
+from megatron_brrm.evaluation.scoring.aggregate import score_benchmark
 
 TOL = 1e-9
 CHAT = ("alpacaeval-easy", "alpacaeval-length", "alpacaeval-hard", "mt-bench-easy", "mt-bench-med")

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from evaluation.benchmarks import load_benchmark, select_items
-from evaluation.orders import presentations, seeded_swap
+from megatron_brrm.evaluation.benchmarks import load_benchmark, select_items
+from megatron_brrm.evaluation.orders import presentations, seeded_swap
 from megatron_brrm.data.schema import DataError
 
 

@@ -118,7 +118,7 @@ def test_minimal_external_records_with_verdicts(run_cli, tmp_path, all_compariso
     assert rb["overall_both_orders"] == 0.0
     assert rb["position_consistency"] == 0.0
     # single-order result = the seeded order, so its accuracy is the share of unswapped primaries
-    from evaluation.orders import seeded_swap
+    from megatron_brrm.evaluation.orders import seeded_swap
     n = len(all_comparisons["rmbench"].comparisons)
     want = 100.0 * sum(not seeded_swap(42, c.comparison_id) for c in all_comparisons["rmbench"].comparisons) / n
     micro = sum(sum(v["matrix"][i][j] for i in range(3) for j in range(3)) / 9 * v["n_items"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from evaluation.benchmarks import select_items
+from megatron_brrm.evaluation.benchmarks import select_items
 
 
 def test_tiny_model_runs_all_benchmarks_and_resumes(tiny_qwen3_dir, run_cli, tmp_path, all_comparisons):

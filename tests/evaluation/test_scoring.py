@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import pytest
 
-from evaluation.benchmarks.base import Comparison
-from evaluation.orders import Presentation
-from evaluation.records import Judgement
-from evaluation.scoring import Outcome, score_rewardbench, score_rmb, score_rmbench
+from megatron_brrm.evaluation.benchmarks.base import Comparison
+from megatron_brrm.evaluation.orders import Presentation
+from megatron_brrm.evaluation.records import Judgement
+from megatron_brrm.evaluation.scoring import Outcome, score_rewardbench, score_rmb, score_rmbench
 
 TOL = 1e-9
 
@@ -167,8 +167,8 @@ def test_rewardbench_math_prm_is_half_of_reasoning():
 # ---------------------------------------------------------------- both orders, format errors
 
 def test_both_orders_accuracy_and_position_consistency():
-    from evaluation.benchmarks.base import BenchmarkData
-    from evaluation.scoring.aggregate import score_benchmark
+    from megatron_brrm.evaluation.benchmarks.base import BenchmarkData
+    from megatron_brrm.evaluation.scoring.aggregate import score_benchmark
 
     comps = [_rb("alpacaeval-easy", "Chat", k) for k in range(4)]
     data = BenchmarkData("rewardbench", comps)

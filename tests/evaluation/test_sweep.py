@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from evaluation.report import fmt
+from megatron_brrm.evaluation.report import fmt
 
 REPO = Path(__file__).resolve().parents[2]
 ENV = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1",
@@ -81,7 +81,7 @@ def test_sweep_two_steps_table_plot_and_resume(tiny_run, tmp_path):
 
 
 def test_step_selection_and_bad_input(tiny_run, tmp_path):
-    from evaluation.sweep import SweepError, find_save_dir, parse_args, select_steps
+    from megatron_brrm.evaluation.sweep import SweepError, find_save_dir, parse_args, select_steps
 
     save_dir = find_save_dir(tiny_run)
     assert save_dir == tiny_run / "checkpoints" and find_save_dir(save_dir) == save_dir
