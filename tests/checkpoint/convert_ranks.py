@@ -24,8 +24,9 @@ def _inject_fault(job: Dict):
     from megatron_brrm.checkpoint import hf_io
 
     calls = {"n": 0}
-    target = "get" if job["op"] == "hf2mg" else "write"
-    original = getattr(hf_io.HFSafetensorsReader if target == "get" else hf_io.ShardedSafetensorsWriter, target)
+    cls, target = ((hf_io.HFSafetensorsReader, "get_tensor") if job["op"] == "hf2mg"
+                   else (hf_io.ShardedSafetensorsWriter, "write"))
+    original = getattr(cls, target)
 
     def faulty(self, *args, **kwargs):
         calls["n"] += 1
@@ -33,7 +34,6 @@ def _inject_fault(job: Dict):
             raise RuntimeError("simulated crash mid-write")
         return original(self, *args, **kwargs)
 
-    cls = hf_io.HFSafetensorsReader if target == "get" else hf_io.ShardedSafetensorsWriter
     return mock.patch.object(cls, target, faulty)
 
 
