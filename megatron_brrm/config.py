@@ -47,6 +47,7 @@ CHOICES: Dict[str, Tuple[Any, ...]] = {
     "sft.optimizer.lr_decay_style": LR_DECAY_STYLES,
     "sft.optimizer.lr_wsd_decay_style": WSD_DECAY_STYLES,
     "sft.verdict": ("random", "label"),
+    "sft.trace_style": ("full", "short"),
     "bt.optimizer.lr_decay_style": LR_DECAY_STYLES,
     "bt.optimizer.lr_wsd_decay_style": WSD_DECAY_STYLES,
     "rollout.engine": ENGINES,
@@ -308,6 +309,7 @@ class SFTConfig:
     traces_path: Optional[str] = None
     num_synthetic: int = 64
     verdict: str = "random"  # random | label
+    trace_style: str = "full"  # full | short (synthetic traces: megatron_brrm.rollout.traces.synthetic_trace)
     num_steps: int = 20
     global_batch_size: int = 8
     optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(lr=1e-3))

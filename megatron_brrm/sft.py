@@ -68,7 +68,8 @@ def _build_sft_sequences(cfg: RunConfig, tokenizer) -> List[Tuple[List[int], Lis
         except DataError as exc:
             raise SFTInputError(f"{exc} (or give judge traces in sft.traces_path)") from None
         rng.shuffle(pairs)
-        traces = [synthetic_trace(protocol, p, rng, verdict=s.verdict) for p in pairs[: s.num_synthetic]]
+        traces = [synthetic_trace(protocol, p, rng, verdict=s.verdict, style=s.trace_style)
+                  for p in pairs[: s.num_synthetic]]
     seqs = [tokenize_trace(tokenizer, t, tokenizer.eos_token_id) for t in traces]
     kept = [x for x in seqs if len(x[0]) <= cfg.rollout.max_total_sequence_length]
     if len(kept) < len(seqs):

@@ -68,6 +68,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from megatron_brrm.run_summary import diff_se, read_metrics  # noqa: E402  (after the sys.path entry)
+from megatron_brrm.rollout.traces import synthetic_trace  # noqa: E402
 
 DEFAULT_CONFIG = REPO_ROOT / "model_configs" / "learning_check.yaml"
 
@@ -102,29 +103,19 @@ def _diff_sigma(p0: float, p1: float, n: int) -> float:
 def short_traces(protocol, pairs, verdicts: Sequence[int]) -> List[List[Dict[str, str]]]:
     """Format-correct BR-RM conversations for the SFT warm start, one per pair, with the given verdicts.
 
-    Same construction as :func:`megatron_brrm.rollout.traces.synthetic_trace` (the protocol's
-    own ``format_turn_output``) with one focus dimension and one-word analyses, so a trace is
-    ~100 generated tokens instead of ~300. ``verdicts[i]`` (1 or 2) is written in both turns of
-    trace ``i``: seeded coin flips carry no information about the answer, the labels of the
-    cue pairs teach the reading skill (:func:`warm_start_traces`).
+    The short style of :func:`megatron_brrm.rollout.traces.synthetic_trace` (one focus
+    dimension, one-word analyses: ~100 generated tokens instead of ~300). ``verdicts[i]`` (1 or
+    2) is written in both turns of trace ``i``: seeded coin flips carry no information about the
+    answer, the labels of the cue pairs teach the reading skill (:func:`warm_start_traces`).
 
     Raises:
         ValueError: ``verdicts`` and ``pairs`` differ in length.
     """
-    from megatron_brrm.judge import DIMENSIONS
-
     if len(verdicts) != len(pairs):
         raise ValueError(f"short_traces: {len(pairs)} pairs but {len(verdicts)} verdicts")
-    traces = []
-    for p, pref in zip(pairs, verdicts):
-        msgs = list(protocol.turn1_messages(p.context, p.response1, p.response2))
-        msgs.append({"role": "assistant", "content": protocol.format_turn_output(
-            0, preference=pref, dimensions=[DIMENSIONS[0]], analysis1="None.", analysis2="None.")})
-        msgs.append(protocol.followup_message(1))
-        msgs.append({"role": "assistant", "content": protocol.format_turn_output(
-            1, preference=pref, analysis1="Checked.", analysis2="Checked.")})
-        traces.append(msgs)
-    return traces
+    rng = random.Random(0)  # unused by the short style with given verdicts
+    return [synthetic_trace(protocol, dataclasses.replace(p, preference=v), rng, verdict="label", style="short")
+            for p, v in zip(pairs, verdicts)]
 
 
 def warm_start_traces(protocol, train, cue_pairs, seed: int) -> List[List[Dict[str, str]]]:

@@ -14,7 +14,9 @@ distillation of judge traces) therefore train on the same token sequences GRPO s
 the protocol's own ``format_turn_output``: it teaches the output format. Its verdict is
 either the pair's label (``verdict="label"``, distillation of correct answers) or a seeded
 coin flip (``verdict="random"``, format only: accuracy stays at chance, which is what the
-GRPO learning check starts from).
+GRPO learning check starts from). ``style="short"`` writes one focus dimension and one-word
+analyses: a well-formed output in ~100 generated tokens of the tiny tokenizer instead of ~300,
+so a tiny model learns the format in fewer SFT steps and has fewer places to break it.
 """
 from __future__ import annotations
 
@@ -32,21 +34,28 @@ class TraceError(ValueError):
     """A malformed trace (the message names the file and line, or the trace index)."""
 
 
-def synthetic_trace(protocol, pair, rng: random.Random, verdict: str = "random") -> List[Message]:
+TRACE_STYLES = ("full", "short")
+
+
+def synthetic_trace(protocol, pair, rng: random.Random, verdict: str = "random", style: str = "full") -> List[Message]:
     """A format-correct judge conversation for ``pair`` (``.context``, ``.response1``, ``.response2``, ``.preference``).
 
     Args:
         protocol: a :class:`megatron_brrm.judge.JudgeProtocol`.
         rng: source of the dimension choice and (``verdict="random"``) the verdict.
         verdict: ``"label"`` (the pair's preference) or ``"random"``.
+        style: ``"full"`` (1-3 random focus dimensions, the protocol's placeholder analyses) or
+            ``"short"`` (the first dimension, analyses "None." then "Checked.").
 
     Raises:
-        ValueError: unknown ``verdict`` mode.
+        ValueError: unknown ``verdict`` or ``style``.
     """
     from megatron_brrm.judge import DIMENSIONS
 
     if verdict not in ("label", "random"):
         raise ValueError(f"verdict must be 'label' or 'random', got {verdict!r}")
+    if style not in TRACE_STYLES:
+        raise ValueError(f"style must be one of {TRACE_STYLES}, got {style!r}")
     pref = pair.preference if verdict == "label" else rng.choice((1, 2))
     messages = list(protocol.turn1_messages(pair.context, pair.response1, pair.response2))
     for turn in range(protocol.num_turns):
@@ -54,7 +63,9 @@ def synthetic_trace(protocol, pair, rng: random.Random, verdict: str = "random")
             messages.append(protocol.followup_message(turn))
         kwargs = {"preference": pref}
         if turn == 0 and protocol.num_turns > 1:
-            kwargs["dimensions"] = rng.sample(list(DIMENSIONS), rng.randint(1, 3))
+            kwargs["dimensions"] = [DIMENSIONS[0]] if style == "short" else rng.sample(list(DIMENSIONS), rng.randint(1, 3))
+        if style == "short":
+            kwargs["analysis1"] = kwargs["analysis2"] = "None." if turn == 0 else "Checked."
         messages.append({"role": "assistant", "content": protocol.format_turn_output(turn, **kwargs)})
     return messages
 
