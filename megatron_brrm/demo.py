@@ -34,10 +34,14 @@ from typing import Optional, Sequence
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
-# Share of the shipped prompt groups held out for validation: ~160 pairs, so that the step-0
-# and final validations measure rates over >= 128 independent samples (a standard error of at
-# most 0.044 each) after the pairs too long for data.max_prompt_tokens are dropped.
-VAL_FRACTION = 0.15
+# Share of the shipped prompt groups held out for validation: ~450 pairs, of which ~300 fit
+# data.max_prompt_tokens, so the step-0 and final validations measure rates over the recipe's
+# grpo.val_num_pairs=256 independent samples (a standard error of at most 0.031 each).
+VAL_FRACTION = 0.4
+
+# Benchmark prompts run longer than the training prompts (data.max_prompt_tokens drops long pairs,
+# a benchmark must not): the final evaluation allows this many tokens per comparison.
+EVAL_MAX_TOTAL = 4096
 
 SCALE_NOTE = """\
 A note on scale: this judge has {params:.1f}M parameters and a 2048-entry tokenizer. A model this
@@ -145,8 +149,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.eval_limit > 0:
         eval_out = out / "eval" / "results.json"
         _run([py, "evaluation/run.py", "--bench", "all", "--model", final_hf, "--engine", "hf", "--limit", args.eval_limit,
-              "--max-new-tokens", cfg.rollout.max_new_tokens_turn1, "--max-total-length", cfg.rollout.max_total_sequence_length,
-              "--output", eval_out, "--name", "demo final judge", "--no-progress"],
+              "--max-new-tokens", cfg.rollout.max_new_tokens_turn1, "--max-total-length", max(cfg.rollout.max_total_sequence_length, EVAL_MAX_TOTAL),
+              "--output", eval_out, "--name", "demo final judge", "--no-progress"]
+             + (["--template-dir", cfg.judge.template_dir] if cfg.judge.template_dir else []),
              f"the final judge on the shipped benchmark samples ({args.eval_limit} items per benchmark)")
     print("\n" + SCALE_NOTE.format(params=n_params / 1e6))
     print(f"\nDone in {time.time() - start:.0f} s ({t_train:.0f} s to the trained judge). Outputs under {out}:")

@@ -35,7 +35,7 @@ def test_grpo_driver_with_vllm_engine(tiny_qwen3_dir, tmp_path):
     proc = _run(["-m", "megatron_brrm.train", "--config", "model_configs/tiny_cpu.yaml",
                  f"model.hf_path={tiny_qwen3_dir}", f"data.train_path={data / 'train_data.jsonl'}",
                  f"data.val_path={data / 'val_data.jsonl'}", "rollout.engine=vllm", "grpo.max_num_steps=2",
-                 "grpo.num_prompts_per_step=2", "grpo.num_generations=2", "grpo.global_batch_size=4",
+                 "grpo.num_prompts_per_step=2", "grpo.num_generations=2", "grpo.global_batch_size=4", "grpo.micro_batch_size=1",
                  "grpo.val_every_n_steps=2", "grpo.val_num_pairs=2", "rollout.max_new_tokens_turn1=24",
                  "rollout.max_new_tokens_turn2=24", f"checkpoint.save_dir={out / 'ckpt'}",
                  f"logging.output_dir={out}", "logging.tensorboard=false"])

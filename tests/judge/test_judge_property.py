@@ -77,7 +77,7 @@ seeds = st.integers(0, 2**32 - 1)
 any_text = st.one_of(st.text(max_size=60), seeds.map(fragment_text), seeds.map(skeleton_text))
 
 
-@settings(max_examples=10000, deadline=None, database=None,
+@settings(max_examples=2000, deadline=None, database=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(text=any_text)
 def test_never_raises(text):

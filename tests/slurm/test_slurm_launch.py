@@ -38,6 +38,7 @@ pytestmark = [
 # judge template; no periodic checkpoint (save_every_n_steps=100), so a checkpoint before the
 # last step can only come from the preemption path.
 SHORT_RUN = ["grpo.num_prompts_per_step=2", "grpo.num_generations=2", "grpo.global_batch_size=4",
+             "grpo.micro_batch_size=1", "grpo.val_num_pairs=8",
              "rollout.max_new_tokens_turn1=16", "rollout.max_new_tokens_turn2=16",
              "judge.template_dir=model_configs/templates/brrm_short", "logging.tensorboard=false",
              "checkpoint.save_every_n_steps=100", "grpo.val_every_n_steps=100"]
