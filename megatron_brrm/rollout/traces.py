@@ -23,6 +23,8 @@ import random
 from pathlib import Path
 from typing import Any, Dict, Iterable, Iterator, List, Sequence, Tuple, Union
 
+from megatron_brrm.judge import DIMENSIONS
+
 from .chat import continuation_ids, followup_suffix_text, render_prompt_ids
 
 Message = Dict[str, str]
@@ -43,8 +45,6 @@ def synthetic_trace(protocol, pair, rng: random.Random, verdict: str = "random")
     Raises:
         ValueError: unknown ``verdict`` mode.
     """
-    from megatron_brrm.judge import DIMENSIONS
-
     if verdict not in ("label", "random"):
         raise ValueError(f"verdict must be 'label' or 'random', got {verdict!r}")
     pref = pair.preference if verdict == "label" else rng.choice((1, 2))
