@@ -36,6 +36,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
+from megatron_brrm.config import RolloutConfig
+from megatron_brrm.judge import RewardRule, get_protocol
+from megatron_brrm.rollout.trajectory import turn_contents
+
 Context = Union[str, List[Dict[str, str]]]
 
 
@@ -151,8 +155,6 @@ class RewardModel:
     def __init__(self, engine=None, protocol: str = "brrm", template_dir: Optional[str] = None,
                  scorer: Optional[ScalarScorer] = None, max_new_tokens: int = 8192, max_total_length: int = 16384,
                  temperature: float = 0.0, top_p: float = 1.0, seed: int = 0, batch_size: int = 32):
-        from megatron_brrm.judge import get_protocol
-
         if (engine is None) == (scorer is None):
             raise ValueError("RewardModel needs exactly one of engine= (a generative judge) and scorer= "
                              "(a scalar reward model)")
@@ -192,8 +194,7 @@ class RewardModel:
             ValueError / RuntimeError: from the engine factory (unknown engine or dtype; vLLM
                 not installed or no GPU), or a sequence classifier with more than one label.
         """
-        from megatron_brrm.config import RolloutConfig
-        from megatron_brrm.rollout.factory import make_engine
+        from megatron_brrm.rollout.factory import make_engine  # lazy: heavy, only needed on this path
 
         path = Path(model_path)
         cfg_file = path / "config.json"
@@ -201,7 +202,7 @@ class RewardModel:
             raise FileNotFoundError(f"{path}: not an HF model folder (no config.json)")
         archs = json.loads(cfg_file.read_text(encoding="utf-8")).get("architectures") or []
         if any(str(a).endswith("ForSequenceClassification") for a in archs):
-            from megatron_brrm.rollout.scalar import SequenceClassifierScorer
+            from megatron_brrm.rollout.scalar import SequenceClassifierScorer  # lazy: heavy, only needed on this path
 
             scorer = SequenceClassifierScorer(path, device=device, dtype=dtype,
                                               batch_size=max(1, int(kwargs.get("batch_size", 32))),
@@ -268,9 +269,7 @@ class RewardModel:
 
     def _judge(self, pairs: List[_Pair]) -> List[Tuple[Optional[int], List[str], Optional[str]]]:
         """``(verdict position 1|2|None, turn texts, format error)`` per pair, via the rollout."""
-        from megatron_brrm.judge import RewardRule
-        from megatron_brrm.rollout.trajectory import turn_contents
-        from megatron_brrm.rollout.two_turn import RolloutParams, rollout
+        from megatron_brrm.rollout.two_turn import RolloutParams, rollout  # lazy: heavy, only needed on this path
 
         params = RolloutParams(n=1, temperature=self.temperature, top_p=self.top_p,
                                max_new_tokens=[self.max_new_tokens] * self.protocol.num_turns,

@@ -32,6 +32,9 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
+from megatron_brrm.config import load_config
+from megatron_brrm.run_summary import before_after_table, changes, read_metrics, save_curves_png
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 # Share of the shipped prompt groups held out for validation: ~450 pairs, of which ~300 fit
@@ -72,9 +75,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     # demo knows. Ray's worker processes inherit this from the driver.
     os.environ.setdefault("PYTHONWARNINGS", "ignore::UserWarning,ignore::FutureWarning")
 
-    # the project's modules load after argument parsing (here and below): --help stays instant
-    from megatron_brrm.config import load_config
-    from megatron_brrm.model.tiny import build_tiny_hf_model
+    # torch, transformers, Ray and Megatron load after argument parsing (here and below): --help stays instant
+    from megatron_brrm.model.tiny import build_tiny_hf_model  # lazy: keeps demo --help fast
 
     out = Path(args.output_dir).absolute()
     out.mkdir(parents=True, exist_ok=True)
@@ -113,13 +115,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     )
 
     print("\n==> 4/7 SFT warm start on synthetic judge traces", flush=True)
-    from megatron_brrm.sft import run_sft
+    from megatron_brrm.sft import run_sft  # lazy: keeps demo --help fast
 
     sft_hf = run_sft(cfg)
     print(f"    {sft_hf}")
 
     print(f"\n==> 5/7 GRPO with two-turn rollouts ({cfg.rollout.engine} engine fleet), refit every step", flush=True)
-    from megatron_brrm.train import GRPOTrainer
+    from megatron_brrm.train import GRPOTrainer  # lazy: keeps demo --help fast
 
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, hf_path=str(sft_hf), megatron_path=None))
     (out / "metrics.jsonl").unlink(missing_ok=True)  # the logger appends; a rerun tells only its own story
@@ -130,13 +132,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             trainer.metrics.log(trainer.step, trainer.validate())
         final_hf = out / "final_hf"
         print("\n==> 6/7 final policy -> HF folder", flush=True)
-        from megatron_brrm.workers.hf_export import export_policy_to_hf
+        from megatron_brrm.workers.hf_export import export_policy_to_hf  # lazy: keeps demo --help fast
 
         export_policy_to_hf(trainer.policy, final_hf, sft_hf, params_dtype=cfg.model.params_dtype)
     finally:
         trainer.close()
 
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # lazy: keeps demo --help fast
 
     model = AutoModelForCausalLM.from_pretrained(final_hf)
     AutoTokenizer.from_pretrained(final_hf)
@@ -174,8 +176,6 @@ def tell_story(out: Path, title: str) -> bool:
         True when the held-out (validation) format-error rate fell by more than 3 standard errors
         of the difference between the first and the last validation.
     """
-    from megatron_brrm.run_summary import before_after_table, changes, read_metrics, save_curves_png
-
     rows = read_metrics(out / "metrics.jsonl")
     chs = changes(rows)
     table = before_after_table(chs)

@@ -35,7 +35,7 @@ def resolve_hf_path(ref: str | os.PathLike) -> str:
     if not is_hub_id(ref):
         raise FileNotFoundError(f"model {ref!r}: no such folder (and not a hub id like 'Qwen/Qwen3-8B')")
     try:
-        from huggingface_hub import snapshot_download
+        from huggingface_hub import snapshot_download  # lazy: heavy, only needed on this path
 
         return snapshot_download(repo_id=ref, allow_patterns=_PATTERNS)
     except Exception as exc:  # network, auth, offline mode: say what to do

@@ -29,13 +29,13 @@ class MetricsLogger:
         self._jsonl = (self.dir / "metrics.jsonl").open("a", encoding="utf-8")
         self._tb = None
         if tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
+            from torch.utils.tensorboard import SummaryWriter  # lazy: heavy, only needed on this path
 
             self._tb = SummaryWriter(str(self.dir / "tensorboard"))
         self._wandb = None
         if wandb_project:
             try:
-                import wandb
+                import wandb  # optional: wandb (extra)
             except ImportError:
                 raise RuntimeError("logging.wandb_project is set but wandb is not installed: pip install wandb") from None
             self._wandb = wandb.init(project=wandb_project, name=run_name, config=config or {}, dir=str(self.dir))

@@ -122,10 +122,10 @@ def before_after_table(chs: Sequence[Change]) -> str:
 def save_curves_png(rows: Sequence[dict], path: str | Path, title: str = "GRPO run") -> Path:
     """Plot the per-step rollout curves (reward mean; format-error rate and accuracy) with the
     validation points on top; returns ``path``. Matplotlib's Agg backend, 100 dpi."""
-    import matplotlib
+    import matplotlib  # lazy: heavy, only needed on this path
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: heavy, only needed on this path
 
     fig, (ax_r, ax_p) = plt.subplots(1, 2, figsize=(11, 4))
     roll = [r for r in rows if "rollout/reward_mean" in r]

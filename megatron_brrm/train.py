@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
+from tqdm.auto import tqdm
 
 from megatron_brrm.config import (ConfigError, RunConfig, config_to_dict, load_config,
                                   optimizer_steps_per_rollout, save_config, validate_config)
@@ -362,8 +363,6 @@ class GRPOTrainer:
             WorkerError: a policy rank or an engine failed (named); restart to resume from the
                 last checkpoint.
         """
-        from tqdm.auto import tqdm
-
         cfg, last = self.cfg, {}
         self.stopped_early = False
         if should_stop is not None and should_stop():

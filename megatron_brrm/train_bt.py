@@ -42,12 +42,22 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
+from tqdm.auto import tqdm
 
+from megatron_brrm.checkpoint.dcp_io import DistCheckpointError, read_tensor_metadata
+from megatron_brrm.checkpoint.model_export import convert_megatron_to_hf, detect_head
+from megatron_brrm.checkpoint.train_ckpt import latest_checkpoint
 from megatron_brrm.config import ConfigError, RunConfig, config_to_dict, load_config, save_config
 from megatron_brrm.data import DataError, PairLoader, PreferencePair
 from megatron_brrm.data.augment import SWAP_SUFFIX, base_id
+from megatron_brrm.data.sets import load_preference_data
 from megatron_brrm.hub import resolve_hf_path
 from megatron_brrm.metrics import MetricsLogger
+from megatron_brrm.model.build import load_hf_config
+from megatron_brrm.model.tiny import tiny_model_from_config
+from megatron_brrm.rl.loss import bradley_terry_loss, reward_std
+from megatron_brrm.rollout.scalar import scored_ids
+from megatron_brrm.workers.reward_actor import RewardActor
 
 log = logging.getLogger("megatron_brrm.train_bt")
 
@@ -67,8 +77,6 @@ def distinct_pairs(pairs: Sequence[PreferencePair]) -> List[PreferencePair]:
 
 def tokenize_pairs(tokenizer, pairs: Sequence[PreferencePair], max_length: int) -> Tuple[List[Tokenized], int]:
     """``[(chosen ids, rejected ids)]`` of the pairs that fit ``max_length`` tokens, and how many did not."""
-    from megatron_brrm.rollout.scalar import scored_ids
-
     out, dropped = [], 0
     for p in pairs:
         chosen, rejected = (p.response1, p.response2) if p.preference == 1 else (p.response2, p.response1)
@@ -83,10 +91,6 @@ def tokenize_pairs(tokenizer, pairs: Sequence[PreferencePair], max_length: int) 
 def check_reward_checkpoint(megatron_path: str, hf_path: str) -> None:
     """Raise TrainError unless ``model.megatron_path`` holds a reward model (a one-row ``output_layer``):
     a causal LM's Megatron checkpoint cannot be loaded into the reward model."""
-    from megatron_brrm.checkpoint.dcp_io import DistCheckpointError, read_tensor_metadata
-    from megatron_brrm.checkpoint.model_export import detect_head
-    from megatron_brrm.model.build import load_hf_config
-
     try:
         meta = read_tensor_metadata(Path(megatron_path))
     except (DistCheckpointError, OSError, ValueError) as exc:
@@ -113,8 +117,6 @@ def validation_metrics(rewards: torch.Tensor, margin: float, center_coef: float)
     """Metrics of one validation set from the rewards of its interleaved pairs (float ``[2P]``):
     ``loss`` (the training loss), ``accuracy`` (``r_c > r_r``), ``reward_margin``, ``chosen_reward``,
     ``rejected_reward``, ``reward_mean``, ``reward_std`` (population std of all ``2P`` rewards), ``num_pairs``."""
-    from megatron_brrm.rl.loss import bradley_terry_loss, reward_std
-
     rc, rr = rewards[0::2].double(), rewards[1::2].double()
     _, m = bradley_terry_loss(rc, rr, rc.numel(), margin=margin if margin else None, center_coef=center_coef)
     out = {k: float(v) for k, v in m.items() if k not in ("reward_sq_mean", "bt_loss", "center_loss")}
@@ -135,16 +137,13 @@ class BTTrainer:
     """
 
     def __init__(self, cfg: RunConfig, resume: bool = True):
-        from transformers import AutoTokenizer
+        from transformers import AutoTokenizer  # lazy: keeps train_bt --help fast
 
-        from megatron_brrm.data.sets import load_preference_data
         if not cfg.model.hf_path:
             raise TrainError("model.hf_path is unset: give an HF causal LM or *ForSequenceClassification folder "
                              "(or hub id), or 'tiny' for the tiny CPU model")
         out = Path(cfg.logging.output_dir)
         if cfg.model.hf_path == "tiny":  # the CPU recipe: a tiny random Qwen3 built locally (model.tiny_*)
-            from megatron_brrm.model.tiny import tiny_model_from_config
-
             hf_path = str(tiny_model_from_config(cfg.model, out / "tiny_hf", seed=cfg.parallel.seed))
         else:
             try:
@@ -187,10 +186,9 @@ class BTTrainer:
         save_config(cfg, out)
         self.loader = PairLoader(list(range(len(self.train_data))), cfg.bt.global_batch_size, seed=cfg.data.seed,
                                  shuffle=cfg.data.shuffle)
-        from megatron_brrm.workers.cluster import Cluster
-        from megatron_brrm.workers.reward_actor import RewardActor
-        from megatron_brrm.workers.reward_worker import BTLoss
-        from megatron_brrm.workers.worker_group import WorkerGroup
+        from megatron_brrm.workers.cluster import Cluster  # lazy: keeps train_bt --help fast
+        from megatron_brrm.workers.reward_worker import BTLoss  # lazy: keeps train_bt --help fast
+        from megatron_brrm.workers.worker_group import WorkerGroup  # lazy: keeps train_bt --help fast
 
         self.loss_fn = BTLoss(cfg.bt.margin, cfg.bt.center_coef)
         self.cluster = Cluster.from_config(cfg, policy_world_size=cfg.bt.world_size)
@@ -215,14 +213,12 @@ class BTTrainer:
 
     # ------------------------------------------------------------------ steps
     def _batch(self, pairs: Sequence[Tokenized]):
-        from megatron_brrm.workers.reward_worker import bt_batch
+        from megatron_brrm.workers.reward_worker import bt_batch  # lazy: keeps train_bt --help fast
 
         return bt_batch([c for c, _ in pairs], [r for _, r in pairs], self.pad_id)
 
     def train_step(self) -> Dict[str, float]:
         """One optimizer step on the next ``bt.global_batch_size`` pairs."""
-        from megatron_brrm.rl.loss import reward_std
-
         t0 = time.perf_counter()
         batch = self._batch([self.train_data[i] for i in self.loader.next_batch()])
         res = self.group.run_all("train", batch, self.loss_fn)[0]
@@ -263,8 +259,6 @@ class BTTrainer:
     # ------------------------------------------------------------------ loop
     def fit(self) -> Dict[str, float]:
         """Train until ``bt.max_num_steps``; returns the last step's metrics (with the last validation)."""
-        from tqdm.auto import tqdm
-
         cfg, last = self.cfg, {}
         if self.step == 0:
             self.metrics.log(0, {f"data/{k}": v for k, v in self.data_counts.items()})
@@ -297,8 +291,6 @@ class BTTrainer:
 
     def export_hf(self, target: Optional[str] = None) -> Path:
         """Convert the latest checkpoint to an HF ``*ForSequenceClassification`` folder (single process)."""
-        from megatron_brrm.checkpoint.model_export import convert_megatron_to_hf
-
         target = Path(target or self.cfg.bt.output_hf_dir or self.out / "hf")
         convert_megatron_to_hf(self.cfg.checkpoint.save_dir, target, hf_reference=self.cfg.model.hf_path,
                                dtype=self.cfg.model.params_dtype, overwrite=True)
@@ -313,8 +305,6 @@ class BTTrainer:
 
 
 def _has_checkpoint(save_dir: str) -> bool:
-    from megatron_brrm.checkpoint.train_ckpt import latest_checkpoint
-
     return latest_checkpoint(Path(save_dir)) is not None
 
 

@@ -35,6 +35,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
+from megatron_brrm.checkpoint import quiet_library_warnings  # noqa: E402
+
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (``--help`` lists every option)."""
@@ -64,10 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     """Parse ``argv``, convert, print a summary; returns the exit status."""
     args = build_parser().parse_args(argv)
-    from megatron_brrm.checkpoint import quiet_library_warnings
-
     quiet_library_warnings()
-    from megatron_brrm.checkpoint.hf_io import resolve_hf_source
+    from megatron_brrm.checkpoint.hf_io import resolve_hf_source  # lazy: keeps convert_hf_to_megatron.py --help fast
+    # lazy: keeps convert_hf_to_megatron.py --help fast
     from megatron_brrm.checkpoint.model_ckpt import (convert_hf_to_megatron, run_conversion_cli,
                                                      use_mmap_for_large_allocations)
 

@@ -33,6 +33,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
+from megatron_brrm.checkpoint import quiet_library_warnings  # noqa: E402
+
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (``--help`` lists every option)."""
@@ -62,11 +64,12 @@ def main(argv=None) -> int:
     """Parse ``argv``, convert, print a summary; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    from megatron_brrm.checkpoint import quiet_library_warnings
-
     quiet_library_warnings()
+    # lazy: keeps convert_megatron_to_hf.py --help fast
     from megatron_brrm.checkpoint.hf_io import parse_size, resolve_hf_source
+    # lazy: keeps convert_megatron_to_hf.py --help fast
     from megatron_brrm.checkpoint.model_ckpt import run_conversion_cli, use_mmap_for_large_allocations
+    # lazy: keeps convert_megatron_to_hf.py --help fast
     from megatron_brrm.checkpoint.model_export import convert_megatron_to_hf
 
     try:

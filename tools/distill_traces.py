@@ -26,14 +26,26 @@ and prints the summary table. Exit status: 0 on success, 1 when the teacher fail
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
 from pathlib import Path
 
+from tqdm import tqdm
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
+
+from megatron_brrm.config import RolloutConfig  # noqa: E402
+from megatron_brrm.data import read_pairs  # noqa: E402
+from megatron_brrm.data.schema import DataError  # noqa: E402
+from megatron_brrm.distill.openai_chat import ChatEndpointError, OpenAIChatClient  # noqa: E402
+from megatron_brrm.distill.rejection import distill  # noqa: E402
+from megatron_brrm.distill.teachers import EngineTeacher, HTTPTeacher  # noqa: E402
+from megatron_brrm.judge import get_protocol  # noqa: E402
+from megatron_brrm.rollout.traces import write_traces  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -77,9 +89,6 @@ def _teacher(args, protocol):
     if bool(args.teacher_model) == bool(args.teacher_url):
         raise ValueError("give exactly one of --teacher-model HF_DIR and --teacher-url URL")
     if args.teacher_url:
-        from megatron_brrm.distill.openai_chat import OpenAIChatClient
-        from megatron_brrm.distill.teachers import HTTPTeacher
-
         if not args.teacher_name:
             raise ValueError("--teacher-url needs --teacher-name (the model name the server serves)")
         client = OpenAIChatClient(args.teacher_url, args.teacher_name, api_key=os.environ.get(args.api_key_env),
@@ -89,12 +98,8 @@ def _teacher(args, protocol):
             f"{args.teacher_name} @ {client.url}"
     if not (Path(args.teacher_model) / "config.json").is_file():
         raise ValueError(f"--teacher-model {args.teacher_model}: not an HF model folder (no config.json)")
-    import dataclasses
-
-    from megatron_brrm.config import RolloutConfig
-    from megatron_brrm.distill.teachers import EngineTeacher
-    from megatron_brrm.rollout.factory import make_engine
-    from megatron_brrm.rollout.two_turn import RolloutParams
+    from megatron_brrm.rollout.factory import make_engine  # lazy: keeps distill_traces.py --help fast
+    from megatron_brrm.rollout.two_turn import RolloutParams  # lazy: keeps distill_traces.py --help fast
 
     cfg = dataclasses.replace(RolloutConfig(), engine=args.engine, device=args.device, dtype=args.dtype,
                               tensor_parallel_size=args.tp, max_total_sequence_length=args.max_total_length,
@@ -110,13 +115,6 @@ def _teacher(args, protocol):
 def main(argv=None) -> int:
     """Parse ``argv``, distil, write the traces and the summary; returns the exit status."""
     args = build_parser().parse_args(argv)
-    from megatron_brrm.data import read_pairs
-    from megatron_brrm.data.schema import DataError
-    from megatron_brrm.distill.openai_chat import ChatEndpointError
-    from megatron_brrm.distill.rejection import distill
-    from megatron_brrm.judge import get_protocol
-    from megatron_brrm.rollout.traces import write_traces
-
     for name in ("samples_per_pair", "batch_size", "concurrency"):
         if getattr(args, name) < 1:
             print(f"distill_traces.py: error: --{name.replace('_', '-')} must be >= 1", file=sys.stderr)
@@ -140,8 +138,6 @@ def main(argv=None) -> int:
         return 2
     bar = None
     if not args.no_progress:
-        from tqdm import tqdm
-
         orders = 2 if args.orders == "both" else 1
         bar = tqdm(total=len(pairs) * orders * args.samples_per_pair, desc="distil", unit="sample")
     try:

@@ -48,6 +48,9 @@ from typing import Dict, List, Optional, Sequence
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
+from megatron_brrm.config import ModelConfig, ParallelConfig  # noqa: E402
+from megatron_brrm.model.fp8 import fp8_device_problem  # noqa: E402
+
 FP8_RECIPES = ("delayed", "tensorwise", "blockwise", "mxfp8")
 ROWS = ["cuda", "megatron_local", "nccl", "hf_engine", "refit", "te_spec"] + [f"fp8_{r}" for r in FP8_RECIPES] + \
        ["vllm", "vllm_refit", "vllm_fp8"]
@@ -66,8 +69,8 @@ class NotAvailable(Exception):
 
 # ------------------------------------------------------------------------------------------ rows
 def _hf_model(tiny: str, device: str, dtype):
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    import torch  # lazy: keeps gpu_check.py --help fast
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # lazy: keeps gpu_check.py --help fast
 
     model = AutoModelForCausalLM.from_pretrained(tiny, dtype=dtype).to(device).eval()
     torch.manual_seed(0)
@@ -75,7 +78,7 @@ def _hf_model(tiny: str, device: str, dtype):
 
 
 def _ids(device: str, batch: int = 2, seq: int = 32, vocab: int = 2048):
-    import torch
+    import torch  # lazy: keeps gpu_check.py --help fast
 
     g = torch.Generator().manual_seed(1)
     return torch.randint(3, vocab, (batch, seq), generator=g).to(device)
@@ -83,20 +86,19 @@ def _ids(device: str, batch: int = 2, seq: int = 32, vocab: int = 2048):
 
 def _megatron(tiny: str, device: str, impl: str, fp8: Optional[str] = None, recipe: str = "delayed"):
     """(model, mapping-loaded) Megatron GPTModel of the tiny checkpoint at TP=1, this process a world of one."""
-    import torch
+    import torch  # lazy: keeps gpu_check.py --help fast
 
-    from megatron_brrm.config import ModelConfig, ParallelConfig
-    from megatron_brrm.model.build import build_gpt_model, load_hf_config
-    from megatron_brrm.model.mapping import get_mapping
-    from megatron_brrm.model.weights import load_hf_weights_into_megatron
-    from megatron_brrm.parallel.init import initialize_parallel
+    from megatron_brrm.model.build import build_gpt_model, load_hf_config  # lazy: keeps gpu_check.py --help fast
+    from megatron_brrm.model.mapping import get_mapping  # lazy: keeps gpu_check.py --help fast
+    from megatron_brrm.model.weights import load_hf_weights_into_megatron  # lazy: keeps gpu_check.py --help fast
+    from megatron_brrm.parallel.init import initialize_parallel  # lazy: keeps gpu_check.py --help fast
 
     pcfg = ParallelConfig(backend="nccl" if device == "cuda" else "gloo")
     initialize_parallel(pcfg)
     hf = load_hf_config(tiny)
     mcfg = ModelConfig(params_dtype="bf16", transformer_impl=impl, fp8=fp8, fp8_recipe=recipe)
     model = build_gpt_model(hf, mcfg, pcfg).to(device)
-    from safetensors.torch import load_file
+    from safetensors.torch import load_file  # lazy: keeps gpu_check.py --help fast
 
     state = load_file(str(Path(tiny) / "model.safetensors"))
     mapping = get_mapping(hf, make_vocab_size_divisible_by=mcfg.make_vocab_size_divisible_by)
@@ -106,7 +108,7 @@ def _megatron(tiny: str, device: str, impl: str, fp8: Optional[str] = None, reci
 
 def _logits_vs_hf(model, tiny: str, device: str, vocab: int) -> float:
     """Max |log-softmax difference| between the Megatron model and transformers on the same tokens (bf16)."""
-    import torch
+    import torch  # lazy: keeps gpu_check.py --help fast
 
     ids = _ids(device)
     pos = torch.arange(ids.shape[1], device=device)[None].expand_as(ids)
@@ -118,7 +120,7 @@ def _logits_vs_hf(model, tiny: str, device: str, vocab: int) -> float:
 
 
 def row_cuda(args) -> str:
-    import torch
+    import torch  # lazy: keeps gpu_check.py --help fast
 
     if args.device != "cuda":
         return "cpu (dry run)"
@@ -127,7 +129,7 @@ def row_cuda(args) -> str:
 
 
 def _train_steps(model, device: str, steps: int = 3) -> List[float]:
-    import torch
+    import torch  # lazy: keeps gpu_check.py --help fast
 
     ids = _ids(device, batch=2, seq=32)
     pos = torch.arange(ids.shape[1], device=device)[None].expand_as(ids)
@@ -167,9 +169,7 @@ def row_te_spec(args) -> str:
 
 def _fp8_row(recipe: str):
     def run(args) -> str:
-        import torch
-
-        from megatron_brrm.model.fp8 import fp8_device_problem
+        import torch  # lazy: keeps gpu_check.py --help fast
 
         problem = fp8_device_problem(recipe, torch.cuda.get_device_capability() if args.device == "cuda" else None)
         if problem:
@@ -180,10 +180,9 @@ def _fp8_row(recipe: str):
 
 
 def row_nccl(args) -> str:
-    import torch
+    import torch  # lazy: keeps gpu_check.py --help fast
 
-    from megatron_brrm.config import ParallelConfig
-    from megatron_brrm.parallel.init import initialize_parallel
+    from megatron_brrm.parallel.init import initialize_parallel  # lazy: keeps gpu_check.py --help fast
 
     state = initialize_parallel(ParallelConfig(backend="nccl" if args.device == "cuda" else "gloo"))
     t = torch.arange(4, dtype=torch.float32, device=args.device)
@@ -195,7 +194,7 @@ def row_nccl(args) -> str:
 
 
 def _greedy_hf(tiny: str, device: str, prompt: List[int], new: int, state=None) -> List[int]:
-    import torch
+    import torch  # lazy: keeps gpu_check.py --help fast
 
     model, _ = _hf_model(tiny, device, torch.float32)
     if state is not None:
@@ -207,22 +206,22 @@ def _greedy_hf(tiny: str, device: str, prompt: List[int], new: int, state=None) 
 
 
 def _prompt(tiny: str) -> List[int]:
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # lazy: keeps gpu_check.py --help fast
 
     tok = AutoTokenizer.from_pretrained(tiny)
     return tok("[The Begin of Context] User: which reply is better?", add_special_tokens=False)["input_ids"]
 
 
 def _no_eos_params(new: int):
-    from megatron_brrm.rollout.engine import SamplingParams
+    from megatron_brrm.rollout.engine import SamplingParams  # lazy: keeps gpu_check.py --help fast
 
     return SamplingParams(n=1, temperature=0.0, max_new_tokens=new, seed=0)
 
 
 def row_hf_engine(args) -> str:
-    import torch
+    import torch  # lazy: keeps gpu_check.py --help fast
 
-    from megatron_brrm.rollout.hf_engine import HFEngine
+    from megatron_brrm.rollout.hf_engine import HFEngine  # lazy: keeps gpu_check.py --help fast
 
     prompt, new = _prompt(args.tiny), 12
     eng = HFEngine(args.tiny, device=args.device, dtype=torch.float32)
@@ -234,8 +233,8 @@ def row_hf_engine(args) -> str:
 
 
 def _perturbed(tiny: str):
-    import torch
-    from safetensors.torch import load_file
+    import torch  # lazy: keeps gpu_check.py --help fast
+    from safetensors.torch import load_file  # lazy: keeps gpu_check.py --help fast
 
     g = torch.Generator().manual_seed(5)
     state = load_file(str(Path(tiny) / "model.safetensors"))
@@ -243,9 +242,9 @@ def _perturbed(tiny: str):
 
 
 def row_refit(args) -> str:
-    import torch
+    import torch  # lazy: keeps gpu_check.py --help fast
 
-    from megatron_brrm.rollout.hf_engine import HFEngine
+    from megatron_brrm.rollout.hf_engine import HFEngine  # lazy: keeps gpu_check.py --help fast
 
     prompt, new = _prompt(args.tiny), 12
     eng = HFEngine(args.tiny, device=args.device, dtype=torch.float32)
@@ -264,7 +263,7 @@ def row_refit(args) -> str:
 
 
 def _vllm(args, **kw):
-    from megatron_brrm.rollout.vllm_engine import VLLMEngine
+    from megatron_brrm.rollout.vllm_engine import VLLMEngine  # lazy: keeps gpu_check.py --help fast
 
     return VLLMEngine(args.tiny, dtype="bfloat16", gpu_memory_utilization=0.3, max_model_len=512,
                       enable_sleep_mode=False, **kw)
@@ -272,7 +271,7 @@ def _vllm(args, **kw):
 
 def _logprob_gap(tiny: str, device: str, prompt: List[int], out, state=None) -> float:
     """Max |engine logprob - transformers' log-softmax| over the generated tokens (bf16 model)."""
-    import torch
+    import torch  # lazy: keeps gpu_check.py --help fast
 
     model, _ = _hf_model(tiny, device, torch.bfloat16)
     if state is not None:
@@ -334,7 +333,7 @@ def availability(row: str, device: str) -> Optional[str]:
     """Why ``row`` cannot run here, or None."""
     if device == "cpu":
         return None if row in CPU_ROWS or row == "cuda" else "GPU only (--device cpu runs the CPU forms)"
-    import torch
+    import torch  # lazy: keeps gpu_check.py --help fast
 
     if not torch.cuda.is_available():
         return "no CUDA device"
@@ -410,7 +409,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 results[row] = {"status": "n/a", "detail": reason, "seconds": 0.0}
                 continue
             if tiny is None:
-                from megatron_brrm.model.tiny import build_tiny_hf_model
+                from megatron_brrm.model.tiny import build_tiny_hf_model  # lazy: keeps gpu_check.py --help fast
 
                 tiny = str(build_tiny_hf_model(Path(tmp) / "tiny-qwen3", arch="qwen3", seed=0))
             t0 = time.perf_counter()

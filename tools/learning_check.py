@@ -67,6 +67,11 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
+from megatron_brrm.config import ConfigError, load_config  # noqa: E402
+from megatron_brrm.data import write_pairs  # noqa: E402
+from megatron_brrm.data.synthetic import FILLER_WORDS, HINT_WORDS, TOPICS, marker_task  # noqa: E402
+from megatron_brrm.judge import DIMENSIONS, get_protocol  # noqa: E402
+from megatron_brrm.rollout.traces import tokenize_trace, write_traces  # noqa: E402
 from megatron_brrm.run_summary import diff_se, read_metrics  # noqa: E402  (after the sys.path entry)
 from megatron_brrm.rollout.traces import synthetic_trace  # noqa: E402
 
@@ -152,10 +157,8 @@ def teacher_forced_verdicts(model_dir, protocol, pairs) -> Dict[str, float]:
         ValueError: no pairs, or the two traces of a pair do not differ (the protocol does not
             write the verdict as text).
     """
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from megatron_brrm.rollout.traces import tokenize_trace
+    import torch  # lazy: keeps learning_check.py --help fast
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # lazy: keeps learning_check.py --help fast
 
     if not pairs:
         raise ValueError("teacher_forced_verdicts: no pairs")
@@ -183,6 +186,7 @@ def _task_tokenizer(out: Path, traces, vocab_size: int) -> str:
     order; putting the judge conversations first makes the BR-RM markers whole-word tokens
     (a trace is ~340 tokens instead of ~590), which halves generation time on CPU.
     """
+    # lazy: keeps learning_check.py --help fast
     from megatron_brrm.model.tiny import default_corpus_files, train_tokenizer
 
     corpus = out / "tokenizer_corpus.txt"
@@ -207,8 +211,6 @@ def _cue_words(text: str) -> List[Dict[int, str]]:
     """argparse type of ``--sft-cue-words``: ``none``, or ``;``-separated pairs ``w1,w2`` of distinct
     single words, none of them a task hint word, a filler word or a question topic
     (:mod:`megatron_brrm.data.synthetic`)."""
-    from megatron_brrm.data.synthetic import FILLER_WORDS, HINT_WORDS, TOPICS
-
     if text == "none":
         return []
     reserved = set(HINT_WORDS.values()) | set(FILLER_WORDS) | set(TOPICS)
@@ -256,8 +258,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("PYTHONWARNINGS", "ignore::UserWarning,ignore::FutureWarning")
-    from megatron_brrm.config import ConfigError, load_config
-
     overrides = (QUICK_OVERRIDES if args.quick else []) + list(args.overrides)
     try:
         cfg = load_config(args.config, overrides)
@@ -271,11 +271,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     load_start = os.getloadavg()
     t_start = time.time()
 
-    from megatron_brrm.data import write_pairs
-    from megatron_brrm.data.synthetic import marker_task
-    from megatron_brrm.judge import get_protocol
-    from megatron_brrm.model.tiny import build_tiny_hf_model
-    from megatron_brrm.rollout.traces import write_traces
+    from megatron_brrm.model.tiny import build_tiny_hf_model  # lazy: keeps learning_check.py --help fast
 
     template_dir = _resolve(cfg.judge.template_dir)
     protocol = get_protocol(cfg.judge.protocol, template_dir)
@@ -317,8 +313,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     )
     t_setup = time.time() - t_start
 
-    from megatron_brrm.sft import run_sft
-    from megatron_brrm.train import GRPOTrainer
+    from megatron_brrm.sft import run_sft  # lazy: keeps learning_check.py --help fast
+    from megatron_brrm.train import GRPOTrainer  # lazy: keeps learning_check.py --help fast
 
     t0 = time.time()
     sft_hf = run_sft(cfg)

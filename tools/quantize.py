@@ -37,6 +37,11 @@ from typing import List, Optional, Sequence
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
+from megatron_brrm.data import DataError, read_pairs  # noqa: E402
+from megatron_brrm.hub import resolve_hf_path  # noqa: E402
+from megatron_brrm.judge import RewardRule, get_protocol  # noqa: E402
+from megatron_brrm.rollout.chat import render_prompt_ids  # noqa: E402
+
 FORMATS = ("fp8", "int8", "int4_awq")
 EXPORT_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 
@@ -71,8 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _modelopt():
     try:
-        import modelopt.torch.quantization as mtq
-        from modelopt.torch.export import export_hf_checkpoint
+        import modelopt.torch.quantization as mtq  # optional: modelopt (extra)
+        from modelopt.torch.export import export_hf_checkpoint  # optional: modelopt (extra)
     except ImportError as exc:
         raise QuantizeError(f"tools/quantize.py needs NVIDIA ModelOpt: pip install nvidia-modelopt (in the project's "
                             f"test and gpu extras) ({exc})") from None
@@ -99,7 +104,7 @@ def quant_config(mtq, fmt: str, awq_block: int) -> dict:
 
 def check_awq_shapes(model, block: int) -> None:
     """INT4 packing needs every quantised linear's input dimension divisible by the group size."""
-    import torch
+    import torch  # lazy: keeps quantize.py --help fast
 
     for name, mod in model.named_modules():
         if isinstance(mod, torch.nn.Linear) and "lm_head" not in name and mod.in_features % block:
@@ -109,8 +114,6 @@ def check_awq_shapes(model, block: int) -> None:
 
 def calibration_prompts(tokenizer, protocol, pairs, size: int, max_tokens: int) -> List[List[int]]:
     """Token ids of the judge's turn-1 prompts for the first ``size`` pairs that fit ``max_tokens``."""
-    from megatron_brrm.rollout.chat import render_prompt_ids
-
     out = []
     for p in pairs:
         ids = render_prompt_ids(tokenizer, protocol.turn1_messages(p.context, p.response1, p.response2))
@@ -123,11 +126,10 @@ def calibration_prompts(tokenizer, protocol, pairs, size: int, max_tokens: int) 
 
 def judge_check(model, tokenizer, protocol, pairs, max_new_tokens: int, device: str) -> List:
     """Greedy two-turn judge rollouts of ``model`` on ``pairs``; returns their verdicts."""
-    import torch
+    import torch  # lazy: keeps quantize.py --help fast
 
-    from megatron_brrm.judge import RewardRule
-    from megatron_brrm.rollout.hf_engine import HFEngine
-    from megatron_brrm.rollout.two_turn import RolloutParams, rollout
+    from megatron_brrm.rollout.hf_engine import HFEngine  # lazy: keeps quantize.py --help fast
+    from megatron_brrm.rollout.two_turn import RolloutParams, rollout  # lazy: keeps quantize.py --help fast
 
     dtype = next(model.parameters()).dtype
     engine = HFEngine(model, tokenizer=tokenizer, device=device, dtype=dtype if dtype != torch.float16 else torch.float32)
@@ -151,14 +153,11 @@ def quantize(args) -> dict:
     Raises:
         QuantizeError: bad input or unsupported combination.
     """
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    import torch  # lazy: keeps quantize.py --help fast
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # lazy: keeps quantize.py --help fast
 
-    from megatron_brrm.checkpoint.hf_io import atomic_output_dir
-    from megatron_brrm.checkpoint.quantized_hf import load_quantized_hf
-    from megatron_brrm.data import DataError, read_pairs
-    from megatron_brrm.hub import resolve_hf_path
-    from megatron_brrm.judge import get_protocol
+    from megatron_brrm.checkpoint.hf_io import atomic_output_dir  # lazy: keeps quantize.py --help fast
+    from megatron_brrm.checkpoint.quantized_hf import load_quantized_hf  # lazy: keeps quantize.py --help fast
 
     for key in ("calib_size", "batch_size", "awq_block_size", "max_prompt_tokens", "max_new_tokens"):
         if getattr(args, key) < 1:

@@ -26,6 +26,7 @@ that overlap the request.
 """
 from __future__ import annotations
 
+import json
 import os
 from contextlib import contextmanager
 from pathlib import Path
@@ -45,7 +46,7 @@ def unwrap_dcp_errors() -> Iterator[None]:
     (not an ``Exception``) whose message is a formatted traceback. The first rank's original
     exception (e.g. a :class:`ConversionError` from a chunk resolver) is raised instead.
     """
-    from torch.distributed.checkpoint.api import CheckpointException
+    from torch.distributed.checkpoint.api import CheckpointException  # lazy: keeps train_bt --help fast
 
     try:
         yield
@@ -117,9 +118,7 @@ def read_tensor_metadata(ckpt_dir: str | os.PathLike) -> Dict[str, Tuple[Tuple[i
     Raises:
         DistCheckpointError: not a torch_dist checkpoint or unreadable metadata.
     """
-    import json
-
-    from torch.distributed.checkpoint import FileSystemReader, TensorStorageMetadata
+    from torch.distributed.checkpoint import FileSystemReader, TensorStorageMetadata  # lazy: keeps train_bt --help fast
 
     ckpt_dir = Path(ckpt_dir)
     try:
@@ -159,16 +158,17 @@ def write_dist_checkpoint(out_dir: str | os.PathLike, sharded_state_dict: dict, 
     Raises:
         DistCheckpointError: ``resolve`` returned a wrong shape or dtype (names the key).
     """
+    # lazy: keeps train_bt --help fast
     from megatron.core.dist_checkpointing.core import CheckpointingConfig, save_config
-    from megatron.core.dist_checkpointing.state_dict_utils import save_preprocess
-    from megatron.core.dist_checkpointing.strategies.torch import (
+    from megatron.core.dist_checkpointing.state_dict_utils import save_preprocess  # lazy: keeps train_bt --help fast
+    from megatron.core.dist_checkpointing.strategies.torch import (  # lazy: keeps train_bt --help fast
         MCoreSavePlanner,
         _replace_state_dict_keys_with_sharded_keys,
         mcore_to_pyt_state_dict,
     )
-    from torch.distributed.checkpoint import FileSystemWriter
-    from torch.distributed.checkpoint import save as dcp_save
-    from torch.distributed.checkpoint.planner import WriteItemType
+    from torch.distributed.checkpoint import FileSystemWriter  # lazy: keeps train_bt --help fast
+    from torch.distributed.checkpoint import save as dcp_save  # lazy: keeps train_bt --help fast
+    from torch.distributed.checkpoint.planner import WriteItemType  # lazy: keeps train_bt --help fast
 
     out_dir = Path(out_dir)
     sharded, common = save_preprocess(sharded_state_dict, validate_access_integrity=False)
@@ -239,8 +239,8 @@ def load_tensors(ckpt_dir: str | os.PathLike, requests: Dict[str, LoadRequest]) 
         ``{name: tensor}`` (CPU, ``dtype``, ``shape``). Only chunks overlapping the requests
         are read.
     """
-    from megatron.core import dist_checkpointing
-    from megatron.core.dist_checkpointing.mapping import ShardedTensor
+    from megatron.core import dist_checkpointing  # lazy: keeps train_bt --help fast
+    from megatron.core.dist_checkpointing.mapping import ShardedTensor  # lazy: keeps train_bt --help fast
 
     sharded = {}
     for name, (key, layer, shape, dtype) in requests.items():

@@ -37,6 +37,9 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 from collections.abc import Mapping
 
 import torch
+from safetensors import safe_open
+
+from megatron_brrm.hub import is_hub_id, resolve_hf_path
 
 WEIGHTS_NAME = "model.safetensors"
 WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
@@ -213,8 +216,6 @@ class HFSafetensorsReader(Mapping):
         return {name: info.shape for name, info in self._info.items()}
 
     def _handle(self, file: str):
-        from safetensors import safe_open
-
         handles = self.__dict__.setdefault("_handles", {})
         if file not in handles:
             handles[file] = safe_open(str(self.folder / file), framework="pt", device="cpu")
@@ -245,8 +246,6 @@ def resolve_hf_source(value: str | os.PathLike) -> Path:
     Raises:
         HFCheckpointError: the hub download failed (the message says how to fix it).
     """
-    from megatron_brrm.hub import is_hub_id, resolve_hf_path
-
     path = Path(value)
     if path.exists() or not is_hub_id(str(value)):
         return path

@@ -21,6 +21,8 @@ renamed at the end (:func:`megatron_brrm.checkpoint.hf_io.atomic_output_dir`).
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 import sys
 import time
@@ -30,6 +32,8 @@ from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
+from omegaconf import OmegaConf
+from tqdm import tqdm
 
 from megatron_brrm.checkpoint.dcp_io import DistCheckpointError, write_dist_checkpoint
 from megatron_brrm.checkpoint.hf_io import (
@@ -41,9 +45,12 @@ from megatron_brrm.checkpoint.hf_io import (
     read_hf_config,
     write_hf_config,
 )
-from megatron_brrm.model.architectures import UnsupportedArchitectureError
-from megatron_brrm.model.build import ModelBuildError
-from megatron_brrm.model.mapping import MappingError
+from megatron_brrm.config import ModelConfig, ParallelConfig
+from megatron_brrm.model.architectures import (UnsupportedArchitectureError, config_head, get_arch_spec, hf_class_for,
+                                               hf_get)
+from megatron_brrm.model.build import ModelBuildError, build_gpt_model, load_hf_config
+from megatron_brrm.model.mapping import MappingError, get_mapping, padded_vocab_size
+from megatron_brrm.parallel import destroy_parallel, initialize_parallel
 
 HF_SUBDIR = "hf"
 RUN_CONFIG_NAME = "run_config.yaml"
@@ -105,10 +112,7 @@ def conversion_parallel_state() -> Iterator[None]:
         ConversionError: this process is part of a multi-rank job or has TP/PP > 1
             (the converters are single-process tools).
     """
-    from megatron.core import parallel_state as mpu
-
-    from megatron_brrm.config import ParallelConfig
-    from megatron_brrm.parallel import destroy_parallel, initialize_parallel
+    from megatron.core import parallel_state as mpu  # lazy: keeps train_bt --help fast
 
     if mpu.model_parallel_is_initialized():
         tp, pp = mpu.get_tensor_model_parallel_world_size(), mpu.get_pipeline_model_parallel_world_size()
@@ -150,9 +154,6 @@ def meta_sharded_state_dict(hf_config, params_dtype: torch.dtype, padded_vocab: 
     Returns:
         ``{state-dict name: ShardedTensor | ShardedTensorFactory | ShardedObject}`` with meta data.
     """
-    from megatron_brrm.config import ModelConfig, ParallelConfig
-    from megatron_brrm.model.build import build_gpt_model
-
     model_cfg = ModelConfig(params_dtype=DTYPE_TO_NAME[params_dtype], transformer_impl="local")
     with torch.device("meta"):
         model = build_gpt_model(hf_config, model_cfg, ParallelConfig(), padded_vocab=padded_vocab, cpu_init=True,
@@ -170,8 +171,6 @@ def hf_config_for_head(raw_config: dict, head: str, tokenizer_dir: Optional[Path
     refuses batches without one): the config's own, else the tokenizer's pad token in
     ``tokenizer_dir``, else its EOS token.
     """
-    from megatron_brrm.model.architectures import hf_class_for
-
     cfg = dict(raw_config)
     if head != "scalar":
         return cfg, [hf_class_for(cfg, head)]
@@ -179,7 +178,7 @@ def hf_config_for_head(raw_config: dict, head: str, tokenizer_dir: Optional[Path
     cfg.pop("num_labels", None)
     if cfg.get("pad_token_id") is None and tokenizer_dir is not None:
         try:
-            from transformers import AutoTokenizer
+            from transformers import AutoTokenizer  # lazy: keeps train_bt --help fast
 
             tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
             cfg["pad_token_id"] = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
@@ -190,6 +189,7 @@ def hf_config_for_head(raw_config: dict, head: str, tokenizer_dir: Optional[Path
 
 def tensor_layout(sharded_state_dict: dict) -> Dict[str, list]:
     """``{name: [ShardedTensor, ...]}`` after applying factories (fc1 -> gate and up chunks)."""
+    # lazy: keeps train_bt --help fast
     from megatron.core.dist_checkpointing.mapping import ShardedTensor, ShardedTensorFactory
 
     out: Dict[str, list] = {}
@@ -213,16 +213,12 @@ def check_mapping_covers_model(mapping, layout: Dict[str, list]) -> None:
 
 def progress_bar(total: int, desc: str, enabled: bool):
     """A tqdm bar counting bytes (hidden when ``enabled`` is False)."""
-    from tqdm import tqdm
-
     return tqdm(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024, disable=not enabled,
                 dynamic_ncols=True)
 
 
 def arch_desc(hf_config) -> str:
     """``Qwen3ForCausalLM (num_hidden_layers=.., hidden_size=.., vocab_size=..)`` for error messages."""
-    from megatron_brrm.model.architectures import get_arch_spec, hf_get
-
     return (f"{get_arch_spec(hf_config).hf_class} (num_hidden_layers={hf_get(hf_config, 'num_hidden_layers')}, "
             f"hidden_size={hf_get(hf_config, 'hidden_size')}, vocab_size={hf_get(hf_config, 'vocab_size')})")
 
@@ -246,9 +242,6 @@ def use_mmap_for_large_allocations(threshold_bytes: int = 1 << 20) -> bool:
     Returns:
         True when applied (glibc), False on other C libraries.
     """
-    import ctypes
-    import ctypes.util
-
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         return bool(libc.mallopt(-3, int(threshold_bytes)))  # -3 = M_MMAP_THRESHOLD (malloc.h)
@@ -288,8 +281,6 @@ def _validate_hf_tensors(reader: HFSafetensorsReader, mapping, hf_config) -> Non
 
 
 def _validate_layout_args(hf_config, tp: int, pp: int) -> None:
-    from megatron_brrm.model.architectures import hf_get
-
     if tp < 1 or pp < 1:
         raise ConversionError(f"--tp and --pp must be >= 1 (got tp={tp}, pp={pp})")
     heads = hf_get(hf_config, "num_attention_heads")
@@ -310,8 +301,6 @@ def run_config_fragment(hf_dir: Path, megatron_dir: Path, params_dtype: str, tp:
 
     It validates against :class:`megatron_brrm.config.RunConfig` (``load_config`` accepts it).
     """
-    from omegaconf import OmegaConf
-
     body = {
         "model": {"hf_path": str(hf_dir), "megatron_path": str(megatron_dir), "params_dtype": params_dtype,
                   "make_vocab_size_divisible_by": make_vocab_size_divisible_by},
@@ -351,10 +340,6 @@ def convert_hf_to_megatron(hf_path: str | os.PathLike, megatron_path: str | os.P
             mis-shaped (named); FileExistsError: output exists; HFCheckpointError: unreadable
             HF folder; UnsupportedArchitectureError: unknown model_type.
     """
-    from megatron_brrm.model.architectures import config_head, get_arch_spec, hf_get
-    from megatron_brrm.model.build import load_hf_config
-    from megatron_brrm.model.mapping import get_mapping, padded_vocab_size
-
     start = time.perf_counter()
     hf_path, megatron_path = Path(hf_path), Path(megatron_path).absolute()
     refuse_existing(megatron_path, overwrite)

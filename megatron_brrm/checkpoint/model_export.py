@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence
 
 import torch
+from omegaconf import OmegaConf
 
 from megatron_brrm.checkpoint.dcp_io import load_tensors, read_tensor_metadata, resolve_checkpoint_dir
 from megatron_brrm.checkpoint.hf_io import (
@@ -53,6 +54,9 @@ from megatron_brrm.checkpoint.model_ckpt import (
     refuse_existing,
     tensor_layout,
 )
+from megatron_brrm.model.architectures import hf_get
+from megatron_brrm.model.build import load_hf_config
+from megatron_brrm.model.mapping import get_mapping
 
 _ANCHOR_KEY = "decoder.final_layernorm.weight"  # present in every GPTModel checkpoint
 # Top-level names of non-model state that training checkpoints carry next to the weights.
@@ -82,8 +86,6 @@ def find_hf_reference(ckpt_dir: Path, hf_reference: Optional[str | os.PathLike])
     for cand in (ckpt_dir / HF_SUBDIR, ckpt_dir.parent / HF_SUBDIR):
         if (cand / "config.json").is_file():
             return cand
-    from omegaconf import OmegaConf
-
     for folder in (ckpt_dir, ckpt_dir.parent, ckpt_dir.parent.parent):  # checkpoint, save_dir, run output dir
         for fname in (RUN_CONFIG_NAME, "config.yaml"):
             path = folder / fname
@@ -146,8 +148,6 @@ def _validate_checkpoint_tensors(meta: Dict[str, tuple], prefix: str, expected: 
 def detect_head(meta: Dict[str, tuple], prefix: str, hf_config) -> str:
     """``scalar`` when the checkpoint's ``output_layer.weight`` is one row (a Bradley-Terry reward
     model), ``lm`` otherwise (a vocabulary output layer, or none when embeddings are tied)."""
-    from megatron_brrm.model.architectures import hf_get
-
     entry = meta.get(prefix + "output_layer.weight")
     if entry is not None and tuple(entry[0]) == (1, hf_get(hf_config, "hidden_size")):
         return "scalar"
@@ -195,10 +195,6 @@ def convert_megatron_to_hf(megatron_path: str | os.PathLike, hf_path: str | os.P
             tensor, vocab, architecture; the tensor is named), no config found;
         DistCheckpointError: not a finished torch_dist checkpoint; FileExistsError.
     """
-    from megatron_brrm.model.architectures import hf_get
-    from megatron_brrm.model.build import load_hf_config
-    from megatron_brrm.model.mapping import get_mapping
-
     start = time.perf_counter()
     hf_path = Path(hf_path).absolute()
     refuse_existing(hf_path, overwrite)

@@ -25,7 +25,7 @@ def load_model_weights(model_chunks: Sequence[torch.nn.Module], path: str | os.P
         ModelLoadError: no checkpoint at ``path``, or virtual pipeline chunks (not supported here:
             load from the HF folder instead).
     """
-    from megatron.core import dist_checkpointing
+    from megatron.core import dist_checkpointing  # lazy: heavy, only needed on this path
 
     path = Path(path)
     if not (path / "metadata.json").is_file():

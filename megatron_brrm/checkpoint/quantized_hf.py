@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Dict, List, Tuple
 
 import torch
+from safetensors.torch import load_file
 
 SUPPORTED = ("FP8", "W8A8_SQ_PER_CHANNEL", "W4A16_AWQ")
 FP8_MAX = 448.0
@@ -151,8 +152,7 @@ def load_quantized_hf(folder, dtype: torch.dtype = torch.float32, emulate_activa
     Raises:
         QuantizedCheckpointError: incomplete or inconsistent export (tensor or file named).
     """
-    from safetensors.torch import load_file
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM  # lazy: heavy, only needed on this path
 
     folder = Path(folder)
     hq = read_quant_config(folder)

@@ -37,6 +37,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+import numpy as np
 import torch
 
 from megatron_brrm.parallel.cpu_compat import use_in_process_save_queue
@@ -160,8 +161,7 @@ def prefill_optimizer_state(optimizer) -> None:
 
 
 def _rng_state() -> Dict[str, Any]:
-    import numpy as np
-    from megatron.core import tensor_parallel
+    from megatron.core import tensor_parallel  # lazy: keeps train_bt --help fast
 
     state = {"random": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
              "tracker": tensor_parallel.get_cuda_rng_tracker().get_states()}
@@ -171,8 +171,7 @@ def _rng_state() -> Dict[str, Any]:
 
 
 def _set_rng_state(state: Dict[str, Any]) -> None:
-    import numpy as np
-    from megatron.core import tensor_parallel
+    from megatron.core import tensor_parallel  # lazy: keeps train_bt --help fast
 
     random.setstate(state["random"])
     np.random.set_state(state["numpy"])
@@ -183,15 +182,15 @@ def _set_rng_state(state: Dict[str, Any]) -> None:
 
 
 def _layout() -> Dict[str, int]:
-    from megatron.core import parallel_state as mpu
+    from megatron.core import parallel_state as mpu  # lazy: keeps train_bt --help fast
 
     return {"tp": mpu.get_tensor_model_parallel_world_size(), "pp": mpu.get_pipeline_model_parallel_world_size(),
             "dp": mpu.get_data_parallel_world_size()}
 
 
 def _sharded_state_dict(model, optimizer, scheduler, is_loading: bool) -> Dict[str, Any]:
-    from megatron.core import parallel_state as mpu
-    from megatron.core.dist_checkpointing.mapping import ShardedObject
+    from megatron.core import parallel_state as mpu  # lazy: keeps train_bt --help fast
+    from megatron.core.dist_checkpointing.mapping import ShardedObject  # lazy: keeps train_bt --help fast
 
     chunks = _chunks(model)
     sd: Dict[str, Any] = {}
@@ -279,7 +278,7 @@ def save_train_checkpoint(save_dir, step: int, model, optimizer, scheduler, extr
         CheckpointError: a parameter is NaN/inf (a broken model never reaches a checkpoint),
             or ``extra_state`` is not JSON-serialisable.
     """
-    from megatron.core import dist_checkpointing
+    from megatron.core import dist_checkpointing  # lazy: keeps train_bt --help fast
 
     save_dir = Path(save_dir)
     rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
@@ -326,7 +325,7 @@ def load_train_checkpoint(path, model, optimizer, scheduler) -> Dict[str, Any]:
     Raises:
         CheckpointError: the folder is missing or incomplete (no ``train_state.json``).
     """
-    from megatron.core import dist_checkpointing
+    from megatron.core import dist_checkpointing  # lazy: keeps train_bt --help fast
 
     path = Path(path)
     state_file = path / STATE_FILE

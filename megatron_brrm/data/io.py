@@ -111,7 +111,7 @@ def _iter_json_list(path: Path) -> Iterator[RawRecord]:
 
 def _iter_parquet(path: Path) -> Iterator[RawRecord]:
     try:
-        import pyarrow.parquet as pq
+        import pyarrow.parquet as pq  # lazy: heavy, only needed on this path
     except ImportError:  # pragma: no cover - pyarrow is a declared dependency
         raise DataError(f"{path}: reading parquet needs pyarrow (pip install pyarrow)") from None
     try:

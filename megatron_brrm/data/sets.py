@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
 
 from .adapters import ADAPTERS, AdapterRun, get_adapter
+from .custom import load_custom_dataset
 from .io import RawRecord, iter_records
 from .mix import DATA_SUFFIXES
 from .schema import DataError, PreferencePair
@@ -162,7 +163,7 @@ def _hub_rows(spec: DatasetSpec) -> Iterator[RawRecord]:
         raise DataError(f"{spec.where}={spec.path}: not a local file or folder; for a hub dataset also set the split "
                         f"(data.train_split / data.val_split or the set's 'split')")
     try:
-        import datasets
+        import datasets  # lazy: heavy, only needed on this path
 
         ds = datasets.load_dataset(spec.path, spec.subset, split=spec.split)
     except Exception as exc:  # offline, unknown name, unknown split: one line with the fix
@@ -254,8 +255,6 @@ def load_pairs(spec: DatasetSpec, seed: int = 42, summary: Optional[SourceSummar
         DataError: missing path, unreadable data, an unknown format, a malformed record (names
             ``file:line`` and the field), a custom class breaking its contract, or no pair at all.
     """
-    from .custom import load_custom_dataset
-
     summary = summary if summary is not None else SourceSummary(spec.name)
     fmt = spec.format
     if fmt == "custom" or (fmt == "auto" and spec.custom_cls):

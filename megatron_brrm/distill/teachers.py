@@ -20,6 +20,9 @@ import concurrent.futures as futures
 from dataclasses import dataclass
 from typing import Callable, List, Optional, Sequence, Tuple
 
+from megatron_brrm.judge import RewardRule
+from megatron_brrm.rollout.trajectory import turn_contents
+
 from .openai_chat import OpenAIChatClient
 
 # finish reasons servers report for a turn that ended by itself / on the token limit
@@ -78,9 +81,7 @@ class EngineTeacher:
     def sample(self, pairs: Sequence, progress: Optional[Callable[[int], None]] = None) -> List[List[TeacherSample]]:
         """``params.n`` samples per pair (pairs need ``id``, ``context``, ``response1``,
         ``response2``, ``preference``), in pair order; ``progress(k)`` after each batch of k samples."""
-        from megatron_brrm.judge import RewardRule
-        from megatron_brrm.rollout.trajectory import turn_contents
-        from megatron_brrm.rollout.two_turn import rollout
+        from megatron_brrm.rollout.two_turn import rollout  # lazy: keeps distill_traces.py --help fast
 
         eos = self.engine.abilities.eos_token_ids
         out: List[List[TeacherSample]] = []

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from typing import Callable, Dict, List, Optional, Sequence
 
+from megatron_brrm.judge import RewardRule
+
 from .cache import GenerationCache
 from .orders import Presentation
 from .records import Judgement
@@ -64,8 +66,7 @@ def judge_presentations(engine, protocol, todo: Sequence[Presentation], *, max_n
         ValueError: ``batch_size < 1``.
         RuntimeError: the rollout returned a different number of trajectories than asked.
     """
-    from megatron_brrm.judge import RewardRule
-    from megatron_brrm.rollout.two_turn import RolloutParams, rollout
+    from megatron_brrm.rollout.two_turn import RolloutParams, rollout  # lazy: keeps evaluation/run.py --help fast
 
     if batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {batch_size}")

@@ -139,10 +139,10 @@ def save_png(results: Mapping[str, Any], path: Path) -> Path:
     Returns:
         ``path`` (written with matplotlib's Agg backend, 100 dpi).
     """
-    import matplotlib
+    import matplotlib  # lazy: heavy, only needed on this path
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: heavy, only needed on this path
 
     benches: Mapping[str, Any] = results.get("benchmarks", {})
     doms = (benches.get("rmbench", {}).get("scores", {}) or {}).get("domains", {})

@@ -35,6 +35,7 @@ from megatron_brrm.data.schema import DataError
 from .benchmarks.base import Comparison
 from .orders import Presentation, record_key, seeded_swap
 from .records import Judgement
+from .scalar_judging import verdict_from_rewards
 
 SCHEMA_VERSION = 1
 
@@ -139,8 +140,6 @@ def replay_judgements(raw: Sequence[Tuple[str, dict]], comparisons: Mapping[str,
             if (not isinstance(rewards, list) or len(rewards) != 2
                     or not all(isinstance(r, (int, float)) and not isinstance(r, bool) for r in rewards)):
                 raise DataError(f"{where}: 'rewards' must be [reward of Response 1, reward of Response 2], got {rewards!r}")
-            from .scalar_judging import verdict_from_rewards
-
             verdict, error = verdict_from_rewards(rewards)
             j = Judgement.build(pres, [], verdict, error, extra={**(rec.get("extra") or {}), "rewards": list(rewards)})
             if j.key in out:

@@ -38,16 +38,23 @@ import sys
 from pathlib import Path
 from typing import List, Optional, Sequence
 
+from tqdm import tqdm
+
+from megatron_brrm.config import RolloutConfig
 from megatron_brrm.evaluation.benchmarks import BENCHMARKS, load_benchmark, select_items
 from megatron_brrm.evaluation.cache import GenerationCache
+from megatron_brrm.evaluation.judging import judge_presentations
 from megatron_brrm.evaluation.orders import ORDER_MODES, presentations
 from megatron_brrm.evaluation.records import Judgement
 from megatron_brrm.evaluation.report import format_report, save_png
 from megatron_brrm.evaluation.results import (build_results, index_comparisons, read_raw_records, records_in_order,
                                 replay_judgements, write_json_atomic)
+from megatron_brrm.evaluation.scalar_judging import score_presentations
 from megatron_brrm.evaluation.scoring import UNPARSEABLE_RULES
 from megatron_brrm.evaluation.scoring.aggregate import score_benchmark, summary
 from megatron_brrm.data.schema import DataError
+from megatron_brrm.judge import TemplateError, get_protocol
+from megatron_brrm.rollout.chat import ChatTemplateError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULTS = {"protocol": "brrm", "orders": "single", "seed": 42, "unparseable_as": "wrong"}
@@ -100,6 +107,7 @@ def check_engine_args(args: argparse.Namespace) -> None:
         raise UsageError(f"--model HF_DIR is required with --engine {args.engine}")
     if not (Path(args.model) / "config.json").is_file():
         raise UsageError(f"--model {args.model}: not an HF model folder (no config.json)")
+    # lazy: keeps evaluation/run.py --help fast
     from megatron_brrm.checkpoint.hf_io import HFCheckpointError, HFSafetensorsReader
 
     try:  # headers only: a truncated or missing shard is named here, before a model loads
@@ -114,9 +122,10 @@ def check_engine_args(args: argparse.Namespace) -> None:
                          f"use {fix}")
     if args.engine == "vllm":
         try:
+            # optional: vllm (GPU-only / extra)
             import vllm  # noqa: F401
         except ImportError:
-            from megatron_brrm.rollout.vllm_engine import VLLM_MISSING
+            from megatron_brrm.rollout.vllm_engine import VLLM_MISSING  # lazy: keeps evaluation/run.py --help fast
 
             raise UsageError(f"--engine vllm: {VLLM_MISSING.replace('rollout.engine=hf', '--engine hf')}") from None
 
@@ -124,8 +133,7 @@ def check_engine_args(args: argparse.Namespace) -> None:
 def make_engine(args: argparse.Namespace):
     """Build the HF or vLLM engine through the project's engine factory; raise :class:`UsageError`
     with the fix when it cannot run here."""
-    from megatron_brrm.config import RolloutConfig
-    from megatron_brrm.rollout.factory import make_engine as build
+    from megatron_brrm.rollout.factory import make_engine as build  # lazy: keeps evaluation/run.py --help fast
 
     check_engine_args(args)
     cfg = RolloutConfig(engine=args.engine, device=args.device, dtype=args.dtype, max_batch_size=max(1, args.batch_size),
@@ -141,7 +149,7 @@ def make_engine(args: argparse.Namespace):
 def make_scorer(args: argparse.Namespace):
     """The scalar reward model of ``--model`` (:class:`megatron_brrm.rollout.scalar.SequenceClassifierScorer`);
     sequences longer than ``--max-total-length`` keep their last tokens."""
-    from megatron_brrm.rollout.scalar import SequenceClassifierScorer
+    from megatron_brrm.rollout.scalar import SequenceClassifierScorer  # lazy: keeps evaluation/run.py --help fast
 
     check_engine_args(args)
     try:
@@ -175,8 +183,6 @@ def run(args: argparse.Namespace) -> dict:
         UsageError: bad option combination.
         DataError: missing or malformed benchmark / replay data.
     """
-    from megatron_brrm.judge import get_protocol
-
     if args.engine == "replay":
         raw = resolve_replay_settings(args)
     else:
@@ -230,11 +236,7 @@ def run(args: argparse.Namespace) -> dict:
             engine = make_engine(args)
             bar = None
             if not args.no_progress:
-                from tqdm import tqdm
-
                 bar = tqdm(total=len(todo), desc="judging", unit="cmp")
-            from megatron_brrm.evaluation.judging import judge_presentations
-
             try:
                 judgements.update(judge_presentations(
                     engine, protocol, todo, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
@@ -265,13 +267,9 @@ def run(args: argparse.Namespace) -> dict:
 
 def _score_scalar(args: argparse.Namespace, todo, cache, judgements: dict) -> List[str]:
     """Score ``todo`` with the scalar model into ``judgements``; returns notes for the report."""
-    from megatron_brrm.evaluation.scalar_judging import score_presentations
-
     scorer = make_scorer(args)
     bar = None
     if not args.no_progress:
-        from tqdm import tqdm
-
         bar = tqdm(total=len(todo), desc="scoring", unit="cmp")
     try:
         new, distinct = score_presentations(scorer, todo, batch_size=args.batch_size, cache=cache,
@@ -288,9 +286,6 @@ def _score_scalar(args: argparse.Namespace, todo, cache, judgements: dict) -> Li
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """CLI entry point: run, write the outputs, print the table. Exit 2 on bad input."""
-    from megatron_brrm.judge import TemplateError
-    from megatron_brrm.rollout.chat import ChatTemplateError
-
     args = parse_args(argv)
     try:
         results = run(args)

@@ -36,6 +36,8 @@ import sys
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
+import yaml
+
 from megatron_brrm.evaluation.benchmarks import BENCHMARKS
 from megatron_brrm.evaluation.results import load_results, write_json_atomic
 from megatron_brrm.evaluation.sweep_report import save_sweep_png, sweep_table
@@ -67,8 +69,6 @@ def find_save_dir(run_dir: Path) -> Path:
     candidates = [run_dir]
     cfg = run_dir / "config.yaml"
     if cfg.is_file():
-        import yaml
-
         try:
             save_dir = ((yaml.safe_load(cfg.read_text()) or {}).get("checkpoint") or {}).get("save_dir")
         except yaml.YAMLError as exc:

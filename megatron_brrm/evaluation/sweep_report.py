@@ -51,10 +51,10 @@ def save_sweep_png(bench: str, steps: Sequence[int], results: Sequence[Mapping],
     column with a partial score at some step gets ``*`` in the legend. Written with matplotlib's Agg
     backend, 100 dpi.
     """
-    import matplotlib
+    import matplotlib  # lazy: heavy, only needed on this path
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: heavy, only needed on this path
 
     series = step_series(bench, results)
     fig, ax = plt.subplots(figsize=(7.5, 4.5))

@@ -18,6 +18,8 @@ local spec with sequence parallelism the norms are :class:`SequenceParallelTorch
 """
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 import logging
 import os
@@ -30,6 +32,7 @@ import torch.nn.functional as F
 from megatron_brrm.model.architectures import ArchSpec, get_arch_spec, hf_get
 from megatron_brrm.model.fp8 import FP8ConfigError, check_fp8_config, fp8_transformer_kwargs
 from megatron_brrm.model.mapping import padded_vocab_size
+from megatron_brrm.model.reward_head import attach_scalar_head
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +50,7 @@ def load_hf_config(path: str | os.PathLike):
         ModelBuildError: no ``config.json`` at ``path`` or it is not valid JSON.
         UnsupportedArchitectureError: the config's ``model_type`` is not supported.
     """
-    from transformers import AutoConfig
+    from transformers import AutoConfig  # lazy: keeps train --help fast
 
     p = Path(path)
     cfg_file = p / "config.json" if p.is_dir() else p
@@ -113,6 +116,7 @@ def use_transformer_engine(model_cfg) -> bool:
     if impl == "local":
         return False
     try:
+        # optional: transformer_engine (GPU-only)
         import transformer_engine  # noqa: F401
 
         have_te = torch.cuda.is_available()
@@ -157,7 +161,7 @@ def transformer_config_from_hf(hf_config: Any, model_cfg, parallel_cfg, cpu_init
         UnsupportedArchitectureError: unknown ``model_type``.
         ModelBuildError: unsupported HF options, bad dtype, heads/groups not divisible by TP.
     """
-    from megatron.core.transformer import TransformerConfig
+    from megatron.core.transformer import TransformerConfig  # lazy: keeps train --help fast
 
     arch = get_arch_spec(hf_config)
     _check_hf_config(hf_config, arch)
@@ -256,11 +260,8 @@ class SequenceParallelTorchNorm:
 
 def _replace_norms(spec, norm_cls):
     """Return a copy of a ModuleSpec tree with every torch-norm fallback replaced by ``norm_cls``."""
-    import copy
-    import dataclasses
-
-    from megatron.core.transformer.spec_utils import ModuleSpec
-    from megatron.core.transformer.torch_norm import WrappedTorchNorm
+    from megatron.core.transformer.spec_utils import ModuleSpec  # lazy: keeps train --help fast
+    from megatron.core.transformer.torch_norm import WrappedTorchNorm  # lazy: keeps train --help fast
 
     if spec is WrappedTorchNorm:
         return norm_cls
@@ -283,7 +284,7 @@ def layer_spec(config, model_cfg, vp_stage: Optional[int] = None, pp_rank: Optio
     Returns a ``ModuleSpec`` (TE or local without SP) or ``TransformerBlockSubmodules``
     (local with SP, to also replace the final norm).
     """
-    from megatron.core.models.gpt.gpt_layer_specs import (
+    from megatron.core.models.gpt.gpt_layer_specs import (  # lazy: keeps train --help fast
         get_gpt_layer_local_spec,
         get_gpt_layer_with_transformer_engine_spec,
     )
@@ -293,6 +294,7 @@ def layer_spec(config, model_cfg, vp_stage: Optional[int] = None, pp_rank: Optio
     spec = get_gpt_layer_local_spec(qk_layernorm=config.qk_layernorm, normalization=config.normalization)
     if not config.sequence_parallel:
         return spec
+    # lazy: keeps train --help fast
     from megatron.core.transformer.transformer_block import TransformerBlockSubmodules, get_num_layers_to_build
 
     spec = _replace_norms(spec, SequenceParallelTorchNorm)
@@ -332,8 +334,8 @@ def build_gpt_model(hf_config: Any, model_cfg, parallel_cfg, pre_process: Option
     Raises:
         ModelBuildError / UnsupportedArchitectureError: see :func:`transformer_config_from_hf`.
     """
-    from megatron.core import parallel_state as mpu
-    from megatron.core.models.gpt import GPTModel
+    from megatron.core import parallel_state as mpu  # lazy: keeps train --help fast
+    from megatron.core.models.gpt import GPTModel  # lazy: keeps train --help fast
 
     if head not in ("lm", "scalar"):
         raise ModelBuildError(f"unknown model head {head!r}; expected 'lm' or 'scalar'")
@@ -365,7 +367,5 @@ def build_gpt_model(hf_config: Any, model_cfg, parallel_cfg, pre_process: Option
         vp_stage=vp_stage,
     )
     if head == "scalar":
-        from megatron_brrm.model.reward_head import attach_scalar_head
-
         attach_scalar_head(model)
     return model.to(config.params_dtype)

@@ -54,6 +54,7 @@ class ScalarRewardHead(torch.nn.Module):
     def forward(self, hidden_states: torch.Tensor, weight: Optional[torch.Tensor] = None,
                 runtime_gather_output: Optional[bool] = None) -> Tuple[torch.Tensor, None]:
         if self.sequence_parallel:
+            # lazy: keeps train --help fast
             from megatron.core.tensor_parallel import gather_from_sequence_parallel_region
 
             hidden_states = gather_from_sequence_parallel_region(hidden_states, tensor_parallel_output_grad=False)
@@ -61,7 +62,7 @@ class ScalarRewardHead(torch.nn.Module):
 
     def sharded_state_dict(self, prefix: str = "", sharded_offsets: tuple = (), metadata: Optional[dict] = None):
         """The head as one TP-replicated tensor ``<prefix>weight`` (replicas on every TP / DP rank)."""
-        from megatron.core.transformer.utils import make_sharded_tensors_for_checkpoint
+        from megatron.core.transformer.utils import make_sharded_tensors_for_checkpoint  # lazy: keeps train --help fast
 
         return make_sharded_tensors_for_checkpoint(self.state_dict(prefix="", keep_vars=True), prefix,
                                                    sharded_offsets=sharded_offsets)

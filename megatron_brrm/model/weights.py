@@ -22,7 +22,7 @@ HFSource = Union[Mapping[str, Tensor], Callable[[str], Tensor]]
 
 def _layout(tp_rank, tp_size, pp_rank, pp_size) -> Tuple[int, int, int, int]:
     if None in (tp_rank, tp_size, pp_rank, pp_size):
-        from megatron.core import parallel_state as mpu
+        from megatron.core import parallel_state as mpu  # lazy: keeps train --help fast
 
         tp_rank = mpu.get_tensor_model_parallel_rank() if tp_rank is None else tp_rank
         tp_size = mpu.get_tensor_model_parallel_world_size() if tp_size is None else tp_size
@@ -119,7 +119,7 @@ def iter_megatron_to_hf(model_chunks, mapping: ArchMapping, *, vp_size: Optional
         tp_group / pp_group: process groups; default Megatron's.
         dst: the only global rank that needs every tensor (None: all ranks).
     """
-    from megatron.core import parallel_state as mpu
+    from megatron.core import parallel_state as mpu  # lazy: keeps train --help fast
 
     tp_group = tp_group if tp_group is not None else mpu.get_tensor_model_parallel_group()
     pp_group = pp_group if pp_group is not None else mpu.get_pipeline_model_parallel_group()

@@ -39,7 +39,9 @@ refuses others with the fix.
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 import logging
+import queue
 from typing import Any, Dict, Iterable, List, Sequence, Set
 
 import torch
@@ -240,7 +242,7 @@ def _cpu_set_rng_state(new_state: torch.Tensor, device: Any = -1, graph_safe: bo
 
 
 def _make_cpu_tracker_class():
-    from megatron.core.tensor_parallel import random as mrandom
+    from megatron.core.tensor_parallel import random as mrandom  # lazy: keeps train --help fast
 
     class CpuRNGStatesTracker(mrandom.CudaRNGStatesTracker):
         """Megatron's named RNG-stream tracker, keeping CPU generator states.
@@ -298,7 +300,7 @@ def patch_rng_tracker() -> None:
     ``CudaRNGStatesTracker``, which this patch points at the CPU subclass; streams are
     seeded by :func:`seed_model_parallel_rng`.
     """
-    from megatron.core.tensor_parallel import random as mrandom
+    from megatron.core.tensor_parallel import random as mrandom  # lazy: keeps train --help fast
 
     _saved["CudaRNGStatesTracker"] = mrandom.CudaRNGStatesTracker
     mrandom.CudaRNGStatesTracker = _make_cpu_tracker_class()
@@ -314,7 +316,7 @@ def patch_rng_state_functions() -> None:
     *Why:* both call ``torch.cuda`` RNG functions and raise on a CPU build; with this
     patch they save/restore ``torch.get_rng_state()``.
     """
-    from megatron.core.tensor_parallel import random as mrandom
+    from megatron.core.tensor_parallel import random as mrandom  # lazy: keeps train --help fast
 
     _saved["_get_cuda_rng_state"] = mrandom._get_cuda_rng_state
     _saved["_set_cuda_rng_state"] = mrandom._set_cuda_rng_state
@@ -323,7 +325,7 @@ def patch_rng_state_functions() -> None:
 
 
 def _unpatch_random(*names: str) -> None:
-    from megatron.core.tensor_parallel import random as mrandom
+    from megatron.core.tensor_parallel import random as mrandom  # lazy: keeps train --help fast
 
     for name in names:
         if name in _saved:
@@ -340,7 +342,7 @@ def seed_model_parallel_rng(seed: int, tp_rank: int, ep_rank: int = 0, etp_rank:
     ``model-parallel-rng`` gets ``seed + 2718 + tp_rank``, ``expert-parallel-rng`` gets
     ``seed + 1024 + 100 * ep_rank + etp_rank``. Needs the "rng_tracker" patch on CPU.
     """
-    from megatron.core.tensor_parallel import random as mrandom
+    from megatron.core.tensor_parallel import random as mrandom  # lazy: keeps train --help fast
 
     mrandom.initialize_rng_tracker(force_reset=True)
     tracker = mrandom.get_cuda_rng_tracker()
@@ -367,9 +369,7 @@ def check_megatron_version() -> str:
     Raises:
         RuntimeError: another version (the message names both and the fix).
     """
-    from importlib.metadata import version
-
-    installed = version("megatron-core")
+    installed = importlib.metadata.version("megatron-core")
     if installed not in CHECKED_MEGATRON_VERSIONS:
         raise RuntimeError(f"megatron-core {installed} is installed, but megatron_brrm/parallel/cpu_compat.py patches "
                            f"Megatron internals checked against {', '.join(CHECKED_MEGATRON_VERSIONS)} only: install "
@@ -390,9 +390,7 @@ def use_in_process_save_queue() -> None:
     Raises:
         RuntimeError: an unchecked megatron-core version (:func:`check_megatron_version`).
     """
-    import queue
-
-    from megatron.core.dist_checkpointing.strategies import filesystem_async
+    from megatron.core.dist_checkpointing.strategies import filesystem_async  # lazy: keeps train --help fast
 
     check_megatron_version()
     if getattr(filesystem_async, "_results_queue", "missing") is None:

@@ -19,6 +19,8 @@ from typing import Optional
 
 import torch
 
+from megatron_brrm.parallel import cpu_compat
+from megatron_brrm.parallel.cpu_compat import seed_model_parallel_rng
 from megatron_brrm.parallel.launch import find_free_port
 
 
@@ -120,9 +122,7 @@ def initialize_parallel(parallel_cfg, timeout_minutes: int = 30) -> ParallelStat
         ParallelInitError: the layout does not divide the world size, an unknown backend,
             or NCCL without CUDA.
     """
-    from megatron.core import parallel_state as mpu
-
-    from megatron_brrm.parallel import cpu_compat
+    from megatron.core import parallel_state as mpu  # lazy: keeps train --help fast
 
     global _compat_installed_here
     backend = resolve_backend(parallel_cfg.backend)
@@ -175,12 +175,10 @@ def seed_rngs(seed: int, tp_rank: int) -> None:
     random.seed(seed)
     torch.manual_seed(seed)
     if torch.cuda.is_available():
-        from megatron.core.tensor_parallel import model_parallel_cuda_manual_seed
+        from megatron.core.tensor_parallel import model_parallel_cuda_manual_seed  # lazy: keeps train --help fast
 
         model_parallel_cuda_manual_seed(seed)
     else:
-        from megatron_brrm.parallel.cpu_compat import seed_model_parallel_rng
-
         seed_model_parallel_rng(seed, tp_rank)
 
 
@@ -194,9 +192,7 @@ def destroy_parallel() -> None:
     Megatron models built meanwhile need it again (call :func:`initialize_parallel`).
     """
     global _compat_installed_here
-    from megatron.core import parallel_state as mpu
-
-    from megatron_brrm.parallel import cpu_compat
+    from megatron.core import parallel_state as mpu  # lazy: keeps train --help fast
 
     if mpu.model_parallel_is_initialized():
         mpu.destroy_model_parallel()

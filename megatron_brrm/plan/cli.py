@@ -23,6 +23,11 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import List, Optional, Sequence
 
+from megatron_brrm.config import ConfigError, load_config
+from megatron_brrm.plan.layout import LayoutError, plan_layout
+from megatron_brrm.plan.sbatch import SbatchError, check_sbatch, parse_sbatch
+from megatron_brrm.plan.shapes import ShapeError, resolve_shape
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -49,7 +54,7 @@ def make_plan(cfg, shape, nodes: int, gpus_per_node: int, gpu_bytes: int, reserv
     Raises:
         LayoutError: the layout is invalid.
     """
-    from megatron_brrm.plan.layout import plan_layout
+    # lazy: keeps plan --help fast
     from megatron_brrm.plan.memory import engine_memory, lifecycle_phases, training_memory
 
     layout = plan_layout(cfg, shape, nodes=nodes, gpus_per_node=gpus_per_node)
@@ -148,11 +153,6 @@ def render(plan: dict, cfg, source: str) -> str:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    from megatron_brrm.config import ConfigError, load_config
-    from megatron_brrm.plan.layout import LayoutError
-    from megatron_brrm.plan.sbatch import SbatchError, check_sbatch, parse_sbatch
-    from megatron_brrm.plan.shapes import ShapeError, resolve_shape
-
     spec = None
     problems: List[str] = []
     try:

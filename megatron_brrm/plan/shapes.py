@@ -128,7 +128,7 @@ def _read_config(path: Path) -> Dict[str, Any]:
 def _cached_config(repo_id: str) -> Optional[Path]:
     """``config.json`` of ``repo_id`` from the local HF cache, if it is there (never downloads)."""
     try:
-        from huggingface_hub import try_to_load_from_cache
+        from huggingface_hub import try_to_load_from_cache  # optional: huggingface_hub (extra)
     except ImportError:
         return None
     try:

@@ -9,6 +9,8 @@ import torch
 from megatron_brrm.config import ENGINES
 
 from .engine import GenerationEngine
+from .hf_engine import HFEngine
+from .vllm_engine import VLLMEngine
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 _VLLM_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "auto": "auto"}
@@ -59,15 +61,11 @@ def make_engine(rollout_cfg, model_path: str) -> GenerationEngine:
     if dtype not in _VLLM_DTYPES:
         raise ValueError(f"rollout.dtype={dtype!r} is not one of {sorted(_VLLM_DTYPES)}")
     if name == "hf":
-        from .hf_engine import HFEngine
-
         device = _resolve_device(getattr(rollout_cfg, "device", "auto"))
         torch_dtype = _DTYPES.get(dtype) or (torch.float32 if device == "cpu" else torch.bfloat16)
         return HFEngine(model_path, device=device, dtype=torch_dtype,
                         max_batch_size=getattr(rollout_cfg, "max_batch_size", 64))
     if name == "vllm":
-        from .vllm_engine import VLLMEngine
-
         kv_mb = rollout_cfg.kv_cache_memory_mb
         return VLLMEngine(model_path, tensor_parallel_size=rollout_cfg.tensor_parallel_size,
                           gpu_memory_utilization=rollout_cfg.gpu_memory_utilization,

@@ -47,7 +47,7 @@ class HFEngine(GenerationEngine):
     def __init__(self, model_path_or_model, tokenizer=None, device: str | torch.device = "cpu",
                  dtype: torch.dtype = torch.float32, max_batch_size: int = 64,
                  attn_implementation: Optional[str] = None):
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM, AutoTokenizer  # lazy: keeps train --help fast
 
         if max_batch_size < 1:
             raise ValueError(f"HFEngine: max_batch_size must be >= 1, got {max_batch_size}")

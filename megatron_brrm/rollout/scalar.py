@@ -15,6 +15,7 @@ value at the rightmost non-pad token, which is the last rendered token.
 """
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
@@ -61,9 +62,7 @@ class SequenceClassifierScorer:
 
     def __init__(self, model_path, device: str = "auto", dtype: str = "auto", batch_size: int = 16,
                  max_length: Optional[int] = None):
-        import json
-
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer  # lazy: keeps train_bt --help fast
 
         path = Path(model_path)
         if not (path / "config.json").is_file():

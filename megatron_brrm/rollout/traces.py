@@ -25,6 +25,8 @@ import random
 from pathlib import Path
 from typing import Any, Dict, Iterable, Iterator, List, Sequence, Tuple, Union
 
+from megatron_brrm.judge import DIMENSIONS
+
 from .chat import continuation_ids, followup_suffix_text, render_prompt_ids
 
 Message = Dict[str, str]
@@ -50,8 +52,6 @@ def synthetic_trace(protocol, pair, rng: random.Random, verdict: str = "random",
     Raises:
         ValueError: unknown ``verdict`` or ``style``.
     """
-    from megatron_brrm.judge import DIMENSIONS
-
     if verdict not in ("label", "random"):
         raise ValueError(f"verdict must be 'label' or 'random', got {verdict!r}")
     if style not in TRACE_STYLES:

@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import torch
+from torch.multiprocessing.reductions import reduce_tensor
 
 from megatron_brrm.checkpoint.hf_io import HFSafetensorsReader
 
@@ -64,6 +65,7 @@ CPU_KV_CACHE_BYTES = 256 << 20
 
 def _import_vllm():
     try:
+        # optional: vllm (GPU-only / extra)
         import vllm  # noqa: F401
     except ImportError as exc:
         raise RuntimeError(f"{VLLM_MISSING} (import vllm failed: {exc})") from exc
@@ -77,7 +79,7 @@ def vllm_on_cpu() -> bool:
         RuntimeError: vLLM is not installed (the message says how to install it).
     """
     _import_vllm()
-    from vllm.platforms import current_platform
+    from vllm.platforms import current_platform  # optional: vllm (GPU-only / extra)
 
     return bool(current_platform.is_cpu())
 
@@ -393,8 +395,6 @@ class _BucketCarrier:
         pack_bucket(self._buffer, bucket, entries)
         wire = entries_to_wire(entries)
         if self._files is None:
-            from torch.multiprocessing.reductions import reduce_tensor
-
             torch.cuda.synchronize()
             return {"kind": "cuda_ipc", "handle": reduce_tensor(self._buffer), "nbytes": self.nbytes, "entries": wire}
         return {"kind": "shm", "path": self._files.paths[0], "nbytes": self.nbytes, "entries": wire}

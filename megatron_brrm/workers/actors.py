@@ -21,7 +21,9 @@ import torch
 
 from megatron_brrm.rollout.engine import EngineAbilities, GenerationEngine, GenerationOutput, SamplingParams
 from megatron_brrm.rollout.refit import fused_module_key, iter_buckets
+from megatron_brrm.rollout.shm import unmap_buffers
 from megatron_brrm.workers.errors import WorkerError, describe_ray_error
+from megatron_brrm.workers.refit_shm import load_bucket, seal_engine_weights, share_engine_weights
 from megatron_brrm.workers.remote import make_remote, merge_runtime_env
 
 
@@ -79,14 +81,10 @@ class EngineActor:
             FileNotFoundError / ValueError: the buffer is missing or too small; KeyError /
             ValueError from the engine (unknown name, shape mismatch).
         """
-        from megatron_brrm.workers.refit_shm import load_bucket
-
         return load_bucket([self.engine], path, buffer_bytes, entries, num_threads)
 
     def release_refit_buffers(self) -> int:
         """Unmap the refit buffers this actor holds; returns how many."""
-        from megatron_brrm.rollout.shm import unmap_buffers
-
         return unmap_buffers()
 
     def share_refit_weights(self, names: Sequence[str], fresh: bool = False) -> Optional[dict]:
@@ -96,16 +94,12 @@ class EngineActor:
         ``info()``, or None when the engine has no CPU torch ``model`` holding every name
         (it then loads buckets through :meth:`load_refit_bucket`).
         """
-        from megatron_brrm.workers.refit_shm import share_engine_weights
-
         return share_engine_weights(self.engine, names, fresh=fresh)
 
     def seal_refit_weights(self, num_tensors: int, num_bytes: int) -> None:
         """After a direct refit of ``num_tensors`` tensors (``num_bytes`` bytes): remove the
         shared-weights file's name once the ranks have mapped it (memory stays mapped) and record
         the refit in the engine's ``last_update_stats``."""
-        from megatron_brrm.workers.refit_shm import seal_engine_weights
-
         seal_engine_weights(self.engine, num_tensors, num_bytes)
 
     def last_update_stats(self) -> dict:

@@ -33,13 +33,12 @@ import ray
 import torch
 
 from megatron_brrm.rollout.engine import EngineAbilities, GenerationEngine, GenerationOutput, SamplingParams
+from megatron_brrm.rollout.factory import make_engine
 from megatron_brrm.workers.actors import RemoteEngine, create_engine_actors
 
 
 def engine_factory_for(rollout_cfg, model_path: str) -> Callable[[], GenerationEngine]:
     """A picklable zero-argument factory building ``rollout.engine`` for ``model_path`` inside an actor."""
-    from megatron_brrm.rollout.factory import make_engine
-
     return functools.partial(make_engine, rollout_cfg, str(model_path))
 
 

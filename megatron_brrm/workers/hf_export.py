@@ -18,6 +18,7 @@ from megatron_brrm.checkpoint.hf_io import (ShardedSafetensorsWriter, atomic_out
 from megatron_brrm.model.build import load_hf_config
 from megatron_brrm.model.mapping import get_mapping
 from megatron_brrm.rollout.engine import WeightReceiver
+from megatron_brrm.workers.refit import refit
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -46,8 +47,6 @@ def export_policy_to_hf(policy, out_dir: str | Path, hf_reference: str | Path, p
     Raises:
         HFCheckpointError: a tensor the model should have was not produced (named).
     """
-    from megatron_brrm.workers.refit import refit
-
     dtype = _DTYPES[params_dtype]
     mapping = get_mapping(load_hf_config(hf_reference))
     plan = [(n, mapping.hf_shape(n), dtype) for n in mapping.hf_param_names()]

@@ -28,8 +28,12 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 import torch
 
+from megatron_brrm.model.weights import iter_megatron_to_hf, local_global_params
+from megatron_brrm.parallel import destroy_parallel
 from megatron_brrm.rollout.refit import fused_module_key, iter_buckets
+from megatron_brrm.rollout.shm import SharedBuffers, bucket_views, map_buffer, unmap_buffers
 from megatron_brrm.workers.batching import Batch
+from megatron_brrm.workers.refit_shm import write_routed_shards
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +51,7 @@ class PolicyActor:
     def __init__(self, cfg, hf_path: Optional[str] = None, optimizer=None, total_steps: Optional[int] = None):
         os.environ.setdefault("OMP_NUM_THREADS", "1")
         torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
-        from megatron_brrm.workers.policy import PolicyWorker
+        from megatron_brrm.workers.policy import PolicyWorker  # lazy: runs in a spawned/Ray worker process
 
         self.cfg = cfg
         self.worker = PolicyWorker(cfg, hf_path=hf_path, optimizer=optimizer, total_steps=total_steps)
@@ -55,7 +59,7 @@ class PolicyActor:
     # ------------------------------------------------------------------ info
     def info(self) -> Dict[str, int]:
         """This rank's place: global rank and TP/PP/DP ranks and sizes."""
-        from megatron.core import parallel_state as mpu
+        from megatron.core import parallel_state as mpu  # lazy: runs in a spawned/Ray worker process
 
         return {
             "rank": torch.distributed.get_rank(), "world_size": torch.distributed.get_world_size(),
@@ -69,7 +73,7 @@ class PolicyActor:
     def _owns_results(self) -> bool:
         """True on the rank whose results the driver reads: TP rank 0 of the last pipeline stage
         (every DP replica has one)."""
-        from megatron.core import parallel_state as mpu
+        from megatron.core import parallel_state as mpu  # lazy: runs in a spawned/Ray worker process
 
         return (mpu.get_tensor_model_parallel_rank() == 0
                 and mpu.get_pipeline_model_parallel_rank() == mpu.get_pipeline_model_parallel_world_size() - 1)
@@ -113,8 +117,6 @@ class PolicyActor:
         Global rank 0 yields the buckets (CPU tensors); the other ranks take part in the TP
         gathers, send their stage's tensors to rank 0 (point to point, in rank 0's PP group
         only), copy nothing to host and yield nothing."""
-        from megatron_brrm.model.weights import iter_megatron_to_hf
-
         stream = iter_megatron_to_hf(self.worker.model, self.worker.mapping, vp_size=self.worker.vp_size, dst=0)
         if torch.distributed.get_rank() != 0:
             for _ in stream:
@@ -138,9 +140,7 @@ class PolicyActor:
         refit asks for them once per bucket."""
         cached = getattr(self, "_refit_params", None)
         if cached is None:
-            from megatron.core import parallel_state as mpu
-
-            from megatron_brrm.model.weights import local_global_params
+            from megatron.core import parallel_state as mpu  # lazy: runs in a spawned/Ray worker process
 
             cached = self._refit_params = local_global_params(
                 self.worker.model, self.worker.mapping, mpu.get_pipeline_model_parallel_rank(),
@@ -176,15 +176,12 @@ class PolicyActor:
         """
         if getattr(self, "_route", None) is None:
             raise RuntimeError("write_refit_targets before setup_refit_route")
-        from megatron_brrm.rollout.shm import bucket_views, map_buffer
-        from megatron_brrm.workers.refit_shm import write_routed_shards
-
         rank = torch.distributed.get_rank()
         t0 = time.perf_counter()
         targets = [dict(bucket_views(map_buffer(path, nbytes, persistent=persistent), entries))
                    for path, nbytes, entries in targets_by_node.get(self._route.node_of[rank], [])]
         map_s = time.perf_counter() - t0
-        from megatron.core import parallel_state as mpu
+        from megatron.core import parallel_state as mpu  # lazy: runs in a spawned/Ray worker process
 
         out = write_routed_shards(self._refit_local_params(), self.worker.mapping, self._route, rank,
                                   mpu.get_tensor_model_parallel_rank(), self._route_groups, self._route_dtypes,
@@ -195,8 +192,6 @@ class PolicyActor:
     def create_refit_buffers(self, nbytes: int, count: int = 2) -> List[str]:
         """Create ``count`` shared-memory files of ``nbytes`` bytes on this rank's node (it is the
         node's buffer owner for this refit); returns their paths. :meth:`close_refit_buffers` removes them."""
-        from megatron_brrm.rollout.shm import SharedBuffers
-
         self.close_refit_buffers()
         self._node_buffers = SharedBuffers(nbytes, count=count)
         return list(self._node_buffers.paths)
@@ -211,8 +206,6 @@ class PolicyActor:
     def release_refit_buffers(self, keep: Sequence[str] = ()) -> int:
         """Unmap the refit buffers this rank holds, except the paths in ``keep`` (call when a refit
         ends); returns how many were unmapped."""
-        from megatron_brrm.rollout.shm import unmap_buffers
-
         return unmap_buffers(keep)
 
     def hf_state_dict(self) -> Optional[Dict[str, torch.Tensor]]:
@@ -234,6 +227,4 @@ class PolicyActor:
 
     def shutdown(self) -> None:
         """Tear down torch.distributed and Megatron's parallel state (call before killing the actor)."""
-        from megatron_brrm.parallel import destroy_parallel
-
         destroy_parallel()

@@ -26,6 +26,7 @@ import ray
 import torch
 
 from megatron_brrm.workers.batching import Batch, select_rows
+from megatron_brrm.workers.hf_export import export_policy_to_hf
 from megatron_brrm.workers.policy_actor import PolicyActor
 from megatron_brrm.workers.worker_group import WorkerGroup
 
@@ -165,8 +166,6 @@ class Policy:
 
     def export_hf(self, out_dir, hf_reference, params_dtype: str = "fp32") -> Path:
         """Write the current weights as an HF folder (streamed; see :mod:`megatron_brrm.workers.hf_export`)."""
-        from megatron_brrm.workers.hf_export import export_policy_to_hf
-
         return export_policy_to_hf(self, out_dir, hf_reference, params_dtype=params_dtype)
 
     def shutdown(self) -> None:

@@ -27,7 +27,7 @@ class NodesMissingError(RuntimeError):
 
 def alive_node_names() -> Set[str]:
     """Names (``NodeName``, else the node IP) of the alive nodes of the connected Ray cluster."""
-    import ray
+    import ray  # lazy: keeps ray_nodes --help fast
 
     return {n.get("NodeName") or n.get("NodeManagerAddress") for n in ray.nodes() if n.get("Alive")}
 
@@ -73,7 +73,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     names = [n for n in args.nodes.split(",") if n]
     if not names:
         p.error("--nodes: give at least one node name")
-    import ray
+    import ray  # lazy: keeps ray_nodes --help fast
 
     try:
         ray.init(address=args.address, logging_level="ERROR", log_to_driver=False)

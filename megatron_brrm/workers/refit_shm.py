@@ -33,12 +33,14 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import time
 import weakref
 from dataclasses import dataclass
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
+from megatron_brrm.model.mapping import global_to_local_layer
 from megatron_brrm.model.shard_layout import write_shard_into_hf
 from megatron_brrm.rollout.refit import fused_module_key
 from megatron_brrm.rollout.shm import (BucketEntry, align_up, bucket_views, create_file, dtype_name, file_name,
@@ -343,10 +345,6 @@ def write_routed_shards(local_params: Mapping[str, torch.Tensor], mapping, route
     Returns:
         ``{"bytes": bytes written here, "comm_s": seconds in broadcasts, "write_s": seconds copying}``.
     """
-    import time
-
-    from megatron_brrm.model.mapping import global_to_local_layer
-
     node = route.node_of[rank]
     written, comm_s, write_s = 0, 0.0, 0.0
     device = next(iter(local_params.values())).device if local_params else torch.device("cpu")

@@ -13,6 +13,7 @@ from typing import Any, Dict, Optional
 
 import torch
 
+from megatron_brrm.parallel import destroy_parallel
 from megatron_brrm.workers.batching import Batch, select_rows
 
 
@@ -27,20 +28,20 @@ class RewardActor:
     def __init__(self, cfg, hf_path: Optional[str] = None):
         os.environ.setdefault("OMP_NUM_THREADS", "1")
         torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
-        from megatron_brrm.workers.reward_worker import RewardWorker
+        from megatron_brrm.workers.reward_worker import RewardWorker  # lazy: runs in a spawned/Ray worker process
 
         self.worker = RewardWorker(cfg, hf_path=hf_path)
 
     def info(self) -> Dict[str, int]:
         """This rank's global rank and TP/PP/DP ranks and sizes."""
-        from megatron.core import parallel_state as mpu
+        from megatron.core import parallel_state as mpu  # lazy: runs in a spawned/Ray worker process
 
         return {"rank": torch.distributed.get_rank(), "world_size": torch.distributed.get_world_size(),
                 "tp_rank": mpu.get_tensor_model_parallel_rank(), "pp_rank": mpu.get_pipeline_model_parallel_rank(),
                 "dp_rank": mpu.get_data_parallel_rank(), "dp_size": mpu.get_data_parallel_world_size()}
 
     def _share(self, batch: Batch, whole_pairs: bool) -> Batch:
-        from megatron.core import parallel_state as mpu
+        from megatron.core import parallel_state as mpu  # lazy: runs in a spawned/Ray worker process
 
         dp, rank = mpu.get_data_parallel_world_size(), mpu.get_data_parallel_rank()
         b = int(batch["input_ids"].shape[0])
@@ -62,7 +63,7 @@ class RewardActor:
 
         ``B`` must be a multiple of the DP size (the driver pads). Returns the tensor on global
         rank 0 and None elsewhere."""
-        from megatron.core import parallel_state as mpu
+        from megatron.core import parallel_state as mpu  # lazy: runs in a spawned/Ray worker process
 
         local = self.worker.get_rewards(self._share(batch, whole_pairs=False))
         dp = mpu.get_data_parallel_world_size()
@@ -87,6 +88,4 @@ class RewardActor:
 
     def shutdown(self) -> None:
         """Tear down torch.distributed and Megatron's parallel state."""
-        from megatron_brrm.parallel import destroy_parallel
-
         destroy_parallel()

@@ -41,6 +41,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import psutil
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
@@ -52,7 +54,7 @@ SHAPE = dict(hidden_size=2048, num_attention_heads=16, num_key_value_heads=8, he
 
 def qwen3_config(num_layers: int):
     """A Qwen3 HF config with the benchmark's shapes (bf16, untied embeddings)."""
-    from transformers import Qwen3Config
+    from transformers import Qwen3Config  # lazy: keeps bench/convert_memory.py --help fast
 
     return Qwen3Config(num_hidden_layers=num_layers, max_position_embeddings=4096, rms_norm_eps=1e-6,
                        rope_theta=1_000_000.0, tie_word_embeddings=False, dtype="bfloat16", **SHAPE)
@@ -69,10 +71,11 @@ def layers_for_size(size_bytes: int) -> int:
 
 def build_synthetic_checkpoint(out: Path, size_bytes: int) -> int:
     """Write the synthetic HF folder tensor by tensor; return its tensor bytes."""
-    import torch
+    import torch  # lazy: keeps bench/convert_memory.py --help fast
 
+    # lazy: keeps bench/convert_memory.py --help fast
     from megatron_brrm.checkpoint.hf_io import ShardedSafetensorsWriter
-    from megatron_brrm.model.mapping import get_mapping
+    from megatron_brrm.model.mapping import get_mapping  # lazy: keeps bench/convert_memory.py --help fast
 
     config = qwen3_config(layers_for_size(size_bytes))
     out.mkdir(parents=True)
@@ -99,12 +102,13 @@ def copy_files(src: Path, dst: Path) -> float:
 
 def _child(direction: str, src: str, dst: str) -> None:
     """Run one conversion in this (fresh) process; print JSON with seconds and memory."""
-    import psutil
+    # The imports are not part of the timed conversion; the parent never loads them.
+    import megatron.core  # noqa: F401  # lazy: runs in a spawned/Ray worker process
+    import transformers  # noqa: F401  # lazy: runs in a spawned/Ray worker process
 
-    import megatron.core  # noqa: F401  (imports are not part of the timed conversion)
-    import transformers  # noqa: F401
-
-    from megatron_brrm.checkpoint.model_ckpt import convert_hf_to_megatron, use_mmap_for_large_allocations
+    from megatron_brrm.checkpoint.model_ckpt import (  # lazy: runs in a spawned/Ray worker process
+        convert_hf_to_megatron, use_mmap_for_large_allocations)
+    # lazy: runs in a spawned/Ray worker process
     from megatron_brrm.checkpoint.model_export import convert_megatron_to_hf
 
     use_mmap_for_large_allocations()  # as the CLIs do
@@ -148,9 +152,9 @@ def run_child(direction: str, src: Path, dst: Path) -> dict:
 
 def verify(src: Path, out: Path) -> int:
     """Compare every tensor of two HF folders bit for bit (streamed); return the count."""
-    import torch
+    import torch  # lazy: keeps bench/convert_memory.py --help fast
 
-    from megatron_brrm.checkpoint.hf_io import HFSafetensorsReader
+    from megatron_brrm.checkpoint.hf_io import HFSafetensorsReader  # lazy: keeps bench/convert_memory.py --help fast
 
     a, b = HFSafetensorsReader(src), HFSafetensorsReader(out)
     if a.names() != b.names():

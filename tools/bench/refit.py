@@ -36,6 +36,10 @@ import torch
 REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT))
 
+from megatron_brrm.config import load_config  # noqa: E402
+from megatron_brrm.model.tiny import build_tiny_hf_model  # noqa: E402
+from megatron_brrm.rollout.hf_engine import HFEngine  # noqa: E402
+
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -60,15 +64,13 @@ def main() -> int:
     pp = args.pp or (1 if args.nodes == 1 else 2)
     os.environ.setdefault("PYTHONWARNINGS", "ignore::UserWarning,ignore::FutureWarning")
 
-    import ray
+    import ray  # lazy: keeps bench/refit.py --help fast
 
-    from megatron_brrm.config import load_config
-    from megatron_brrm.model.tiny import build_tiny_hf_model
-    from megatron_brrm.rollout.hf_engine import HFEngine
-    from megatron_brrm.workers.cluster import Cluster
+    from megatron_brrm.workers.cluster import Cluster  # lazy: keeps bench/refit.py --help fast
+    # lazy: keeps bench/refit.py --help fast
     from megatron_brrm.workers.fleet import GenerationFleet, engine_factory_for
-    from megatron_brrm.workers.policy_group import Policy
-    from megatron_brrm.workers.refit import refit
+    from megatron_brrm.workers.policy_group import Policy  # lazy: keeps bench/refit.py --help fast
+    from megatron_brrm.workers.refit import refit  # lazy: keeps bench/refit.py --help fast
 
     ray_nodes = None
     with tempfile.TemporaryDirectory(prefix="refit-bench-") as tmp:
@@ -81,7 +83,7 @@ def main() -> int:
                                  f"rollout.colocated={'true' if args.nodes == 2 else 'false'}", "rollout.engine=hf"])
         kwargs = {}
         if args.nodes == 2:
-            from ray.cluster_utils import Cluster as RayNodes
+            from ray.cluster_utils import Cluster as RayNodes  # lazy: keeps bench/refit.py --help fast
 
             ray_nodes = RayNodes(initialize_head=True, head_node_args={"num_cpus": tp * pp // 2})
             ray_nodes.add_node(num_cpus=tp * pp // 2)

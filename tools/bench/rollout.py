@@ -31,6 +31,9 @@ from typing import Callable, Dict, List
 REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT))
 
+from megatron_brrm.config import ParallelConfig, RolloutConfig  # noqa: E402
+from megatron_brrm.rollout.chat import render_prompt_ids  # noqa: E402
+
 TOPICS = ["prime numbers", "a poem about rain", "sorting algorithms", "the French revolution", "photosynthesis",
           "unit tests", "black holes", "a recipe for bread"]
 
@@ -78,12 +81,10 @@ def main() -> int:
     if not engines and not fleets:
         ap.error("nothing to run: give --engines and/or --fleets")
 
-    from megatron_brrm.config import RolloutConfig
-    from megatron_brrm.model.tiny import build_tiny_hf_model
-    from megatron_brrm.rollout.chat import render_prompt_ids
-    from megatron_brrm.rollout.engine import SamplingParams
-    from megatron_brrm.rollout.factory import make_engine
-    from transformers import AutoTokenizer
+    from megatron_brrm.model.tiny import build_tiny_hf_model  # lazy: keeps bench/rollout.py --help fast
+    from megatron_brrm.rollout.engine import SamplingParams  # lazy: keeps bench/rollout.py --help fast
+    from megatron_brrm.rollout.factory import make_engine  # lazy: keeps bench/rollout.py --help fast
+    from transformers import AutoTokenizer  # lazy: keeps bench/rollout.py --help fast
 
     results: Dict[str, Dict[str, float]] = {}
     with tempfile.TemporaryDirectory(prefix="rollout-bench-") as tmp:
@@ -123,8 +124,8 @@ def main() -> int:
 
 def _fleet(rollout_cfg, model: str, size: int):
     """A private Ray cluster with ``size`` colocated engine placements and a fleet of ``size`` engines."""
-    from megatron_brrm.config import ParallelConfig
-    from megatron_brrm.workers.cluster import Cluster
+    from megatron_brrm.workers.cluster import Cluster  # lazy: keeps bench/rollout.py --help fast
+    # lazy: keeps bench/rollout.py --help fast
     from megatron_brrm.workers.fleet import GenerationFleet, engine_factory_for
 
     cluster = Cluster(ParallelConfig(tensor_model_parallel_size=size), rollout_cfg, num_cpus=max(size, os.cpu_count() or 1))

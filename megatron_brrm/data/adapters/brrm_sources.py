@@ -20,6 +20,8 @@ from __future__ import annotations
 
 from typing import Iterator, List, Optional
 
+import numpy as np
+
 from ..schema import PreferencePair
 from .base import AdapterRun, FieldError, get_field, get_label_int, messages_field
 
@@ -115,8 +117,6 @@ def hf_shuffle_indices(n: int, seed: int) -> List[int]:
     8,000 rows of ``Code-Preference-Pairs.shuffle(seed=42)``, so this reproduces its subset when
     the rows are in the dataset's train-split order (checked against ``datasets`` in the tests).
     """
-    import numpy as np
-
     return [int(i) for i in np.random.default_rng(seed).permutation(n)]
 
 

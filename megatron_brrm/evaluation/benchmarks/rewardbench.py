@@ -45,7 +45,7 @@ REQUIRED = ("prompt", "chosen", "rejected", "subset", "id")
 
 def _read_parquet(path: Path) -> List[Tuple[int, dict]]:
     try:
-        import pyarrow.parquet as pq
+        import pyarrow.parquet as pq  # lazy: heavy, only needed on this path
     except ImportError:  # pragma: no cover - pyarrow is a declared dependency
         raise DataError(f"{path}: reading parquet needs pyarrow (pip install pyarrow), or convert the file to JSONL") from None
     try:
