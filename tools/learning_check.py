@@ -70,10 +70,9 @@ if str(REPO_ROOT) not in sys.path:
 from megatron_brrm.config import ConfigError, load_config  # noqa: E402
 from megatron_brrm.data import write_pairs  # noqa: E402
 from megatron_brrm.data.synthetic import FILLER_WORDS, HINT_WORDS, TOPICS, marker_task  # noqa: E402
-from megatron_brrm.judge import DIMENSIONS, get_protocol  # noqa: E402
-from megatron_brrm.rollout.traces import tokenize_trace, write_traces  # noqa: E402
+from megatron_brrm.judge import get_protocol  # noqa: E402
+from megatron_brrm.rollout.traces import synthetic_trace, tokenize_trace, write_traces  # noqa: E402
 from megatron_brrm.run_summary import diff_se, read_metrics  # noqa: E402  (after the sys.path entry)
-from megatron_brrm.rollout.traces import synthetic_trace  # noqa: E402
 
 DEFAULT_CONFIG = REPO_ROOT / "model_configs" / "learning_check.yaml"
 
