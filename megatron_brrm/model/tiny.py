@@ -136,6 +136,25 @@ def tiny_hf_config(
     raise ValueError(f"unknown tiny architecture {arch!r}; expected 'qwen3' or 'llama'")
 
 
+def _save_folder(out: Path, model, tokenizer, generation=None) -> Path:
+    """Write ``model`` (safetensors), ``tokenizer`` and ``generation`` config into ``out`` atomically:
+    a temporary sibling folder renamed over ``out`` (an old ``out`` is replaced), removed on failure."""
+    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".tmp.", dir=out.parent if out.parent.exists() else None))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        if generation is not None:
+            generation.save_pretrained(tmp)
+        if out.exists():
+            shutil.rmtree(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
 def build_tiny_hf_model(
     out_dir: str | os.PathLike, arch: str = "qwen3", seed: int = 0, tokenizer_dir: Optional[str | os.PathLike] = None,
     **config_kwargs,
@@ -173,20 +192,9 @@ def build_tiny_hf_model(
         for name, param in model.named_parameters():
             if "norm" in name:
                 param.mul_(1.0 + 0.1 * torch.randn_like(param))
-    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".tmp.", dir=out.parent if out.parent.exists() else None))
-    try:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        GenerationConfig(eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-                         do_sample=True, temperature=1.0, top_p=1.0).save_pretrained(tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return out
+    generation = GenerationConfig(eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                                  do_sample=True, temperature=1.0, top_p=1.0)
+    return _save_folder(out, model, tokenizer, generation)
 
 
 def build_tiny_reward_model(out_dir: str | os.PathLike, base_dir: str | os.PathLike, seed: int = 0,
@@ -210,18 +218,7 @@ def build_tiny_reward_model(out_dir: str | os.PathLike, base_dir: str | os.PathL
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
-    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".tmp.", dir=out.parent if out.parent.exists() else None))
-    try:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return out
+    return _save_folder(out, model, tokenizer)
 
 
 def tiny_model_from_config(model_cfg, out_dir: str | os.PathLike, seed: int = 0) -> Path:
