@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from .augment import base_id
 from .io import file_tag, iter_records
@@ -97,3 +97,26 @@ def prompts_from_pairs(pairs: Sequence[PreferencePair]) -> List[Prompt]:
         seen.add(key)
         out.append(Prompt(base_id(p.id), list(p.context), p.response1 if p.preference == 1 else p.response2))
     return out
+
+
+def load_prompt_sets(data) -> Tuple[List[Prompt], Dict[str, List[Prompt]]]:
+    """The training prompts and the named validation prompt sets of a ``DataConfig``.
+
+    Training: ``data.prompts_path`` (:func:`read_prompts`), else the distinct contexts of the
+    preference training set (:func:`prompts_from_pairs` of
+    :func:`~megatron_brrm.data.sets.load_preference_data`: ``train_data_path``, ``train_path``,
+    hub names, ``custom_cls``). Validation: ``data.val_prompts_path`` (the set ``val``), else the
+    contexts of each preference validation set (``val_path`` -> ``val``, ``val_data_paths`` by name).
+
+    Raises:
+        DataError: no prompts configured, or bad data (names the file, line and field).
+    """
+    from .sets import load_preference_data
+
+    pairs = load_preference_data(data, need_train=not data.prompts_path)
+    train = read_prompts(data.prompts_path) if data.prompts_path else prompts_from_pairs(pairs.train)
+    if data.val_prompts_path:
+        val = {"val": read_prompts(data.val_prompts_path)}
+    else:
+        val = {name: prompts_from_pairs(ps) for name, ps in pairs.validation.items()}
+    return train, val
