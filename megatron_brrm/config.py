@@ -262,7 +262,7 @@ class RolloutConfig:
     engine: str = "hf"  # hf | vllm
     temperature: float = 1.0
     top_p: float = 1.0
-    max_new_tokens_turn1: int = 4096
+    max_new_tokens_turn1: int = 4096  # train_policy: the policy's response (one turn)
     max_new_tokens_turn2: int = 4096
     max_total_sequence_length: int = 16384
     tensor_parallel_size: int = 1
@@ -359,9 +359,11 @@ class EnvConfig:
     comparisons turned into scores in [0, 1] by win rate, ``judge_mode: win_rate``, or by wins
     against each prompt's reference response, ``judge_mode: reference``; ``both_orders`` judges
     every comparison in both presentation orders). ``model_path``: an HF folder or hub id;
-    ``tiny`` (CPU recipes) builds a tiny model locally (bt: a constructed reward model that scores
-    word-initial tokens, :func:`megatron_brrm.model.tiny.build_word_start_reward_model`; judge:
-    the tiny random policy model).
+    ``tiny`` (CPU recipes): for ``bt`` a constructed reward model built locally, whose reward is the
+    share of word-initial tokens in the response (:func:`megatron_brrm.model.tiny.build_word_start_reward_model`);
+    for ``brrm_judge`` the tiny policy model itself, untrained. The environment's actor is outside
+    the policy's placement group and reserves ``num_cpus`` / ``num_gpus`` of the Ray cluster's free
+    resources.
     """
 
     type: str = "bt"  # bt | brrm_judge

@@ -8,8 +8,9 @@ One interface (:class:`RewardEnvironment`: ``rewards(groups) -> per-sample rewar
   orders by default) and each response's score is its win rate, or its wins against a reference
   response (:mod:`.pairwise`).
 
-:func:`make_environment` starts the one ``env.*`` configures. Dependencies: ``rollout``, ``judge``,
-``workers`` (the actors), ``config`` (docs/design.md §2).
+:func:`make_environment` starts the one ``env.*`` configures. Dependencies (docs/design.md §2):
+``rollout`` (the two-turn rollout, the scalar scorer), ``judge`` (protocols and verdict parsing),
+``workers`` (the engine actor, errors), ``config``; the drivers import ``envs``, nothing else does.
 """
 from .base import EnvError, RewardEnvironment, Sample, check_groups
 from .bt_env import BTEnvironment

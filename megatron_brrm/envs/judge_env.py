@@ -8,7 +8,8 @@ templates and parser), ``env.batch_size`` comparisons per engine call, on any
 :class:`~megatron_brrm.rollout.engine.GenerationEngine` (in training a
 :class:`~megatron_brrm.workers.actors.RemoteEngine` over the judge's own engine actor; in tests a
 scripted engine). Sampling: ``env.temperature`` (0 = greedy), seed ``env.seed`` plus the number of
-earlier calls, so successive steps draw new samples and a run is reproducible from its start.
+earlier calls in this process, so successive steps draw new samples and a run is reproducible from
+its start (a resumed run counts again from ``env.seed``).
 """
 from __future__ import annotations
 

@@ -19,6 +19,17 @@ as a tie); the score is the mean of its points over its comparisons:
 
     score_i = (1 / |C_i|) * sum_{c in C_i} w_i(c)
 
+With both orders in ``win_rate`` mode this is ``score_i = mean_{j != i} P(i beats j)``, ``P`` averaged
+over the two presentation orders (which cancels a judge's position bias); in ``reference`` mode
+``score_i`` is the fraction of orders in which response ``i`` beats the reference.
+
+Source of the rule: our own, stated here: the winning percentage of a round-robin tournament
+within each group (a tie counts half), used to turn a pairwise judge into per-response GRPO
+rewards, in the spirit of the pairwise generative reward models of RM-R1 (arXiv 2505.02387) and
+BR-RM (arXiv 2510.23596), which judge two responses per call and are evaluated in both orders;
+neither paper specifies a policy-training aggregation. Ties at 0.5 follow RewardBench's rule for
+a generative judge without a verdict (this project's ``evaluation/run.py --unparseable-as tie``).
+
 In ``win_rate`` mode the scores of a group sum to ``n / 2`` (every comparison hands out one point
 in total), so their mean is 0.5 by construction: they rank responses within the group and say
 nothing across groups. A group of one response has no comparison and scores 0.5. In ``reference``

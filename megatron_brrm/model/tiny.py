@@ -257,9 +257,9 @@ def build_word_start_reward_model(out_dir: str | os.PathLike, tokenizer_dir: str
     ``*ForSequenceClassification`` and :func:`megatron_brrm.rollout.scalar.scored_ids` read), is
     ``sum_d a_d f(t_{L-1-d})`` within 3% (the RMS norms' factors): a float in [0, 1), the
     recency-weighted share of word-initial tokens in the last ~``2 w`` tokens. The rendering ends
-    with the two non-word-initial tokens ``<|im_end|>`` and a newline, so the maximum is about 0.75
-    at ``w = 8``; a response of ``>= 2 w`` tokens fills the window, a shorter one leaves part of it
-    to the end of the prompt.
+    with the two non-word-initial tokens ``<|im_end|>`` and a newline (weight 0.19 together at
+    ``w = 8``), so the maximum is about 0.81; a response of ``>= 2 w`` tokens fills the window, a
+    shorter one leaves part of it to the end of the prompt.
 
     Args:
         out_dir: target folder (written atomically; replaced if present).

@@ -3,9 +3,9 @@ main() in this process (the same code, no interpreter start-up).
 
 * Bradley-Terry environment: the recipe model_configs/policy_tiny_bt_cpu.yaml (TP=2, prompts from
   samples/, the constructed word-start reward model in its own actor). The mean reward of the last
-  (15th) step's 32 responses must exceed the first step's by more than 3 standard errors of the
+  (12th) step's 64 responses must exceed the first step's by more than 3 standard errors of the
   difference, computed here from the per-sample rewards in rollouts/step_N.jsonl (SE of a mean =
-  sample std / sqrt(N), the two steps independent). Measured: 0.335 -> 0.720, +15 SE.
+  sample std / sqrt(N), the two steps independent).
 * BR-RM-judge environment: model_configs/policy_tiny_judge_cpu.yaml, one step. Rewards are win rates
   in [0, 1]; in win-rate mode each group's rewards average exactly 0.5 (every comparison hands out one
   point), and 2 groups of 4 responses in both orders are 2 x 4 x 3 = 24 judge conversations.
@@ -35,19 +35,19 @@ def test_policy_grpo_raises_the_bt_reward(tmp_path, tiny_qwen3_dir, monkeypatch)
     out = tmp_path / "run"
     assert main(["--config", "model_configs/policy_tiny_bt_cpu.yaml", f"model.hf_path={tiny_qwen3_dir}",
                  f"logging.output_dir={out}", f"checkpoint.save_dir={out / 'ckpt'}", "logging.tensorboard=false"]) == 0
-    first, last = _rewards(out, 1), _rewards(out, 15)
-    assert len(first) == len(last) == 32 and all(0.0 <= r < 1.0 for r in first + last)
+    first, last = _rewards(out, 1), _rewards(out, 12)
+    assert len(first) == len(last) == 64 and all(0.0 <= r < 1.0 for r in first + last)
     se = math.sqrt(statistics.variance(first) / len(first) + statistics.variance(last) / len(last))
     change = statistics.fmean(last) - statistics.fmean(first)
     print(f"reward {statistics.fmean(first):.4f} -> {statistics.fmean(last):.4f}, change {change:+.4f} ± {se:.4f} "
           f"({change / se:+.1f} SE)")
     assert change > 3 * se, (statistics.fmean(first), statistics.fmean(last), se)
     rows = read_metrics(out / "metrics.jsonl")
-    assert [r["step"] for r in rows] == list(range(16))
+    assert [r["step"] for r in rows] == list(range(13))
     summary = mean_change(rows)  # the run's own end line, from the logged std: the same figures
     assert summary.before == pytest.approx(statistics.fmean(first), abs=1e-6) and summary.se == pytest.approx(se, rel=1e-4)
-    assert {"validation-ultrafeedback/reward_mean", "env/responses", "env/seconds"} <= set(rows[5])
-    assert rows[1]["env/responses"] == 32 and (out / "ckpt" / "latest").is_file()
+    assert {"validation-ultrafeedback/reward_mean", "env/responses", "env/seconds"} <= set(rows[6])
+    assert rows[1]["env/responses"] == 64 and (out / "ckpt" / "latest").is_file()
     assert (out / "tiny_reward" / "config.json").is_file()  # env.model_path: tiny was built
 
 
