@@ -244,7 +244,7 @@ class GRPOTrainer:
 
     # ------------------------------------------------------------------ data
     def _fit_prompts(self, items, split: str):
-        """Drop items whose prompt (:meth:`_prompt_ids`) exceeds ``data.max_prompt_tokens`` (counted, logged).
+        """Drop examples whose prompt (:meth:`_prompt_ids`) exceeds ``data.max_prompt_tokens`` (counted, logged).
 
         Raises:
             TrainError: none fits.
@@ -252,10 +252,10 @@ class GRPOTrainer:
         limit = self.cfg.data.max_prompt_tokens
         kept = [p for p in items if len(self._prompt_ids(p)) <= limit]
         if len(kept) < len(items):
-            log.warning("%s: dropped %d of %d items whose prompt exceeds data.max_prompt_tokens=%d",
+            log.warning("%s: dropped %d of %d examples whose prompt exceeds data.max_prompt_tokens=%d",
                         split, len(items) - len(kept), len(items), limit)
         if not kept:
-            raise TrainError(f"{split}: no item fits data.max_prompt_tokens={limit}")
+            raise TrainError(f"{split}: no prompt fits data.max_prompt_tokens={limit} tokens")
         return kept
 
     # ------------------------------------------------------------ lifecycle
@@ -515,7 +515,8 @@ def run_cli(trainer_cls, argv: Optional[Sequence[str]] = None, prog: str = "pyth
             last step's ``rollout/`` and ``validation/`` figures).
 
     Returns:
-        0 finished, 1 a worker failed during the run, 2 bad config or inputs, 3 stopped by a signal.
+        0 finished, 1 a worker failed during the run, 2 bad config or inputs (also found during the run:
+        a ``TrainError`` from the loop), 3 stopped by a signal.
     """
     args = build_parser(prog, description).parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -536,6 +537,9 @@ def run_cli(trainer_cls, argv: Optional[Sequence[str]] = None, prog: str = "pyth
     preemption.install()
     try:
         last = trainer.fit(should_stop=lambda: preemption.requested)
+    except TrainError as exc:  # bad input found during the run (e.g. an environment's output): one line
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except WorkerError as exc:
         log.error("%s", exc)
         print(f"error: {str(exc).splitlines()[0]} (details above); rerun the same command to resume from "

@@ -113,9 +113,17 @@ class PolicyTrainer(GRPOTrainer):
     def _load_data(self, cfg: RunConfig) -> Tuple[List[Prompt], Dict[str, List[Prompt]]]:
         """Training prompts and validation prompt sets (:func:`~megatron_brrm.data.prompts.load_prompt_sets`)."""
         try:
-            return load_prompt_sets(cfg.data)
+            train, val = load_prompt_sets(cfg.data)
         except DataError as exc:
             raise TrainError(str(exc)) from None
+        if cfg.env.type == "brrm_judge" and cfg.env.judge_mode == "reference":
+            for name, prompts in (("train", train), *val.items()):
+                missing = [p.id for p in prompts if p.reference is None]
+                if missing:
+                    raise TrainError(f"{name}: {len(missing)} of {len(prompts)} prompts have no reference reply "
+                                     f"(first: {missing[0]!r}), which env.judge_mode=reference needs: add "
+                                     "\"reference\" to data.prompts_path's records, or use env.judge_mode=win_rate")
+        return train, val
 
     def _prompt_ids(self, item: Prompt) -> List[int]:
         return render_prompt_ids(self.tokenizer, item.context)
@@ -137,7 +145,10 @@ class PolicyTrainer(GRPOTrainer):
         n = int(params.n)
         groups = [[Sample(p.context, r.text, p.reference) for r in responses[i * n:(i + 1) * n]]
                   for i, p in enumerate(items)]
-        rewards = self.env.rewards(groups)
+        try:
+            rewards = self.env.rewards(groups)
+        except EnvError as exc:
+            raise TrainError(f"reward environment {self.cfg.env.type}: {exc}") from None
         for r, reward in zip(responses, (x for group in rewards for x in group)):
             r.reward = float(reward)
         return responses

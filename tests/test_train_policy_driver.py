@@ -167,3 +167,26 @@ def test_bad_prompts_and_env_stop_before_anything_starts(tiny_qwen3_dir, tmp_pat
                              "env.type=brrm_judge", f"env.model_path={tiny_qwen3_dir}"])
     with pytest.raises(TrainError, match="no training data"):
         PolicyTrainer(cfg)
+    no_ref = _write_prompts(tmp_path / "no_ref.jsonl", 2, "q")
+    no_ref.write_text(no_ref.read_text() + json.dumps({"prompt": "bare", "id": "bare"}) + "\n")
+    cfg = load_config(None, [f"model.hf_path={tiny_qwen3_dir}", f"data.prompts_path={no_ref}", "env.type=brrm_judge",
+                             "env.judge_mode=reference", f"env.model_path={tiny_qwen3_dir}",
+                             f"logging.output_dir={tmp_path / 'o'}"])
+    with pytest.raises(TrainError, match="train: 1 of 3 prompts have no reference reply \\(first: 'bare'\\)"):
+        PolicyTrainer(cfg)
+
+
+def test_an_environment_error_during_the_run_is_one_named_line(tiny_qwen3_dir, tmp_path):
+    from megatron_brrm.envs import EnvError
+    from megatron_brrm.train import TrainError
+
+    trainer, _, env = _trainer(tiny_qwen3_dir, tmp_path, "checkpoint.save_dir=null")
+
+    def broken(groups):
+        raise EnvError("the reward model returned non-finite rewards for responses [0]")
+
+    env.rewards = broken
+    with pytest.raises(TrainError, match=r"^reward environment bt: the reward model returned non-finite"):
+        trainer.fit()
+    trainer.close()
+    assert env.closed == 1
