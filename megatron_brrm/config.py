@@ -33,6 +33,8 @@ WSD_DECAY_STYLES = ("linear", "cosine", "exponential", "minus_sqrt")
 ENGINES = ("hf", "vllm")
 REFIT_TRANSPORTS = ("auto", "shm", "collective", "ray")
 OFFLOAD_MODES = ("all", "optimizer", "none")
+ENV_TYPES = ("bt", "brrm_judge")  # the reward environments of policy GRPO (megatron_brrm.envs)
+JUDGE_MODES = ("win_rate", "reference")
 CHOICES: Dict[str, Tuple[Any, ...]] = {
     "model.params_dtype": ("fp32", "bf16", "fp16"),
     "model.transformer_impl": ("auto", "local", "transformer_engine"),
@@ -55,6 +57,10 @@ CHOICES: Dict[str, Tuple[Any, ...]] = {
     "rollout.refit_transport": REFIT_TRANSPORTS,
     "rollout.colocated_offload": OFFLOAD_MODES,
     "rollout.quantization": (None, "fp8"),
+    "env.type": ENV_TYPES,
+    "env.judge_mode": JUDGE_MODES,
+    "env.engine": ENGINES,
+    "env.dtype": ("auto", "fp32", "bf16", "fp16"),
 }
 # Keys that moved, so an old recipe gets a pointer instead of a bare "unknown key".
 MOVED_KEYS = {f"grpo.{k}": f"grpo.optimizer.{k}" for k in (
@@ -165,6 +171,10 @@ class DataConfig:
     skip_invalid: bool = False  # skip (and count) malformed rows instead of stopping
     max_train_pairs: Optional[int] = None
     max_val_pairs: Optional[int] = None  # per validation set
+    # policy GRPO (train_policy): JSONL prompts {"prompt": str | "messages": [...], "reference": str?, "id": str?};
+    # unset: the distinct contexts of the preference data above (reference = the chosen response)
+    prompts_path: Optional[str] = None
+    val_prompts_path: Optional[str] = None
 
 
 @dataclass
@@ -253,7 +263,7 @@ class RolloutConfig:
     engine: str = "hf"  # hf | vllm
     temperature: float = 1.0
     top_p: float = 1.0
-    max_new_tokens_turn1: int = 4096
+    max_new_tokens_turn1: int = 4096  # train_policy: the policy's response (one turn)
     max_new_tokens_turn2: int = 4096
     max_total_sequence_length: int = 16384
     tensor_parallel_size: int = 1
@@ -342,6 +352,41 @@ class BTConfig:
 
 
 @dataclass
+class EnvConfig:
+    """The reward environment of policy GRPO (``python -m megatron_brrm.train_policy``; :mod:`megatron_brrm.envs`).
+
+    ``type``: ``bt`` (a Bradley-Terry ``*ForSequenceClassification`` folder scoring each
+    response, batched, in its own Ray actor) or ``brrm_judge`` (a generative pairwise judge,
+    ``judge.protocol`` / ``judge.template_dir``, in its own engine actor: per group, pairwise
+    comparisons turned into scores in [0, 1] by win rate, ``judge_mode: win_rate``, or by wins
+    against each prompt's reference response, ``judge_mode: reference``; ``both_orders`` judges
+    every comparison in both presentation orders). ``model_path``: an HF folder or hub id;
+    ``tiny`` (CPU recipes): for ``bt`` a constructed reward model built locally, whose reward is the
+    share of word-initial tokens in the response (:func:`megatron_brrm.model.tiny.build_word_start_reward_model`);
+    for ``brrm_judge`` the tiny policy model itself, untrained. The environment's actor is outside
+    the policy's placement group and reserves ``num_cpus`` / ``num_gpus`` of the Ray cluster's free
+    resources.
+    """
+
+    type: str = "bt"  # bt | brrm_judge
+    model_path: Optional[str] = None
+    judge_mode: str = "win_rate"  # brrm_judge: win_rate | reference
+    both_orders: bool = True  # brrm_judge: judge (a, b) and (b, a)
+    batch_size: int = 16  # bt: sequences per forward call; brrm_judge: comparisons per engine call
+    max_length: Optional[int] = None  # bt: tokens scored per sequence (longer: its last max_length), None = all
+    engine: str = "hf"  # brrm_judge: hf | vllm
+    device: str = "auto"  # auto (cuda if the actor sees one, else cpu) | cpu | cuda | cuda:N
+    dtype: str = "auto"  # auto (fp32 on cpu, bf16 on cuda) | fp32 | bf16 | fp16
+    temperature: float = 0.0  # brrm_judge sampling (0 = greedy)
+    max_new_tokens: int = 4096  # brrm_judge: per judge turn
+    max_total_length: int = 16384  # brrm_judge: prompt + all turns of one comparison
+    seed: int = 0  # brrm_judge sampling seed (each call adds its call number)
+    num_cpus: float = 0.0  # Ray CPUs the environment's actor reserves (outside the policy's placement group)
+    num_gpus: float = 0.0  # Ray GPUs the environment's actor reserves
+    timeout_s: float = 1800.0  # per call to the environment's actor
+
+
+@dataclass
 class RunConfig:
     """The whole run. ``name`` labels outputs; every section has its own dataclass."""
 
@@ -356,6 +401,7 @@ class RunConfig:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
     bt: BTConfig = field(default_factory=BTConfig)
+    env: EnvConfig = field(default_factory=EnvConfig)
 
 
 def _merge(base, update, source: str):
@@ -401,6 +447,15 @@ def validate_config(cfg: "RunConfig", source: str = "config") -> None:
     if g.global_batch_size < 1 or total % g.global_batch_size:
         raise ConfigError(f"{source}: grpo.global_batch_size={g.global_batch_size} must divide "
                           f"grpo.num_prompts_per_step x grpo.num_generations = {total}")
+    e = cfg.env
+    for key, value, low in (("env.batch_size", e.batch_size, 1), ("env.max_new_tokens", e.max_new_tokens, 1),
+                            ("env.max_total_length", e.max_total_length, 2), ("env.temperature", e.temperature, 0),
+                            ("env.num_cpus", e.num_cpus, 0), ("env.num_gpus", e.num_gpus, 0),
+                            ("env.max_length", 2 if e.max_length is None else e.max_length, 2)):
+        if value < low:
+            raise ConfigError(f"{source}: {key}={value} must be >= {low}")
+    if e.timeout_s <= 0:
+        raise ConfigError(f"{source}: env.timeout_s={e.timeout_s} must be > 0")
     for name, opt, steps in (("grpo", g.optimizer, g.max_num_steps * max(total // max(g.global_batch_size, 1), 1)),
                              ("sft", cfg.sft.optimizer, cfg.sft.num_steps),
                              ("bt", cfg.bt.optimizer, cfg.bt.max_num_steps)):

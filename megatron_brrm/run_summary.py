@@ -53,6 +53,57 @@ def diff_se(p0: float, n0: int, p1: float, n1: int) -> float:
     return math.sqrt(rate_se(p0, n0) ** 2 + rate_se(p1, n1) ** 2)
 
 
+def mean_se(std: float, n: int) -> float:
+    """Standard error of a mean of ``n`` samples whose *population* standard deviation (divisor
+    ``n``) is ``std``: ``std / sqrt(n - 1)`` (= the sample std over ``sqrt(n)``); ``nan`` for ``n < 2``."""
+    return std / math.sqrt(n - 1) if n >= 2 else float("nan")
+
+
+@dataclass(frozen=True)
+class MeanChange:
+    """A mean measured twice (e.g. the rollout reward at the first and last step): ``before`` with
+    standard error ``se_before`` over ``n_before`` samples at ``step_before``, likewise ``after``;
+    ``se`` of the difference (independent samples) and ``z = (after - before) / se``."""
+
+    key: str
+    before: float
+    se_before: float
+    n_before: int
+    step_before: int
+    after: float
+    se_after: float
+    n_after: int
+    step_after: int
+
+    @property
+    def se(self) -> float:
+        return math.sqrt(self.se_before ** 2 + self.se_after ** 2)
+
+    @property
+    def z(self) -> float:
+        return (self.after - self.before) / self.se if self.se > 0 else float("nan")
+
+    def line(self) -> str:
+        """``key: before ± se (step s, N=n) -> after ± se (...), change ± se, z``."""
+        return (f"{self.key}: {self.before:.4g} ± {self.se_before:.2g} (step {self.step_before}, N={self.n_before}) -> "
+                f"{self.after:.4g} ± {self.se_after:.2g} (step {self.step_after}, N={self.n_after}), change "
+                f"{self.after - self.before:+.4g} ± {self.se:.2g}, z = {self.z:+.1f}")
+
+
+def mean_change(rows: Sequence[dict], prefix: str = "rollout/reward") -> Optional[MeanChange]:
+    """The first and last logged ``<prefix>_mean`` of :func:`read_metrics` rows, with standard errors
+    from ``<prefix>_std`` (population) and ``rollout/num_trajectories`` (:func:`mean_se`); ``None`` when
+    fewer than two rows hold all three."""
+    need = (f"{prefix}_mean", f"{prefix}_std", "rollout/num_trajectories")
+    have = [r for r in rows if all(k in r for k in need)]
+    if len(have) < 2:
+        return None
+    first, last = have[0], have[-1]
+    n0, n1 = int(first[need[2]]), int(last[need[2]])
+    return MeanChange(prefix, float(first[need[0]]), mean_se(float(first[need[1]]), n0), n0, int(first["step"]),
+                      float(last[need[0]]), mean_se(float(last[need[1]]), n1), n1, int(last["step"]))
+
+
 @dataclass(frozen=True)
 class Change:
     """One rate measured twice: ``before`` over ``n_before`` samples at ``step_before``, ``after``

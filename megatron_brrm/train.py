@@ -106,6 +106,16 @@ def _check_layout(cfg: RunConfig, shape, nodes: int = 1, gpus_per_node: int = 0)
 class GRPOTrainer:
     """Owns the cluster, the policy, the engine fleet, the data and the loop.
 
+    The loop (steps, the colocated lifecycle, advantages, logprobs, optimizer steps, refit,
+    validation, checkpoints, resume, metrics) is task-independent. What a task defines is in a few
+    methods and class attributes, overridden by the policy driver
+    (:class:`megatron_brrm.train_policy.PolicyTrainer`): :meth:`_resolve_model` (which model
+    folders), :meth:`_load_data` (training items and validation sets), :meth:`_prompt_ids` (an
+    item's prompt, for the length filter), :meth:`_start_task` / :meth:`_stop_task` (what runs
+    beside the runtime), :meth:`_generate` (samples with their rewards: here two-turn judge
+    trajectories rewarded by the judge protocol), :meth:`_sample_metrics`, :meth:`_pop_task_metrics`,
+    ``ROLLOUT_KEYS`` (what ``rollouts/step_N.jsonl`` keeps) and ``PROGRESS`` (the progress bar).
+
     Args:
         cfg: resolved :class:`~megatron_brrm.config.RunConfig`; ``model.hf_path`` must be an
             HF folder; the data comes from ``data`` (:func:`load_grpo_data`).
@@ -121,27 +131,25 @@ class GRPOTrainer:
         WorkerError: a policy rank or an engine failed to start.
     """
 
+    DESC = "GRPO"  # the progress bar's label
+    # what rollouts/step_N.jsonl keeps of each sample's to_dict()
+    ROLLOUT_KEYS = ("group_id", "sample_index", "pair_id", "label", "turn_texts", "turn_lengths", "finish_reasons",
+                    "reward", "verdict", "truncated")
+    # (progress-bar label, metric key) shown after every step
+    PROGRESS = (("reward", "rollout/reward_mean"), ("acc", "rollout/accuracy"), ("fmt_err", "rollout/format_error_rate"))
+
     def __init__(self, cfg: RunConfig, resume: bool = True,
                  engine_factory: Optional[Callable[[], object]] = None, runtime: Optional[Runtime] = None):
         validate_config(cfg, "the run's config")  # also for configs built in code, not loaded
         self.optimizer_steps_per_rollout = optimizer_steps_per_rollout(cfg)
-        if cfg.model.hf_path == "tiny":
-            raise TrainError("model.hf_path=tiny: the tiny CPU model is built by `python -m megatron_brrm.demo` "
-                             "(or pass model.hf_path=<an HF folder>)")
-        if not cfg.model.hf_path:
-            raise TrainError("model.hf_path is unset: give an HF model folder or hub id")
-        try:
-            cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, hf_path=resolve_hf_path(cfg.model.hf_path)))
-        except FileNotFoundError as exc:
-            raise TrainError(f"model.hf_path: {exc}") from None
-        self.cfg = cfg
+        self.cfg = cfg = self._resolve_model(cfg)
         _check_model_folder(cfg.model.hf_path)
         try:
             self.shape = resolve_shape(cfg.model)
         except ShapeError as exc:
             raise TrainError(str(exc)) from None
         _check_layout(cfg, self.shape)
-        train_pairs, val_sets = load_grpo_data(cfg)  # before any process starts: bad data stops the run here
+        train_items, val_sets = self._load_data(cfg)  # before any process starts: bad data stops the run here
         self.out = Path(cfg.logging.output_dir)
         self.out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, self.out)
@@ -161,13 +169,17 @@ class GRPOTrainer:
         self.policy, self.fleet = runtime.policy, runtime.fleet
         try:
             self.tokenizer = self.fleet.tokenizer
-            train_pairs = self._fit_prompts(train_pairs, "train")
-            self.loader = PairLoader(train_pairs, cfg.grpo.num_prompts_per_step, seed=cfg.data.seed,
+            train_items = self._fit_prompts(train_items, "train")
+            self.loader = PairLoader(train_items, cfg.grpo.num_prompts_per_step, seed=cfg.data.seed,
                                      shuffle=cfg.data.shuffle)
-            self.val_sets = {name: self._fit_prompts(pairs, name)[: cfg.grpo.val_num_pairs]
-                             for name, pairs in val_sets.items() if pairs}
+            self.val_sets = {name: self._fit_prompts(items, name)[: cfg.grpo.val_num_pairs]
+                             for name, items in val_sets.items() if items}
+            self._start_task()
         except BaseException:
-            runtime.shutdown()
+            try:
+                self._stop_task()
+            finally:
+                runtime.shutdown()
             raise
         self.metrics = MetricsLogger(self.out, tensorboard=cfg.logging.tensorboard,
                                      wandb_project=cfg.logging.wandb_project, config=config_to_dict(cfg),
@@ -181,16 +193,70 @@ class GRPOTrainer:
                 log.info("resumed from %s at step %d", cfg.checkpoint.save_dir, self.step)
                 self.refit()
 
+    # ------------------------------------------------------------------ task
+    def _resolve_model(self, cfg: RunConfig) -> RunConfig:
+        """``cfg`` with ``model.hf_path`` resolved to a local folder (hub ids downloaded).
+
+        Raises:
+            TrainError: unset, ``tiny`` (built by the demo, not here) or not found.
+        """
+        if cfg.model.hf_path == "tiny":
+            raise TrainError("model.hf_path=tiny: the tiny CPU model is built by `python -m megatron_brrm.demo` "
+                             "(or pass model.hf_path=<an HF folder>)")
+        if not cfg.model.hf_path:
+            raise TrainError("model.hf_path is unset: give an HF model folder or hub id")
+        try:
+            return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, hf_path=resolve_hf_path(cfg.model.hf_path)))
+        except FileNotFoundError as exc:
+            raise TrainError(f"model.hf_path: {exc}") from None
+
+    def _load_data(self, cfg: RunConfig) -> Tuple[List, Dict[str, List]]:
+        """The training items (one GRPO group each) and the validation sets ``{name: items}``: here
+        preference pairs (:func:`load_grpo_data`)."""
+        return load_grpo_data(cfg)
+
+    def _prompt_ids(self, item) -> List[int]:
+        """The token ids an item's first generation starts from: here the judge's turn-1 prompt."""
+        return render_prompt_ids(self.tokenizer, self.protocol.turn1_messages(item.context, item.response1, item.response2))
+
+    def _start_task(self) -> None:
+        """Start what the task runs beside the runtime (called once the runtime is up); here nothing."""
+
+    def _stop_task(self) -> None:
+        """Stop what :meth:`_start_task` started (idempotent); here nothing."""
+
+    def _generate(self, items, params: RolloutParams, group_offset: int = 0) -> List:
+        """``params.n`` rewarded samples per item, item-major, between the generation phases' bounds.
+
+        A sample has ``group_id``, ``token_ids``, ``loss_mask``, ``rollout_logprobs`` (lists of one
+        length), ``num_generated``, ``reward`` (float) and ``to_dict()``. Here: two-turn judge
+        trajectories (:func:`~megatron_brrm.rollout.two_turn.rollout`) rewarded by ``judge.reward``.
+        """
+        self.lifecycle.append("generate")
+        return rollout(self.fleet, self.protocol, items, params, self.rule, group_offset=group_offset)
+
+    def _sample_metrics(self, samples) -> Dict[str, float]:
+        """Batch metrics of samples (unprefixed; logged under ``rollout/`` and ``validation*/``)."""
+        return rollout_metrics(samples)
+
+    def _pop_task_metrics(self) -> Dict[str, float]:
+        """Metrics the task accumulated since the last call, with their prefix; here none."""
+        return {}
+
     # ------------------------------------------------------------------ data
-    def _fit_prompts(self, pairs, split: str):
-        """Drop pairs whose turn-1 prompt exceeds ``data.max_prompt_tokens`` (counted, logged)."""
-        kept = [p for p in pairs if len(render_prompt_ids(
-            self.tokenizer, self.protocol.turn1_messages(p.context, p.response1, p.response2))) <= self.cfg.data.max_prompt_tokens]
-        if len(kept) < len(pairs):
-            log.warning("%s: dropped %d of %d pairs whose turn-1 prompt exceeds data.max_prompt_tokens=%d",
-                        split, len(pairs) - len(kept), len(pairs), self.cfg.data.max_prompt_tokens)
+    def _fit_prompts(self, items, split: str):
+        """Drop examples whose prompt (:meth:`_prompt_ids`) exceeds ``data.max_prompt_tokens`` (counted, logged).
+
+        Raises:
+            TrainError: none fits.
+        """
+        limit = self.cfg.data.max_prompt_tokens
+        kept = [p for p in items if len(self._prompt_ids(p)) <= limit]
+        if len(kept) < len(items):
+            log.warning("%s: dropped %d of %d examples whose prompt exceeds data.max_prompt_tokens=%d",
+                        split, len(items) - len(kept), len(items), limit)
         if not kept:
-            raise TrainError(f"{split}: no pair fits data.max_prompt_tokens={self.cfg.data.max_prompt_tokens}")
+            raise TrainError(f"{split}: no prompt fits data.max_prompt_tokens={limit} tokens")
         return kept
 
     # ------------------------------------------------------------ lifecycle
@@ -214,10 +280,6 @@ class GRPOTrainer:
             self.lifecycle.append("sleep")
             self.policy.onload()
             self.lifecycle.append("onload")
-
-    def _generate(self, pairs, params: RolloutParams, group_offset: int = 0):
-        self.lifecycle.append("generate")
-        return rollout(self.fleet, self.protocol, pairs, params, self.rule, group_offset=group_offset)
 
     # ----------------------------------------------------------------- stages
     def refit(self) -> Dict[str, float]:
@@ -265,8 +327,9 @@ class GRPOTrainer:
         m["timing/generation"] = time.perf_counter() - t0
         gen_tokens = sum(t.num_generated for t in trajs)
         m["timing/generation_tokens_per_s"] = gen_tokens / max(m["timing/generation"], 1e-9)
-        m.update({f"rollout/{k}": v for k, v in rollout_metrics(trajs).items()})
+        m.update({f"rollout/{k}": v for k, v in self._sample_metrics(trajs).items()})
         m.update({f"rollout/{k}": v for k, v in self.fleet.pop_metrics().items()})
+        m.update(self._pop_task_metrics())
         self._dump_rollouts(trajs)
 
         rewards = torch.tensor([t.reward for t in trajs], dtype=torch.float32)
@@ -305,15 +368,13 @@ class GRPOTrainer:
         return m
 
     def _dump_rollouts(self, trajs) -> None:
-        """Write this step's trajectories (texts, rewards, verdicts) to ``rollouts/step_N.jsonl``."""
+        """Write this step's samples (``ROLLOUT_KEYS``: texts, rewards, verdicts) to ``rollouts/step_N.jsonl``."""
         path = self.out / "rollouts" / f"step_{self.step + 1}.jsonl"
         path.parent.mkdir(parents=True, exist_ok=True)
-        keep = ("group_id", "sample_index", "pair_id", "label", "turn_texts", "turn_lengths", "finish_reasons",
-                "reward", "verdict", "truncated")
         with path.open("w", encoding="utf-8") as f:
             for t in trajs:
                 d = t.to_dict()
-                f.write(json.dumps({k: d[k] for k in keep}, ensure_ascii=False) + "\n")
+                f.write(json.dumps({k: d[k] for k in self.ROLLOUT_KEYS}, ensure_ascii=False) + "\n")
 
     @property
     def val_pairs(self) -> List:
@@ -335,11 +396,12 @@ class GRPOTrainer:
         finally:
             self.finish_generation()
         self.fleet.pop_metrics()
+        self._pop_task_metrics()  # the next step's task metrics count training only
         out, start = {}, 0
         for name in names:
             part, start = trajs[start:start + len(self.val_sets[name])], start + len(self.val_sets[name])
             prefix = "validation" if name == "val" else f"validation-{name}"
-            out.update({f"{prefix}/{k}": v for k, v in rollout_metrics(part).items()})
+            out.update({f"{prefix}/{k}": v for k, v in self._sample_metrics(part).items()})
         return out
 
     def save(self) -> Optional[str]:
@@ -372,7 +434,7 @@ class GRPOTrainer:
             last = self.validate()
             self.metrics.log(0, last)
             log.info("step 0 validation: %s", _fmt(last))
-        bar = tqdm(total=cfg.grpo.max_num_steps, initial=self.step, desc="GRPO", unit="step", dynamic_ncols=True)
+        bar = tqdm(total=cfg.grpo.max_num_steps, initial=self.step, desc=self.DESC, unit="step", dynamic_ncols=True)
         while self.step < cfg.grpo.max_num_steps:
             t0 = time.perf_counter()
             m = self.train_step()
@@ -388,8 +450,7 @@ class GRPOTrainer:
             m["timing/step"] = time.perf_counter() - t0
             self.metrics.log(self.step, m)
             bar.update(1)
-            bar.set_postfix(reward=f"{m.get('rollout/reward_mean', 0):.2f}", acc=f"{m.get('rollout/accuracy', 0):.2f}",
-                            fmt_err=f"{m.get('rollout/format_error_rate', 0):.2f}")
+            bar.set_postfix({label: f"{m.get(key, 0):.2f}" for label, key in self.PROGRESS})
             last = m
             if stop:
                 self.stopped_early = True
@@ -398,12 +459,15 @@ class GRPOTrainer:
         return last
 
     def close(self) -> None:
-        """Stop the engines (their engine processes first), the policy ranks (each tears down its
-        process groups), the cluster and the logger."""
+        """Stop what the task started, the engines (their engine processes first), the policy ranks
+        (each tears down its process groups), the cluster and the logger."""
         try:
-            self.runtime.shutdown()
+            self._stop_task()
         finally:
-            self.metrics.close()
+            try:
+                self.runtime.shutdown()
+            finally:
+                self.metrics.close()
 
 
 def load_grpo_data(cfg: RunConfig) -> Tuple[List, Dict[str, List]]:
@@ -432,17 +496,28 @@ def _fmt(m: Dict[str, float]) -> str:
     return ", ".join(f"{k}={v:.4g}" for k, v in sorted(m.items()) if isinstance(v, (int, float)))
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m megatron_brrm.train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser(prog: str = "python -m megatron_brrm.train", description: str = __doc__) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=True, help="YAML recipe under model_configs/ (any subset of the config tree)")
     p.add_argument("--no-resume", action="store_true", help="start from the initial weights even if a checkpoint exists")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. grpo.num_generations=8 grpo.optimizer.lr=1e-6")
     return p
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+def run_cli(trainer_cls, argv: Optional[Sequence[str]] = None, prog: str = "python -m megatron_brrm.train",
+            description: str = __doc__, summary: Optional[Callable] = None) -> int:
+    """The command line of a GRPO driver: config, trainer, loop, preemption, exit codes (module docstring).
+
+    Args:
+        trainer_cls: :class:`GRPOTrainer` or a subclass (called as ``trainer_cls(cfg, resume=...)``).
+        summary: ``summary(trainer, last_metrics) -> str`` printed when the run finishes (default: the
+            last step's ``rollout/`` and ``validation/`` figures).
+
+    Returns:
+        0 finished, 1 a worker failed during the run, 2 bad config or inputs (also found during the run:
+        a ``TrainError`` from the loop), 3 stopped by a signal.
+    """
+    args = build_parser(prog, description).parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # SIGUSR1 (SLURM's warning before a time limit or preemption) and SIGTERM: finish the step,
     # checkpoint, exit with REQUEUE_EXIT_CODE. Installed again after Ray has started (ray.init
@@ -450,7 +525,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     preemption = PreemptionHandler().install()
     try:
         cfg = load_config(args.config, args.overrides)
-        trainer = GRPOTrainer(cfg, resume=not args.no_resume and cfg.checkpoint.resume)
+        trainer = trainer_cls(cfg, resume=not args.no_resume and cfg.checkpoint.resume)
     except (ConfigError, TrainError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -461,6 +536,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     preemption.install()
     try:
         last = trainer.fit(should_stop=lambda: preemption.requested)
+    except TrainError as exc:  # bad input found during the run (e.g. an environment's output): one line
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except WorkerError as exc:
         log.error("%s", exc)
         print(f"error: {str(exc).splitlines()[0]} (details above); rerun the same command to resume from "
@@ -475,10 +553,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"stopped by {preemption.received} after step {trainer.step}: {where}; exiting with code "
               f"{REQUEUE_EXIT_CODE} (requeue)", flush=True)
         return REQUEUE_EXIT_CODE
-    print(f"GRPO finished at step {trainer.step}: {_fmt({k: v for k, v in last.items() if k.startswith(('rollout/', 'validation/'))})}")
-    print(f"outputs: {trainer.out} (config.yaml, metrics.jsonl, tensorboard/)"
+    if summary is None:
+        print(f"{trainer.DESC} finished at step {trainer.step}: "
+              f"{_fmt({k: v for k, v in last.items() if k.startswith(('rollout/', 'validation/'))})}")
+    else:
+        print(summary(trainer, last))
+    print(f"outputs: {trainer.out} (config.yaml, metrics.jsonl, rollouts/, tensorboard/)"
           + (f", checkpoints: {cfg.checkpoint.save_dir}" if cfg.checkpoint.save_dir else ""))
     return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    return run_cli(GRPOTrainer, argv)
 
 
 if __name__ == "__main__":

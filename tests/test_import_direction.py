@@ -15,7 +15,7 @@ from typing import Dict, List, Set
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("megatron_brrm",)
-DRIVERS = {"train", "sft", "train_bt", "demo", "api"}
+DRIVERS = {"train", "sft", "train_bt", "train_policy", "demo", "api"}
 
 ALLOWED: Dict[str, Set[str]] = {
     "config": set(), "judge": set(), "data": set(), "metrics": set(), "hub": set(), "parallel": set(),
@@ -28,6 +28,7 @@ ALLOWED: Dict[str, Set[str]] = {
     "distill": {"judge", "data", "rollout", "config"},
     "plan": {"config", "model"},
     "evaluation": {"judge", "rollout", "data", "checkpoint", "config"},
+    "envs": {"judge", "rollout", "workers", "config"},
 }
 
 

@@ -42,6 +42,8 @@ def test_install_again_takes_the_signal_back_and_restores_the_original():
 class _FakeTrainer:
     """Just what GRPOTrainer.fit touches; every step and save is recorded."""
 
+    DESC, PROGRESS = GRPOTrainer.DESC, GRPOTrainer.PROGRESS
+
     def __init__(self, max_steps, save_every, stop_after=None, step=0):
         self.cfg = SimpleNamespace(grpo=SimpleNamespace(max_num_steps=max_steps, val_every_n_steps=100),
                                    checkpoint=SimpleNamespace(save_dir="ckpt", save_every_n_steps=save_every))

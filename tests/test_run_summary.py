@@ -57,3 +57,19 @@ def test_read_metrics_names_a_broken_line_and_the_png_is_written(tmp_path):
     path.write_text(path.read_text() + "{broken\n")
     with pytest.raises(ValueError, match=r"metrics.jsonl:4: not JSON"):
         read_metrics(path)
+
+
+def test_mean_change_takes_standard_errors_from_the_logged_population_std():
+    from megatron_brrm.run_summary import mean_change, mean_se
+
+    # 5 samples with population std 2 have sample std 2 * sqrt(5/4); SE = that / sqrt(5) = 2 / sqrt(4) = 1
+    assert mean_se(2.0, 5) == pytest.approx(1.0) and math.isnan(mean_se(1.0, 1))
+    rows = [{"step": 0, "validation/reward_mean": 0.1},
+            {"step": 1, "rollout/reward_mean": 0.25, "rollout/reward_std": 0.3, "rollout/num_trajectories": 10},
+            {"step": 2, "rollout/reward_mean": 0.5, "rollout/reward_std": 0.4, "rollout/num_trajectories": 17}]
+    c = mean_change(rows)
+    assert (c.before, c.after, c.n_before, c.n_after, c.step_before, c.step_after) == (0.25, 0.5, 10, 17, 1, 2)
+    se = math.sqrt(0.3 ** 2 / 9 + 0.4 ** 2 / 16)  # 0.1 and 0.1: SE of the difference sqrt(0.02)
+    assert c.se == pytest.approx(se) and c.z == pytest.approx(0.25 / se)
+    assert "z = +1.8" in c.line()
+    assert mean_change(rows[:2]) is None  # one measurement: no change

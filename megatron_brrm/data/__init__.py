@@ -9,6 +9,7 @@ from .benchmark_prompts import benchmark_prompts
 from .loader import PairLoader
 from .io import iter_pairs, iter_records, read_pairs, write_json, write_pairs
 from .mix import MixResult, SourceSpec, build_mix, discover_sources, parse_source_spec
+from .prompts import Prompt, load_prompt_sets, prompts_from_pairs, read_prompts
 from .schema import DataError, PreferencePair
 from .sets import PreferenceData, load_preference_data
 from .summary import MixSummary, SourceSummary
@@ -18,5 +19,5 @@ __all__ = [
     "benchmark_prompts", "iter_pairs", "iter_records", "read_pairs", "write_json", "write_pairs",
     "MixResult", "SourceSpec", "build_mix", "discover_sources", "parse_source_spec",
     "DataError", "PreferencePair", "PairLoader", "MixSummary", "SourceSummary", "PreferenceData",
-    "load_preference_data",
+    "load_preference_data", "Prompt", "load_prompt_sets", "prompts_from_pairs", "read_prompts",
 ]

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Iterable, Iterator, List, Optional, Sequence
 
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SAMPLES_DIR = REPO_ROOT / "samples"
@@ -87,7 +86,8 @@ def train_tokenizer(vocab_size: int, corpus_files: Optional[Sequence[Path]] = No
     Raises:
         FileNotFoundError: no corpus file exists (the ``samples/`` folder is missing).
     """
-    from transformers import PreTrainedTokenizerFast  # lazy: keeps train_bt --help fast
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
 
     use_default = corpus_files is None
     files = default_corpus_files() if use_default else list(corpus_files)
@@ -119,7 +119,7 @@ def tiny_hf_config(
     eos_token_id: int = 2, pad_token_id: int = 0,
 ):
     """An HF config of the requested architecture ("qwen3" or "llama") and size."""
-    from transformers import LlamaConfig, Qwen3Config  # lazy: keeps train_bt --help fast
+    from transformers import LlamaConfig, Qwen3Config
 
     common = dict(
         vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=intermediate_size,
@@ -134,25 +134,6 @@ def tiny_hf_config(
     if arch == "llama":
         return LlamaConfig(**common, rope_theta=500_000.0, attention_bias=False, mlp_bias=False)
     raise ValueError(f"unknown tiny architecture {arch!r}; expected 'qwen3' or 'llama'")
-
-
-def _save_folder(out: Path, model, tokenizer, generation=None) -> Path:
-    """Write ``model`` (safetensors), ``tokenizer`` and ``generation`` config into ``out`` atomically:
-    a temporary sibling folder renamed over ``out`` (an old ``out`` is replaced), removed on failure."""
-    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".tmp.", dir=out.parent if out.parent.exists() else None))
-    try:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        if generation is not None:
-            generation.save_pretrained(tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return out
 
 
 def build_tiny_hf_model(
@@ -173,7 +154,7 @@ def build_tiny_hf_model(
     Returns:
         ``Path(out_dir)``.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig  # lazy: keeps train_bt --help fast
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
     out = Path(out_dir)
     vocab_size = config_kwargs.setdefault("vocab_size", 2048)
@@ -192,9 +173,28 @@ def build_tiny_hf_model(
         for name, param in model.named_parameters():
             if "norm" in name:
                 param.mul_(1.0 + 0.1 * torch.randn_like(param))
-    generation = GenerationConfig(eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-                                  do_sample=True, temperature=1.0, top_p=1.0)
-    return _save_folder(out, model, tokenizer, generation)
+    return _save_atomically(out, model, tokenizer, GenerationConfig(
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, do_sample=True, temperature=1.0,
+        top_p=1.0))
+
+
+def _save_atomically(out: Path, model, tokenizer, generation_config=None) -> Path:
+    """Save ``model`` (safetensors), ``tokenizer`` and an optional generation config into a temporary
+    folder beside ``out``, then rename it to ``out`` (replacing a previous folder); returns ``out``."""
+    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".tmp.", dir=out.parent if out.parent.exists() else None))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        if generation_config is not None:
+            generation_config.save_pretrained(tmp)
+        if out.exists():
+            shutil.rmtree(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out
 
 
 def build_tiny_reward_model(out_dir: str | os.PathLike, base_dir: str | os.PathLike, seed: int = 0,
@@ -208,7 +208,7 @@ def build_tiny_reward_model(out_dir: str | os.PathLike, base_dir: str | os.PathL
     Returns:
         ``Path(out_dir)``.
     """
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer  # lazy: keeps train_bt --help fast
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     out = Path(out_dir)
     model = AutoModelForSequenceClassification.from_pretrained(base_dir, num_labels=1, dtype=torch.float32)
@@ -218,7 +218,93 @@ def build_tiny_reward_model(out_dir: str | os.PathLike, base_dir: str | os.PathL
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
-    return _save_folder(out, model, tokenizer)
+    return _save_atomically(out, model, tokenizer)
+
+
+WORD_START = "\u0120"  # "Ġ": how byte-level BPE vocabularies write a leading space
+
+
+def word_start_token_ids(tokenizer) -> List[int]:
+    """Ids of the tokens that begin a word: byte-level BPE tokens whose text starts with a space
+    (``Ġ``), special tokens excluded. On the tiny tokenizer 904 of 2048 tokens."""
+    special = set(tokenizer.all_special_ids)
+    vocab = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+    return [i for i, t in enumerate(vocab) if t and t.startswith(WORD_START) and i not in special]
+
+
+def build_word_start_reward_model(out_dir: str | os.PathLike, tokenizer_dir: str | os.PathLike,
+                                  window_tokens: float = 8.0) -> Path:
+    """Write a *constructed* Bradley-Terry reward model (HF ``Qwen3ForSequenceClassification``, one
+    layer, ``num_labels=1``) whose reward is the share of word-initial tokens near the end of the
+    scored sequence, i.e. in the response.
+
+    The CPU recipe's reward (``model_configs/policy_tiny_bt_cpu.yaml``, ``env.model_path: tiny``):
+    one a tiny random policy learns in a few GRPO steps. The policy samples nearly uniformly over the
+    vocabulary, of which 44% are word-initial tokens (:func:`word_start_token_ids`), so rewards vary
+    within a group; raising them means moving probability mass towards one large token class.
+    Weights are set by hand, not trained (hidden size ``H = 64``, 4 heads of 16 dimensions):
+
+    * embedding of token ``t``: ``sqrt(H)`` in dimension 0 (a constant that keeps every RMS norm
+      near 1) and ``f(t)`` in dimension 1, where ``f(t) = 1`` for word-initial tokens, else 0;
+    * attention head 0: query and key are one constant rotary pair (``inv_freq = 1e6^(-3/8)``,
+      ``theta ~ 0.0056`` rad per token), so the last position attends to the token ``d`` positions
+      back with weight ``a_d ∝ exp(s (cos(theta d) - 1)) ~ exp(-d^2 / (2 w^2))``, ``w = window_tokens``,
+      ``s = 1 / (theta w)^2`` (monotone up to ``d = pi / theta ~ 560`` tokens); the value copies
+      dimension 1 and the output writes the weighted mean into dimension 2; the MLP is zero;
+    * ``score`` reads dimension 2 with weight 1.
+
+    So the reward, read at the last token of the chat-template rendering of context + response (what
+    ``*ForSequenceClassification`` and :func:`megatron_brrm.rollout.scalar.scored_ids` read), is
+    ``sum_d a_d f(t_{L-1-d})`` within 3% (the RMS norms' factors): a float in [0, 1), the
+    recency-weighted share of word-initial tokens in the last ~``2 w`` tokens. The rendering ends
+    with the two non-word-initial tokens ``<|im_end|>`` and a newline (weight 0.19 together at
+    ``w = 8``), so the maximum is about 0.81; a response of ``>= 2 w`` tokens fills the window, a
+    shorter one leaves part of it to the end of the prompt.
+
+    Args:
+        out_dir: target folder (written atomically; replaced if present).
+        tokenizer_dir: the tokenizer to copy and to read the word-initial tokens from (the policy's).
+        window_tokens: ``w``, the width of the recency window in tokens (> 0).
+
+    Returns:
+        ``Path(out_dir)``.
+
+    Raises:
+        ValueError: ``window_tokens <= 0``.
+    """
+    import math
+
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    if window_tokens <= 0:
+        raise ValueError(f"window_tokens={window_tokens} must be > 0")
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    hidden, head_dim, pair = 64, 16, 3
+    config = tiny_hf_config(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden, num_layers=1,
+                            num_attention_heads=4, num_key_value_heads=2, head_dim=head_dim,
+                            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    config.num_labels = 1
+    theta = 1e6 ** (-2 * pair / head_dim)  # the rotary frequency of dimensions (pair, pair + head_dim / 2)
+    scale = 1.0 / (theta * window_tokens) ** 2
+    model = AutoModelForSequenceClassification.from_config(config, dtype=torch.float32)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            param.fill_(1.0) if "norm" in name else param.zero_()
+        embed = model.model.embed_tokens.weight
+        embed[:, 0] = math.sqrt(hidden)
+        embed[word_start_token_ids(tokenizer), 1] = 1.0
+        attn = model.model.layers[0].self_attn
+        # q and k of head 0 / KV group 0: only channel `pair`, a positive constant; their RMS norms make it
+        # sqrt(head_dim) * g, so the score is head_dim g^2 cos(theta d) / sqrt(head_dim) = scale * cos(theta d)
+        attn.q_proj.weight[pair, 0] = 1.0
+        attn.k_proj.weight[pair, 0] = 1.0
+        g = math.sqrt(scale / math.sqrt(head_dim))
+        attn.q_norm.weight.fill_(g)
+        attn.k_norm.weight.fill_(g)
+        attn.v_proj.weight[0, 1] = 1.0  # KV group 0, channel 0 <- dimension 1 (the word-start flag)
+        attn.o_proj.weight[2, 0] = 1.0  # dimension 2 <- head 0 (reads KV group 0), channel 0
+        model.score.weight[0, 2] = 1.0
+    return _save_atomically(Path(out_dir), model, tokenizer)
 
 
 def tiny_model_from_config(model_cfg, out_dir: str | os.PathLike, seed: int = 0) -> Path:

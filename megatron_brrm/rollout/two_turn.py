@@ -32,7 +32,7 @@ verdict there is rewarded normally.
 
 Randomness: turn ``k`` is called with seed ``params.seed + k`` and each sample's stream is
 derived from (seed, its input ids, its index) by the engine, so a rollout is reproducible
-and independent of batching. Every turn goes through :func:`_generate_distinct`: identical
+and independent of batching. Every turn goes through :func:`generate_distinct`: identical
 inputs are sent as ``n`` samples of one prompt, so they get independent samples. At turn 1
 these are a group's ``n`` copies of its prompt; at later turns, trajectories whose earlier
 outputs coincide (otherwise their verdicts would be equal and the group's GRPO advantages
@@ -220,7 +220,7 @@ def rollout(engine: GenerationEngine, protocol, pairs: Sequence, params: Rollout
             sp = SamplingParams(n=1, temperature=params.temperature, top_p=params.top_p,
                                 max_new_tokens=max(b for _, b in runnable), stop=list(protocol.stop_strings(turn)),
                                 seed=None if params.seed is None else int(params.seed) + turn, logprobs=True)
-            flat = _generate_distinct(engine, [s.ids for s, _ in runnable], sp, [s.pair_index for s, _ in runnable])
+            flat = generate_distinct(engine, [s.ids for s, _ in runnable], sp, [s.pair_index for s, _ in runnable])
             for (s, budget), out in zip(runnable, flat):
                 s.add_generated(out, budget, cap, tok)
         for s in states:
@@ -242,7 +242,7 @@ def rollout(engine: GenerationEngine, protocol, pairs: Sequence, params: Rollout
     return [_finish(s, pairs[s.pair_index], group_offset, max_total, rule, num_turns) for s in states]
 
 
-def _generate_distinct(engine: GenerationEngine, inputs: List[List[int]], sp: SamplingParams,
+def generate_distinct(engine: GenerationEngine, inputs: List[List[int]], sp: SamplingParams,
                        groups: Sequence[int]) -> List[GenerationOutput]:
     """One sample per input, where equal inputs get *different* samples.
 

@@ -154,12 +154,14 @@ class RemoteEngine(GenerationEngine):
         bucket_bytes: ``update_weights`` sends the stream in buckets of at most this many
             bytes (a tensor larger than the bucket goes alone), one actor call per bucket.
         node: IP of the actor's node (named in errors).
+        group: the name errors give the engine's group (``generation``; a judge environment's
+            engine: ``reward_env``).
     """
 
     def __init__(self, handle, index: int = 0, timeout_s: Optional[float] = None, bucket_bytes: int = 512 << 20,
-                 node: str = "?"):
+                 node: str = "?", group: str = "generation"):
         self.handle, self.index, self.timeout_s, self.bucket_bytes = handle, index, timeout_s, int(bucket_bytes)
-        self.node = node
+        self.node, self.group = node, group
         self._tokenizer = None
         self._abilities = None
 
@@ -168,11 +170,11 @@ class RemoteEngine(GenerationEngine):
         try:
             return ray.get(ref, timeout=self.timeout_s)
         except ray.exceptions.GetTimeoutError:
-            raise WorkerError("generation", self.index, method, f"timed out after {self.timeout_s:g} s",
+            raise WorkerError(self.group, self.index, method, f"timed out after {self.timeout_s:g} s",
                               self.node) from None
         except ray.exceptions.RayError as exc:
             cause, detail = describe_ray_error(exc)
-            raise WorkerError("generation", self.index, method, cause, self.node, detail) from exc
+            raise WorkerError(self.group, self.index, method, cause, self.node, detail) from exc
 
     @property
     def tokenizer(self):
