@@ -50,6 +50,7 @@ from megatron_brrm.data import DataError
 from megatron_brrm.data.prompts import Prompt, load_prompt_sets
 from megatron_brrm.envs import EnvError, RewardEnvironment, Sample, check_environment, make_environment
 from megatron_brrm.hub import resolve_hf_path
+from megatron_brrm.model.tiny import build_word_start_reward_model, tiny_model_from_config
 from megatron_brrm.rollout.chat import render_prompt_ids
 from megatron_brrm.rollout.single_turn import Response, response_metrics, sample_responses
 from megatron_brrm.rollout.two_turn import RolloutParams
@@ -88,8 +89,6 @@ class PolicyTrainer(GRPOTrainer):
         against the reward model's folder (before anything starts)."""
         out = Path(cfg.logging.output_dir)
         if cfg.model.hf_path == "tiny":
-            from megatron_brrm.model.tiny import tiny_model_from_config
-
             tiny = tiny_model_from_config(cfg.model, out / "tiny_hf", seed=cfg.parallel.seed)
             cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, hf_path=str(tiny)))
         cfg = super()._resolve_model(cfg)
@@ -163,8 +162,6 @@ class PolicyTrainer(GRPOTrainer):
 def _tiny_reward_model(cfg: RunConfig, out: Path) -> Path:
     """``env.model_path: tiny`` with ``env.type: bt``: the constructed word-start reward model on the
     policy's tokenizer, built into ``<logging.output_dir>/tiny_reward`` unless already there."""
-    from megatron_brrm.model.tiny import build_word_start_reward_model
-
     target = out / "tiny_reward"
     if (target / "config.json").is_file():
         return target

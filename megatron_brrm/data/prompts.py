@@ -17,6 +17,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from .augment import base_id
 from .io import file_tag, iter_records
 from .schema import VALID_ROLES, DataError, PreferencePair
+from .sets import load_preference_data
 
 PROMPT_KEYS = ("prompt", "messages", "context")
 
@@ -111,8 +112,6 @@ def load_prompt_sets(data) -> Tuple[List[Prompt], Dict[str, List[Prompt]]]:
     Raises:
         DataError: no prompts configured, or bad data (names the file, line and field).
     """
-    from .sets import load_preference_data
-
     pairs = load_preference_data(data, need_train=not data.prompts_path)
     train = read_prompts(data.prompts_path) if data.prompts_path else prompts_from_pairs(pairs.train)
     if data.val_prompts_path:

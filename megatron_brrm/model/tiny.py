@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Iterable, Iterator, List, Optional, Sequence
 
 import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SAMPLES_DIR = REPO_ROOT / "samples"
@@ -86,8 +88,7 @@ def train_tokenizer(vocab_size: int, corpus_files: Optional[Sequence[Path]] = No
     Raises:
         FileNotFoundError: no corpus file exists (the ``samples/`` folder is missing).
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast  # lazy: keeps train_bt --help fast
 
     use_default = corpus_files is None
     files = default_corpus_files() if use_default else list(corpus_files)
@@ -119,7 +120,7 @@ def tiny_hf_config(
     eos_token_id: int = 2, pad_token_id: int = 0,
 ):
     """An HF config of the requested architecture ("qwen3" or "llama") and size."""
-    from transformers import LlamaConfig, Qwen3Config
+    from transformers import LlamaConfig, Qwen3Config  # lazy: keeps train_bt --help fast
 
     common = dict(
         vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=intermediate_size,
@@ -154,7 +155,7 @@ def build_tiny_hf_model(
     Returns:
         ``Path(out_dir)``.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig  # lazy: keeps train_bt --help fast
 
     out = Path(out_dir)
     vocab_size = config_kwargs.setdefault("vocab_size", 2048)
@@ -208,7 +209,7 @@ def build_tiny_reward_model(out_dir: str | os.PathLike, base_dir: str | os.PathL
     Returns:
         ``Path(out_dir)``.
     """
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer  # lazy: keeps train_bt --help fast
 
     out = Path(out_dir)
     model = AutoModelForSequenceClassification.from_pretrained(base_dir, num_labels=1, dtype=torch.float32)
@@ -272,9 +273,8 @@ def build_word_start_reward_model(out_dir: str | os.PathLike, tokenizer_dir: str
     Raises:
         ValueError: ``window_tokens <= 0``.
     """
-    import math
 
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer  # lazy: keeps train_bt --help fast
 
     if window_tokens <= 0:
         raise ValueError(f"window_tokens={window_tokens} must be > 0")
