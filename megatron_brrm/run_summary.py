@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
+from .figures import save_figure
+
 # (metric key without its prefix, row label, whether lower is better)
 RATES = (("format_error_rate", "format-error rate", True), ("accuracy", "accuracy", False))
 
@@ -201,8 +203,4 @@ def save_curves_png(rows: Sequence[dict], path: str | Path, title: str = "GRPO r
     ax_p.legend(fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

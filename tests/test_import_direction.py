@@ -19,7 +19,7 @@ DRIVERS = {"train", "sft", "train_bt", "train_policy", "demo", "api"}
 
 ALLOWED: Dict[str, Set[str]] = {
     "config": set(), "judge": set(), "data": set(), "metrics": set(), "hub": set(), "parallel": set(),
-    "preemption": set(), "run_summary": set(),
+    "preemption": set(), "figures": set(), "run_summary": {"figures"},
     "model": {"parallel"},
     "rl": {"model", "parallel"},
     "rollout": {"judge", "model", "config", "checkpoint"},
@@ -27,7 +27,7 @@ ALLOWED: Dict[str, Set[str]] = {
     "workers": {"rl", "rollout", "model", "checkpoint", "parallel", "config"},
     "distill": {"judge", "data", "rollout", "config"},
     "plan": {"config", "model"},
-    "evaluation": {"judge", "rollout", "data", "checkpoint", "config"},
+    "evaluation": {"judge", "rollout", "data", "checkpoint", "config", "figures"},
     "envs": {"judge", "rollout", "workers", "config"},
 }
 

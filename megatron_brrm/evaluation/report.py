@@ -11,6 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
+from ..figures import save_figure
+
 RB_SECTIONS = (("Chat", "Chat"), ("Chat Hard", "Chat-Hard"), ("Safety", "Safety"), ("Reasoning", "Reasoning"))
 RMBENCH_DOMAINS = (("chat", "Chat"), ("math", "Math"), ("code", "Code"), ("safety", "Safety"))
 RMB_HEADLINE = ("Help-BoN", "Help-Pair", "Harm-BoN", "Harm-Pair")
@@ -205,8 +207,4 @@ def save_png(results: Mapping[str, Any], path: Path) -> Path:
     name = cfg.get("name") or Path(str(cfg.get("model", ""))).name
     fig.suptitle(f"Reward-model evaluation: {name}  (* = partial coverage)")
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

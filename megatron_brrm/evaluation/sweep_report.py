@@ -13,6 +13,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from .compare import compare_text
 from .report import BENCH_LABELS, DETAIL_HEADERS, detail_values
+from ..figures import save_figure
 
 
 def step_label(step: int) -> str:
@@ -77,8 +78,4 @@ def save_sweep_png(bench: str, steps: Sequence[int], results: Sequence[Mapping],
     ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
     ax.set_title(f"{BENCH_LABELS[bench]} vs training step" + ("  (* = partial coverage)" if any_partial else ""))
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
