@@ -42,7 +42,7 @@ setup(
         # nvidia-modelopt (tools/quantize.py): pure Python, needs torch>=2.8 (the CPU build satisfies it,
         # so no CUDA torch is pulled); its [hf] extra is left out (it pins transformers<5.15). 0.47 is
         # the version whose HF export format checkpoint/quantized_hf.py reads.
-        "test": ["pytest>=8.0", "pytest-timeout>=2.3", "hypothesis>=6.100", "trl>=0.19",
+        "test": ["pytest>=8.0", "pytest-timeout>=2.3", "pytest-xdist>=3.5", "hypothesis>=6.100", "trl>=0.19",
                  "nvidia-modelopt>=0.47,<0.48"],
         "wandb": ["wandb>=0.17"],
     },
