@@ -1,9 +1,9 @@
-"""Rebuild the small data samples shipped in this folder from a full `shared/data` copy.
+"""Rebuild the small data samples shipped in this folder from a full local copy of the source data sets.
 
 Each sample keeps the source file's format and keys, and takes the first records of the
 source file in source order (see SOURCES.md here for sources and licenses). Run:
 
-    python samples/build_samples.py --shared ../shared/data
+    python samples/build_samples.py --source-dir /path/to/full/data
 """
 import argparse
 import gzip
@@ -36,9 +36,10 @@ def head_jsonl(src: Path, dst: Path, n: int, gz: bool = False) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--shared", required=True, type=Path, help="the full shared/data folder")
+    ap.add_argument("--source-dir", required=True, type=Path,
+                    help="folder holding full copies of the data sets, one sub-folder each, as in this folder")
     args = ap.parse_args()
-    src = args.shared
+    src = args.source_dir
     for rel, n in JSONL_HEADS.items():
         head_jsonl(src / rel, HERE / rel, n)
     head_jsonl(src / "hh_rlhf/harmless-base/test.jsonl.gz", HERE / "hh_rlhf/harmless-base/test.jsonl.gz", 120, gz=True)
