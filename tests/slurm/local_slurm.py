@@ -19,6 +19,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -62,6 +63,11 @@ class LocalSlurm:
         self.host = socket.gethostname().split(".")[0]
         self.procs: List[subprocess.Popen] = []
         self.conf = self.root / "etc" / "slurm.conf"
+        # Unix socket paths are limited to 108 bytes: slurmd's step sockets (spool) and munged's socket
+        # live in a short folder of their own, not under ``root`` (pytest-xdist's temporary folders are
+        # long enough to break them: "Unix socket path ... is too long (111 > 108)", measured).
+        self.sockets = Path(tempfile.mkdtemp(prefix="slurm-"))
+        os.chmod(self.sockets, 0o755)
         self.env: Dict[str, str] = dict(os.environ, SLURM_CONF=str(self.conf))
 
     # ------------------------------------------------------------------ config
@@ -82,7 +88,10 @@ class LocalSlurm:
             (r / sub).mkdir(parents=True, exist_ok=True)
         os.chmod(r / "munge", 0o755)  # munged: "Socket is inaccessible" unless its folder is 755
         os.chmod(r, 0o755)
-        self.munge_socket = r / "munge" / "munge.socket"
+        (self.sockets / "munge").mkdir(exist_ok=True)
+        (self.sockets / "spool").mkdir(exist_ok=True)
+        os.chmod(self.sockets / "munge", 0o755)
+        self.munge_socket = self.sockets / "munge" / "munge.socket"
         gres = ""
         if self.gpus:
             for i in range(self.gpus):
@@ -103,7 +112,7 @@ AuthType=auth/munge
 AuthInfo=socket={self.munge_socket}
 CredType=cred/munge
 StateSaveLocation={r}/state
-SlurmdSpoolDir={r}/spool/slurmd-%n
+SlurmdSpoolDir={self.sockets}/spool/slurmd-%n
 SlurmctldPidFile={r}/run/slurmctld.pid
 SlurmdPidFile={r}/run/slurmd-%n.pid
 SlurmctldLogFile={r}/log/slurmctld.log
@@ -217,6 +226,7 @@ PartitionName=debug Nodes={self.host} Default=YES MaxTime=INFINITE State=UP
                     proc.kill()
                     proc.wait(timeout=10)
         self.procs = []
+        shutil.rmtree(self.sockets, ignore_errors=True)
 
     def __enter__(self) -> "LocalSlurm":
         return self.start()
