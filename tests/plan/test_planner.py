@@ -65,7 +65,7 @@ def test_shape_sources(tmp_path, tiny_qwen3_dir):
 @pytest.mark.parametrize("recipe, nodes, gpus, expect", [
     (R8B, 2, 8, dict(tp=2, pp=1, dp=8, world_size=16, num_engines=16, num_microbatches=32, sequence_parallel=True)),
     (R14B, 8, 8, dict(tp=4, pp=2, dp=8, world_size=64, num_engines=32, num_microbatches=32)),
-    (RTINY, 1, 0, dict(tp=2, pp=1, dp=1, world_size=2, num_engines=1, num_microbatches=4)),
+    (RTINY, 1, 0, dict(tp=2, pp=1, dp=1, world_size=2, num_engines=1, num_microbatches=16)),
 ])
 def test_known_layouts_are_accepted(recipe, nodes, gpus, expect):
     _, _, layout = _plan(recipe, nodes=nodes, gpus=gpus)
