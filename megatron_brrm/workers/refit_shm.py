@@ -317,6 +317,29 @@ def shard_ranks_needed(mapping, megatron_name: str, tp_size: int) -> List[int]:
     return [0] if mapping.kind(megatron_name) == "replicated" else list(range(tp_size))
 
 
+_RECEIVE_SCRATCH: Dict[torch.dtype, torch.Tensor] = {}
+
+
+def receive_buffer(shape: Sequence[int], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """An uninitialised ``shape`` tensor for a broadcast to land in before it is written out.
+
+    On CPU it is a view of one grow-only flat buffer per dtype, kept for the process's life: a
+    fresh ``torch.empty`` per shard pays first-touch page faults on every refit (a gloo broadcast
+    of 1 GiB into fresh memory measured 0.81 s here, 0.28 s into touched memory). A caller uses
+    the view only until its next call. On GPU it is a plain allocation (the caching allocator
+    already reuses memory, and a colocated engine needs the space back after refit).
+    """
+    if device.type != "cpu":
+        return torch.empty(tuple(shape), dtype=dtype, device=device)
+    numel = 1
+    for d in shape:
+        numel *= int(d)
+    flat = _RECEIVE_SCRATCH.get(dtype)
+    if flat is None or flat.numel() < numel:
+        flat = _RECEIVE_SCRATCH[dtype] = torch.empty(numel, dtype=dtype)
+    return flat[:numel].view(tuple(shape))
+
+
 @torch.no_grad()
 def write_routed_shards(local_params: Mapping[str, torch.Tensor], mapping, route, rank: int, tp_rank: int,
                         groups: Mapping, dtypes: Mapping[str, str], targets: Sequence[Mapping[str, torch.Tensor]],
@@ -362,8 +385,8 @@ def write_routed_shards(local_params: Mapping[str, torch.Tensor], mapping, route
                     torch.distributed.broadcast(local_params[name].detach().contiguous(), src=rank,
                                                 group=groups[(stage, t)])
                 else:
-                    shard = torch.empty(mapping.shard_shape(name, route.tp_size), device=device,
-                                        dtype=getattr(torch, dtypes[name].split(".")[-1]))
+                    shard = receive_buffer(mapping.shard_shape(name, route.tp_size),
+                                           getattr(torch, dtypes[name].split(".")[-1]), device)
                     torch.distributed.broadcast(shard, src=group.source, group=groups[(stage, t)])
                 comm_s += time.perf_counter() - t0
             if shard is None:

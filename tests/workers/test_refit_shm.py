@@ -14,8 +14,8 @@ import torch
 from megatron_brrm.model.mapping import get_mapping
 from megatron_brrm.rollout.refit import fused_module_key
 from megatron_brrm.rollout.shm import ALIGN, SharedBuffers, bucket_views, map_buffer, mapped_paths, unmap_buffers
-from megatron_brrm.workers.refit_shm import (build_refit_plan, seal_module_weights, share_module_weights,
-                                             write_bucket_shards)
+from megatron_brrm.workers.refit_shm import (build_refit_plan, receive_buffer, seal_module_weights,
+                                             share_module_weights, write_bucket_shards)
 
 
 def _mapping(tied=False, tp=2):
@@ -161,3 +161,18 @@ def test_stale_files_of_dead_processes_are_removed(tmp_path):
     with SharedBuffers(4096) as bufs:
         assert not os.path.exists(stale) and all(os.path.exists(p) for p in bufs.paths)
         assert all(f"-{ns}-{os.getpid()}-" in os.path.basename(p) for p in bufs.paths)
+
+
+def test_receive_buffer_reuses_touched_memory_per_dtype():
+    """Cross-node receivers land every shard in one grow-only buffer per dtype (no first-touch
+    page faults per refit); a larger shard grows it, another dtype gets its own."""
+    a = receive_buffer((4, 8), torch.float32, torch.device("cpu"))
+    a.fill_(1.0)
+    b = receive_buffer((2, 3), torch.float32, torch.device("cpu"))
+    assert b.shape == (2, 3) and b.dtype == torch.float32 and b.is_contiguous()
+    assert b.data_ptr() == a.data_ptr()  # same memory, already touched
+    c = receive_buffer((4, 8), torch.bfloat16, torch.device("cpu"))
+    assert c.dtype == torch.bfloat16 and c.data_ptr() != a.data_ptr()
+    big = receive_buffer((1 << 20,), torch.float32, torch.device("cpu"))
+    assert big.numel() == 1 << 20
+    assert receive_buffer((5,), torch.float32, torch.device("cpu")).data_ptr() == big.data_ptr()

@@ -1,9 +1,9 @@
 """Refit throughput benchmark: Megatron policy (Ray actors) -> generation engines, vs a plain copy.
 
-    python tools/bench/refit.py [--nodes 1|2] [--hidden 1536 --layers 17 --vocab 32768] [--tp 2] [--pp 1]
+    python tools/bench/refit.py [--nodes 1|2] [--hidden 1536 --layers 18 --vocab 32768] [--tp 2] [--pp 1]
                                 [--bucket-mb 512] [--transport auto|shm|collective|ray] [--shm-buckets]
 
-Builds a random Qwen3-shaped HF model (default ~0.5B parameters, fp32), starts the policy as
+Builds a random Qwen3-shaped HF model (default ~0.54B parameters; 18 layers split evenly over PP=2, fp32), starts the policy as
 Ray actors (exactly as the GRPO driver does), then times a full ``refit`` (best of
 ``--repeats``) against a **baseline**: a plain ``tensor.copy_`` of the same bytes (the model's
 bytes once per engine), measured in the same run right after each refit, so both see the same
@@ -45,7 +45,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--nodes", type=int, choices=(1, 2), default=1)
     ap.add_argument("--hidden", type=int, default=1536)
-    ap.add_argument("--layers", type=int, default=17)
+    ap.add_argument("--layers", type=int, default=18)
     ap.add_argument("--heads", type=int, default=12)
     ap.add_argument("--kv-heads", type=int, default=2)
     ap.add_argument("--ffn", type=int, default=4096)
@@ -62,6 +62,8 @@ def main() -> int:
     args = ap.parse_args()
     tp = args.tp or (2 if args.nodes == 1 else 1)
     pp = args.pp or (1 if args.nodes == 1 else 2)
+    if args.layers % pp:
+        ap.error(f"--layers {args.layers} is not divisible by PP = {pp}: Megatron gives every stage the same layer count")
     os.environ.setdefault("PYTHONWARNINGS", "ignore::UserWarning,ignore::FutureWarning")
 
     import ray  # lazy: keeps bench/refit.py --help fast
