@@ -82,7 +82,7 @@ def main() -> int:
         cfg = load_config(None, [f"model.hf_path={hf}", f"parallel.tensor_model_parallel_size={tp}",
                                  f"parallel.pipeline_model_parallel_size={pp}", "parallel.backend=gloo",
                                  "model.transformer_impl=local", "parallel.use_distributed_optimizer=true",
-                                 f"rollout.colocated={'true' if args.nodes == 2 else 'false'}", "rollout.engine=hf"])
+                                 "rollout.colocated=true", "rollout.engine=hf"])  # engines share the policy's CPUs
         kwargs = {}
         if args.nodes == 2:
             from ray.cluster_utils import Cluster as RayNodes  # lazy: keeps bench/refit.py --help fast
