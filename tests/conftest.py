@@ -122,13 +122,14 @@ def _vllm_importable() -> str:
 # pytest-xdist workers (pytest.ini) end together instead of one running a long file alone at the end.
 SLOW_FIRST = ("tests/e2e/test_learning_check.py", "tests/slurm/test_slurm_launch.py", "tests/test_train_runtime.py",
               "tests/e2e/test_bt_trainer.py", "tests/e2e/test_policy_trainer.py",
+              "tests/e2e/test_vllm_driver.py", "tests/workers/test_refit_nodes.py",
               "tests/checkpoint/test_convert_roundtrip.py", "tests/evaluation/test_sweep.py")
 
 
 def pytest_collection_modifyitems(config, items):
     """Slow files first (``SLOW_FIRST``; the order within a file is kept). Tests marked ``vllm`` need
     the real vLLM engine. Without it they are skipped with the install command, unless
-    ``BRRM_REQUIRE_VLLM=1`` (CI's vLLM phase), where a missing vLLM is an error."""
+    ``BRRM_REQUIRE_VLLM=1`` (CI sets it), where a missing vLLM is an error."""
     rank = {path: i for i, path in enumerate(SLOW_FIRST)}
     items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(SLOW_FIRST)))
     marked = [item for item in items if item.get_closest_marker("vllm")]

@@ -20,6 +20,7 @@ import pytest
 import torch
 
 from megatron_brrm.parallel.launch import run_on_ranks
+from reference_optim import adamw_warmup_steps
 
 MARGIN, CENTER = 0.3, 0.05
 LR, WARMUP, INIT_FACTOR, WD, CLIP = 1e-3, 2, 0.1, 0.1, 0.5
@@ -66,20 +67,9 @@ def _reference(model_dir):
     grads = {n: p.grad.detach().clone() for n, p in model.named_parameters()}
     model.zero_grad()
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    decay = [p for p in model.parameters() if p.dim() > 1]
-    no_decay = [p for p in model.parameters() if p.dim() == 1]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": WD}, {"params": no_decay, "weight_decay": 0.0}],
-                            lr=LR * INIT_FACTOR, betas=(0.9, 0.999), eps=1e-8)
-    losses, norms = [], []
-    for step in range(2):
-        for grp in opt.param_groups:
-            grp["lr"] = LR * INIT_FACTOR + (LR - LR * INIT_FACTOR) * step / WARMUP
-        opt.zero_grad()
-        loss_t = _bt(*(_hf_rewards(model, rows).reshape(-1, 2).unbind(1)))
-        loss_t.backward()
-        norms.append(float(torch.nn.utils.clip_grad_norm_(model.parameters(), CLIP)))
-        losses.append(float(loss_t.detach()))
-        opt.step()
+    losses, norms = adamw_warmup_steps(model, lambda: _bt(*(_hf_rewards(model, rows).reshape(-1, 2).unbind(1))),
+                                       steps=2, lr=LR, init_factor=INIT_FACTOR, warmup=WARMUP, weight_decay=WD,
+                                       clip=CLIP)
     update = {n: p.detach() - before[n] for n, p in model.named_parameters()}
     return rewards, float(loss.detach()), grads, losses, norms, update
 

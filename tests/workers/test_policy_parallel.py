@@ -21,6 +21,7 @@ import pytest
 import torch
 
 from megatron_brrm.parallel.launch import run_on_ranks
+from reference_optim import adamw_warmup_steps
 
 B, T, P = 6, 16, 5  # sequences, padded length, prompt length
 LR, WARMUP, INIT_FACTOR, WD, CLIP = 1e-3, 2, 0.1, 0.1, 0.5
@@ -74,17 +75,9 @@ def _reference(model_dir):
         initial = _hf_logprobs(model, batch["input_ids"]) * (torch.arange(T)[None] < batch["input_lengths"][:, None])
     data = _complete(batch, initial)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    decay = [p for p in model.parameters() if p.dim() > 1]
-    no_decay = [p for p in model.parameters() if p.dim() == 1]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": WD}, {"params": no_decay, "weight_decay": 0.0}],
-                            lr=LR * INIT_FACTOR, betas=(0.9, 0.999), eps=1e-8)
-    losses, norms = [], []
     m = data["loss_mask"]
-    for step in range(2):
-        lr = LR * INIT_FACTOR + (LR - LR * INIT_FACTOR) * step / WARMUP
-        for grp in opt.param_groups:
-            grp["lr"] = lr
-        opt.zero_grad()
+
+    def loss_fn():  # GRPO's clipped, dual-clipped, TIS-weighted policy loss + k3 KL, token mean (formula)
         lp = _hf_logprobs(model, data["input_ids"])
         a = data["advantages"][:, None]
         r = torch.exp(lp - data["old_logprobs"])
@@ -93,11 +86,10 @@ def _reference(model_dir):
         pg = pg * torch.clamp(torch.exp(data["old_logprobs"] - data["rollout_logprobs"]), max=TIS)
         d = torch.clamp(data["ref_logprobs"] - lp, -20, 20)
         kl = torch.clamp(torch.exp(d) - 1 - d, -10, 10)
-        loss = ((pg + KL * kl) * m).sum() / m.sum()
-        loss.backward()
-        norms.append(float(torch.nn.utils.clip_grad_norm_(model.parameters(), CLIP)))
-        losses.append(float(loss.detach()))
-        opt.step()
+        return ((pg + KL * kl) * m).sum() / m.sum()
+
+    losses, norms = adamw_warmup_steps(model, loss_fn, steps=2, lr=LR, init_factor=INIT_FACTOR, warmup=WARMUP,
+                                       weight_decay=WD, clip=CLIP)
     update = {n: (p.detach() - before[n]) for n, p in model.named_parameters()}
     return initial, losses, norms, update
 
