@@ -122,7 +122,6 @@ def _vllm_importable() -> str:
 # pytest-xdist workers (pytest.ini) end together instead of one running a long file alone at the end.
 SLOW_FIRST = ("tests/e2e/test_learning_check.py", "tests/slurm/test_slurm_launch.py", "tests/test_train_runtime.py",
               "tests/e2e/test_bt_trainer.py", "tests/e2e/test_policy_trainer.py",
-              "tests/e2e/test_vllm_driver.py", "tests/workers/test_refit_nodes.py",
               "tests/checkpoint/test_convert_roundtrip.py", "tests/evaluation/test_sweep.py")
 
 
