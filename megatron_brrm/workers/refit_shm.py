@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import math
 import os
 import time
 import weakref
@@ -331,9 +332,7 @@ def receive_buffer(shape: Sequence[int], dtype: torch.dtype, device: torch.devic
     """
     if device.type != "cpu":
         return torch.empty(tuple(shape), dtype=dtype, device=device)
-    numel = 1
-    for d in shape:
-        numel *= int(d)
+    numel = math.prod(int(d) for d in shape)
     flat = _RECEIVE_SCRATCH.get(dtype)
     if flat is None or flat.numel() < numel:
         flat = _RECEIVE_SCRATCH[dtype] = torch.empty(numel, dtype=dtype)

@@ -3,10 +3,10 @@
     python tools/bench/refit.py [--nodes 1|2] [--hidden 1536 --layers 18 --vocab 32768] [--tp 2] [--pp 1]
                                 [--bucket-mb 512] [--transport auto|shm|collective|ray] [--shm-buckets]
 
-Builds a random Qwen3-shaped HF model (default ~0.54B parameters; 18 layers split evenly over PP=2, fp32), starts the policy as
-Ray actors (exactly as the GRPO driver does), then times a full ``refit`` (best of
-``--repeats``) against a **baseline**: a plain ``tensor.copy_`` of the same bytes (the model's
-bytes once per engine), measured in the same run right after each refit, so both see the same
+Builds a random Qwen3-shaped HF model (default ~0.54B parameters, fp32; 18 layers, so PP=2 splits
+them evenly), starts the policy as Ray actors (exactly as the GRPO driver does), then times a
+full ``refit`` (best of ``--repeats``) against a **baseline**: a plain ``tensor.copy_`` of the
+same bytes (the model's bytes once per engine), measured in the same run right after each refit, so both see the same
 machine load. The first refit also pays one-off costs (the engines' freshly loaded weights are
 written for the first time; with shared memory they are moved there), hence 5 repeats.
 
