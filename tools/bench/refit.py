@@ -6,8 +6,8 @@
 Builds a random Qwen3-shaped HF model (default ~0.54B parameters, fp32; 18 layers, so PP=2 splits
 them evenly), starts the policy as Ray actors (exactly as the GRPO driver does), then times a
 full ``refit`` (best of ``--repeats``) against a **baseline**: a plain ``tensor.copy_`` of the
-same bytes (the model's bytes once per engine), measured in the same run right after each refit, so both see the same
-machine load. The first refit also pays one-off costs (the engines' freshly loaded weights are
+same bytes (the model's bytes once per engine), measured in the same run right after each
+refit, so both see the same machine load. The first refit also pays one-off costs (the engines' freshly loaded weights are
 written for the first time; with shared memory they are moved there), hence 5 repeats.
 
 * ``--nodes 1`` (default): TP ranks on one node and an HF engine in this process; ``auto`` is the
@@ -63,7 +63,8 @@ def main() -> int:
     tp = args.tp or (2 if args.nodes == 1 else 1)
     pp = args.pp or (1 if args.nodes == 1 else 2)
     if args.layers % pp:
-        ap.error(f"--layers {args.layers} is not divisible by PP = {pp}: Megatron gives every stage the same layer count")
+        ap.error(f"--layers {args.layers} is not divisible by PP = {pp}: "
+                 "Megatron gives every stage the same layer count")
     os.environ.setdefault("PYTHONWARNINGS", "ignore::UserWarning,ignore::FutureWarning")
 
     import ray  # lazy: keeps bench/refit.py --help fast
