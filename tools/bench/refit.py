@@ -7,8 +7,9 @@ Builds a random Qwen3-shaped HF model (default ~0.54B parameters, fp32; 18 layer
 them evenly), starts the policy as Ray actors (exactly as the GRPO driver does), then times a
 full ``refit`` (best of ``--repeats``) against a **baseline**: a plain ``tensor.copy_`` of the
 same bytes (the model's bytes once per engine), measured in the same run right after each
-refit, so both see the same machine load. The first refit also pays one-off costs (the engines' freshly loaded weights are
-written for the first time; with shared memory they are moved there), hence 5 repeats.
+refit, so both see the same machine load. The first refit also pays one-off costs (the
+engines' freshly loaded weights are written for the first time; with shared memory they are
+moved there), hence 5 repeats.
 
 * ``--nodes 1`` (default): TP ranks on one node and an HF engine in this process; ``auto`` is the
   same-node ``shm`` path (every rank writes its own shards straight into the engine's weights,
