@@ -26,7 +26,7 @@ it against the registry's own ``to_megatron`` / ``shard`` round trip.
 """
 from __future__ import annotations
 
-from typing import Dict, Mapping
+from typing import Dict, Mapping, Optional
 
 import torch
 
@@ -38,6 +38,41 @@ Tensor = torch.Tensor
 def _check_shape(what: str, tensor: Tensor, expected) -> None:
     if tuple(tensor.shape) != tuple(expected):
         raise MappingError(f"{what}: shape {tuple(tensor.shape)} does not match the expected {tuple(expected)}")
+
+
+def shard_destination(mapping: ArchMapping, megatron_name: str, tp_rank: int, tp_size: int,
+                      hf_views: Mapping[str, Tensor], dtype: torch.dtype) -> Optional[Tensor]:
+    """The part of ``hf_views`` that TP rank ``tp_rank``'s shard of ``megatron_name`` fills
+    exactly, element for element, as one contiguous tensor of the shard's shape and ``dtype``;
+    else None. A receiver can then land the shard there directly (no copy afterwards), and
+    :func:`write_shard_into_hf` of that tensor into the same views is an identity.
+
+    Direct: ``replicated`` (TP rank 0), ``row`` at TP=1, and a ``vocab`` shard without padding
+    rows (a block of whole rows). Never: ``qkv`` and ``gated`` (split over several HF tensors or
+    interleaved), a tied output layer, a name missing from ``hf_views``, another dtype.
+    """
+    kind = mapping.kind(megatron_name)
+    if megatron_name.endswith("output_layer.weight") and mapping.tied:
+        return None
+    names = mapping.hf_names_for(megatron_name)
+    if len(names) != 1 or names[0] not in hf_views:
+        return None
+    view = hf_views[names[0]]
+    shape = tuple(mapping.shard_shape(megatron_name, tp_size))
+    if view.dtype != dtype:
+        return None
+    if kind == "replicated" and tp_rank == 0:
+        out = view
+    elif kind == "row" and tp_size == 1:
+        out = view
+    elif kind == "vocab":
+        lo, hi = tp_rank * shape[0], (tp_rank + 1) * shape[0]
+        if hi > mapping.vocab_size:
+            return None
+        out = view[lo:hi]
+    else:
+        return None
+    return out if tuple(out.shape) == shape and out.is_contiguous() else None
 
 
 @torch.no_grad()

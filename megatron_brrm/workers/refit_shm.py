@@ -42,7 +42,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 
 from megatron_brrm.model.mapping import global_to_local_layer
-from megatron_brrm.model.shard_layout import write_shard_into_hf
+from megatron_brrm.model.shard_layout import shard_destination, write_shard_into_hf
 from megatron_brrm.rollout.refit import fused_module_key
 from megatron_brrm.rollout.shm import (BucketEntry, align_up, bucket_views, create_file, dtype_name, file_name,
                                        layout_entries, mmap_file, remove_file, remove_stale_files, shm_free_bytes)
@@ -321,22 +321,35 @@ def shard_ranks_needed(mapping, megatron_name: str, tp_size: int) -> List[int]:
 _RECEIVE_SCRATCH: Dict[torch.dtype, torch.Tensor] = {}
 
 
-def receive_buffer(shape: Sequence[int], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """An uninitialised ``shape`` tensor for a broadcast to land in before it is written out.
+def receive_buffers(specs: Sequence[Tuple[Sequence[int], torch.dtype]], device: torch.device) -> List[torch.Tensor]:
+    """Uninitialised, non-overlapping tensors of the ``(shape, dtype)`` in ``specs``, for the
+    broadcasts of one refit call to land in at once (they are all in flight together).
 
-    On CPU it is a view of one grow-only flat buffer per dtype, kept for the process's life: a
-    fresh ``torch.empty`` per shard pays first-touch page faults on every refit (a gloo broadcast
-    of 1 GiB into fresh memory measured 0.81 s here, 0.28 s into touched memory). A caller uses
-    the view only until its next call. On GPU it is a plain allocation (the caching allocator
-    already reuses memory, and a colocated engine needs the space back after refit).
+    On CPU they are views of one grow-only flat buffer per dtype, kept for the process's life
+    (sized by the largest call: the whole received part of the model on the direct path, one
+    bucket's on the bucket path): a fresh ``torch.empty`` per shard pays first-touch page faults
+    on every refit (a gloo broadcast of 1 GiB into fresh memory measured 0.81 s here, 0.28 s into
+    touched memory). A caller uses the views only until its next call. On GPU they are plain
+    allocations (the caching allocator already reuses memory, and a colocated engine needs the
+    space back after refit).
     """
     if device.type != "cpu":
-        return torch.empty(tuple(shape), dtype=dtype, device=device)
-    numel = math.prod(int(d) for d in shape)
-    flat = _RECEIVE_SCRATCH.get(dtype)
-    if flat is None or flat.numel() < numel:
-        flat = _RECEIVE_SCRATCH[dtype] = torch.empty(numel, dtype=dtype)
-    return flat[:numel].view(tuple(shape))
+        return [torch.empty(tuple(shape), dtype=dtype, device=device) for shape, dtype in specs]
+    sizes = [math.prod(int(d) for d in shape) for shape, _ in specs]
+    need: Dict[torch.dtype, int] = {}
+    for (_, dtype), numel in zip(specs, sizes):
+        need[dtype] = need.get(dtype, 0) + numel
+    for dtype, numel in need.items():
+        flat = _RECEIVE_SCRATCH.get(dtype)
+        if flat is None or flat.numel() < numel:
+            _RECEIVE_SCRATCH[dtype] = None  # free the old one before the larger allocation
+            _RECEIVE_SCRATCH[dtype] = torch.empty(numel, dtype=dtype)
+    offset = dict.fromkeys(need, 0)
+    out = []
+    for (shape, dtype), numel in zip(specs, sizes):
+        out.append(_RECEIVE_SCRATCH[dtype][offset[dtype]:offset[dtype] + numel].view(tuple(shape)))
+        offset[dtype] += numel
+    return out
 
 
 @torch.no_grad()
@@ -352,6 +365,13 @@ def write_routed_shards(local_params: Mapping[str, torch.Tensor], mapping, route
     step (the broadcasts are collectives; each rank issues its part in the same global order, so
     they cannot deadlock).
 
+    Schedule: every broadcast of the call is issued at once (``async_op``), so shards travel in
+    both directions together (one group per stage and TP shard: PP stage 0's go to node 1 while
+    stage 1's come back) and while this rank writes its local shards; each received shard is
+    written out as soon as its broadcast completes, in issue order. A shard that fills one HF
+    tensor (or a block of whole rows of one) exactly (:func:`shard_destination`) is received
+    straight into the first target, on CPU: no copy after it lands.
+
     Args:
         local_params: ``{global Megatron name: parameter}`` of this rank.
         mapping: the model's ``ArchMapping``.
@@ -365,35 +385,84 @@ def write_routed_shards(local_params: Mapping[str, torch.Tensor], mapping, route
         vp_size: virtual pipeline size.
 
     Returns:
-        ``{"bytes": bytes written here, "comm_s": seconds in broadcasts, "write_s": seconds copying}``.
+        ``{"bytes": bytes written here, "comm_s": seconds issuing and waiting for broadcasts,
+        "write_s": seconds copying}``.
     """
     node = route.node_of[rank]
     written, comm_s, write_s = 0, 0.0, 0.0
     device = next(iter(local_params.values())).device if local_params else torch.device("cpu")
     names = list(dict.fromkeys(mapping.megatron_name_for_hf(n)[0] for n in hf_names))
+    local, sends, recvs = [], [], []  # (name, shard index, tensor); receives: (name, shard index, group)
     for name in names:
         stage = global_to_local_layer(name, route.pp_size, mapping.num_layers, vp_size)[0]
         for t in shard_ranks_needed(mapping, name, route.tp_size):
-            shard = None
             if route.writers.get((node, stage, t)) == rank:
-                shard = local_params[name].detach()
+                local.append((name, t, local_params[name].detach()))
             group = route.group_for((stage, t))
             if group is not None and rank in group.ranks:
-                t0 = time.perf_counter()
                 if rank == group.source:
-                    torch.distributed.broadcast(local_params[name].detach().contiguous(), src=rank,
-                                                group=groups[(stage, t)])
+                    sends.append((name, t, group))
                 else:
-                    shard = receive_buffer(mapping.shard_shape(name, route.tp_size),
-                                           getattr(torch, dtypes[name].split(".")[-1]), device)
-                    torch.distributed.broadcast(shard, src=group.source, group=groups[(stage, t)])
-                comm_s += time.perf_counter() - t0
-            if shard is None:
-                continue
+                    recvs.append((name, t, group))
+
+    def write(name: str, t: int, shard: torch.Tensor) -> None:
+        nonlocal written, write_s
+        t0 = time.perf_counter()
+        for views in targets:
+            for hf_name, count in write_shard_into_hf(mapping, name, shard.cpu() if shard.is_cuda else shard, t,
+                                                      route.tp_size, views).items():
+                written += count * views[hf_name].element_size()
+        write_s += time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    # a shard that fills one HF tensor (or a block of one) exactly lands in the first target
+    # directly; the others land in scratch and are copied out
+    received: Dict[Tuple[str, int], torch.Tensor] = {}
+    direct = set()
+    for name, t, _ in recvs:
+        dest = None
+        if targets and device.type == "cpu":
+            dest = shard_destination(mapping, name, t, route.tp_size, targets[0],
+                                     getattr(torch, dtypes[name].split(".")[-1]))
+        if dest is not None:
+            received[(name, t)] = dest
+            direct.add((name, t))
+    scratch = [(name, t) for name, t, _ in recvs if (name, t) not in direct]
+    buffers = receive_buffers([(mapping.shard_shape(name, route.tp_size), getattr(torch, dtypes[name].split(".")[-1]))
+                               for name, _ in scratch], device)
+    received.update(zip(scratch, buffers))
+    in_flight, keep = [], []
+    # issue in the one global order every rank follows (the order of ``names``)
+    order = {key: i for i, key in enumerate((name, t) for name in names
+                                            for t in shard_ranks_needed(mapping, name, route.tp_size))}
+    for name, t, group in sorted(sends + recvs, key=lambda x: order[(x[0], x[1])]):
+        stage = global_to_local_layer(name, route.pp_size, mapping.num_layers, vp_size)[0]
+        if rank == group.source:
+            tensor = local_params[name].detach().contiguous()
+            keep.append(tensor)  # alive until its broadcast completes
+            work = torch.distributed.broadcast(tensor, src=rank, group=groups[(stage, t)], async_op=True)
+            in_flight.append((work, None))
+        else:
+            work = torch.distributed.broadcast(received[(name, t)], src=group.source, group=groups[(stage, t)],
+                                               async_op=True)
+            in_flight.append((work, (name, t)))
+    comm_s += time.perf_counter() - t0
+    for name, t, shard in local:  # while the broadcasts travel
+        write(name, t, shard)
+    for work, key in in_flight:
+        t0 = time.perf_counter()
+        work.wait()
+        comm_s += time.perf_counter() - t0
+        if key is None:
+            continue
+        if key in direct:  # already in place in the first target: count it, copy to the others
+            written += received[key].numel() * received[key].element_size()
             t0 = time.perf_counter()
-            for views in targets:
-                for hf_name, count in write_shard_into_hf(mapping, name, shard.cpu() if shard.is_cuda else shard, t,
-                                                          route.tp_size, views).items():
+            for views in targets[1:]:
+                for hf_name, count in write_shard_into_hf(mapping, key[0], received[key], key[1], route.tp_size,
+                                                          views).items():
                     written += count * views[hf_name].element_size()
             write_s += time.perf_counter() - t0
+        else:
+            write(key[0], key[1], received[key])
     return {"bytes": written, "comm_s": comm_s, "write_s": write_s}

@@ -14,7 +14,7 @@ import torch
 from megatron_brrm.model.mapping import get_mapping
 from megatron_brrm.rollout.refit import fused_module_key
 from megatron_brrm.rollout.shm import ALIGN, SharedBuffers, bucket_views, map_buffer, mapped_paths, unmap_buffers
-from megatron_brrm.workers.refit_shm import (build_refit_plan, receive_buffer, seal_module_weights,
+from megatron_brrm.workers.refit_shm import (build_refit_plan, receive_buffers, seal_module_weights,
                                              share_module_weights, write_bucket_shards)
 
 
@@ -163,16 +163,20 @@ def test_stale_files_of_dead_processes_are_removed(tmp_path):
         assert all(f"-{ns}-{os.getpid()}-" in os.path.basename(p) for p in bufs.paths)
 
 
-def test_receive_buffer_reuses_touched_memory_per_dtype():
-    """Cross-node receivers land every shard in one grow-only buffer per dtype (no first-touch
-    page faults per refit); a larger shard grows it, another dtype gets its own."""
-    a = receive_buffer((4, 8), torch.float32, torch.device("cpu"))
+def test_receive_buffers_are_disjoint_and_reuse_touched_memory_per_dtype():
+    """Cross-node receivers land every shard of a refit call in one grow-only buffer per dtype
+    (no first-touch page faults per refit); the shards of one call do not overlap (they are all
+    in flight at once); a larger call grows the buffer, another dtype gets its own."""
+    cpu = torch.device("cpu")
+    a, b, c = receive_buffers([((4, 8), torch.float32), ((2, 3), torch.float32), ((4, 8), torch.bfloat16)], cpu)
+    assert (a.shape, b.shape, c.shape) == ((4, 8), (2, 3), (4, 8))
+    assert a.is_contiguous() and b.is_contiguous() and c.dtype == torch.bfloat16
     a.fill_(1.0)
-    b = receive_buffer((2, 3), torch.float32, torch.device("cpu"))
-    assert b.shape == (2, 3) and b.dtype == torch.float32 and b.is_contiguous()
-    assert b.data_ptr() == a.data_ptr()  # same memory, already touched
-    c = receive_buffer((4, 8), torch.bfloat16, torch.device("cpu"))
-    assert c.dtype == torch.bfloat16 and c.data_ptr() != a.data_ptr()
-    big = receive_buffer((1 << 20,), torch.float32, torch.device("cpu"))
-    assert big.numel() == 1 << 20
-    assert receive_buffer((5,), torch.float32, torch.device("cpu")).data_ptr() == big.data_ptr()
+    b.fill_(2.0)
+    assert torch.all(a == 1.0) and torch.all(b == 2.0)  # disjoint
+    assert b.data_ptr() == a.data_ptr() + 32 * 4  # packed one after the other in one buffer
+    (again,) = receive_buffers([((6,), torch.float32)], cpu)
+    assert again.data_ptr() == a.data_ptr()  # the next call reuses the touched memory
+    big, small = receive_buffers([((1 << 20,), torch.float32), ((5,), torch.float32)], cpu)
+    assert big.numel() == 1 << 20 and small.data_ptr() == big.data_ptr() + (1 << 20) * 4
+    assert receive_buffers([((5,), torch.float32)], cpu)[0].data_ptr() == big.data_ptr()

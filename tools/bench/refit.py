@@ -20,7 +20,11 @@ moved there), hence 5 repeats.
   receives the other stage's through gloo broadcasts to one rank per node.
 
 Prints the refit and baseline throughputs and their ratio (targets: >= 0.8 on one node, >= 0.5
-across nodes). A benchmark, not a test: run it with nothing else running; it needs ~6x the
+across nodes). With ``--nodes 2`` (PP=2, TP=1) it also measures the **transport floor**: two bare
+Ray actors, one per node, exchange exactly the bytes that cross nodes in a refit (each node gets
+the other stage's tensors) as two concurrent gloo broadcasts into preallocated buffers, best of
+``--repeats``. No refit that moves those bytes through gloo can be faster, so
+``baseline / floor`` is the highest ratio this machine allows for the cross-node path. A benchmark, not a test: run it with nothing else running; it needs ~6x the
 model size in RAM.
 """
 from __future__ import annotations
@@ -40,6 +44,60 @@ sys.path.insert(0, str(REPO_ROOT))
 from megatron_brrm.config import load_config  # noqa: E402
 from megatron_brrm.model.tiny import build_tiny_hf_model  # noqa: E402
 from megatron_brrm.rollout.hf_engine import HFEngine  # noqa: E402
+
+
+def stage_bytes(params, num_layers: int, pp: int):
+    """Bytes of HF tensors owned by each of ``pp`` pipeline stages (Megatron's even layer split;
+    the embedding on stage 0, the final norm and output layer on the last). ``params``: name -> tensor."""
+    per_stage = [0] * pp
+    for name, p in params.items():
+        if ".layers." in name:
+            stage = int(name.split(".layers.")[1].split(".")[0]) // (num_layers // pp)
+        else:
+            stage = 0 if "embed_tokens" in name else pp - 1
+        per_stage[stage] += p.numel() * p.element_size()
+    return per_stage
+
+
+def transport_floor(node_ids, nbytes, repeats: int) -> float:
+    """Seconds for two concurrent gloo broadcasts between one actor on each of ``node_ids`` (two
+    Ray node ids): ``nbytes[k]`` bytes from the actor on node ``k`` to the other, into
+    preallocated buffers; best of ``repeats``."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    @ray.remote(num_cpus=0)
+    class GlooPeer:
+        def address(self):
+            import socket
+            with socket.socket() as s:
+                s.bind(("", 0))
+                return ray.util.get_node_ip_address(), s.getsockname()[1]
+
+        def run(self, rank, addr, port, nbytes, repeats):
+            import time as _time
+            import torch.distributed as dist
+            dist.init_process_group("gloo", init_method=f"tcp://{addr}:{port}", rank=rank, world_size=2)
+            groups = [dist.new_group([0, 1]) for _ in range(2)]  # one per direction: they run concurrently
+            bufs = [torch.ones(n // 4) for n in nbytes]  # fp32
+            best = float("inf")
+            for _ in range(repeats):
+                dist.barrier()
+                t0 = _time.perf_counter()
+                works = [dist.broadcast(bufs[k], k, group=groups[k], async_op=True) for k in range(2)]
+                for w in works:
+                    w.wait()
+                best = min(best, _time.perf_counter() - t0)
+            dist.destroy_process_group()
+            return best
+
+    peers = [GlooPeer.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n, soft=False)).remote()
+             for n in node_ids]
+    addr, port = ray.get(peers[0].address.remote())
+    times = ray.get([peer.run.remote(k, addr, port, list(nbytes), repeats) for k, peer in enumerate(peers)])
+    for peer in peers:
+        ray.kill(peer)
+    return max(times)
 
 
 def main() -> int:
@@ -125,6 +183,11 @@ def main() -> int:
                 phases = ", ".join(f"{k} {v:.3f}" for k, v in stats.phases.items())
                 print(f"refit {stats.seconds:.3f} s ({stats.num_buckets} buckets), plain copy {copy:.3f} s"
                       + (f"; refit phases (s): {phases}" if phases else ""), flush=True)
+            floor_s, crossing = None, None
+            if args.nodes == 2 and tp == 1:  # the floor of the PP=2 layout: stage k's bytes go to the other node
+                crossing = stage_bytes(params, args.layers, pp)
+                cluster.shutdown()  # the policy's memory back before the floor's buffers
+                floor_s = transport_floor(sorted({r.node_id for r in policy.layout}), crossing, args.repeats)
         finally:
             cluster.shutdown()
             if ray_nodes is not None:
@@ -135,6 +198,11 @@ def main() -> int:
     print(f"refit:    {refit_s:8.3f} s  {gb / refit_s:7.2f} GB/s  ({engines} engine(s) x the model)")
     print(f"baseline: {copy_s:8.3f} s  {gb / copy_s:7.2f} GB/s  (plain tensor copy of the same bytes)")
     print(f"ratio refit/baseline throughput: {copy_s / refit_s:.3f}  (target >= {target})")
+    if floor_s is not None:
+        print(f"floor:    {floor_s:8.3f} s  (gloo alone: {crossing[0] / 2**30:.2f} + {crossing[1] / 2**30:.2f} GiB "
+              f"crossing the nodes, two concurrent broadcasts into preallocated buffers)")
+        print(f"highest ratio this transport allows (baseline / floor): {copy_s / floor_s:.3f}; "
+              f"refit / floor time: {refit_s / floor_s:.2f}x")
     return 0
 
 
