@@ -5,6 +5,9 @@
 #
 # 1. The Ray head starts on the first node, workers on the others, each as a background
 #    `srun --overlap` step running `ray start --block --node-name=<SLURM hostname>`.
+#    The head is up when its `ray start` prints "Ray runtime started."; a head that exits before
+#    that (e.g. Ray's own 30 s limit for the raylet to register with the GCS, hit on an
+#    overloaded node) is started again, RAY_HEAD_ATTEMPTS times in all.
 # 2. It waits (polling, RAY_JOIN_TIMEOUT seconds) until every node has joined; otherwise it
 #    stops with an error naming the missing nodes (their logs are in $LOG_DIR).
 # 3. The driver runs on the head as an srun step with RAY_ADDRESS exported (the driver joins
@@ -23,6 +26,7 @@
 #   RAY_HEAD_IP       the head's address (default: `hostname --ip-address` on the head node)
 #   RAY_START_ARGS    extra `ray start` arguments (ports, --object-store-memory, ...)
 #   RAY_JOIN_TIMEOUT  seconds to wait for every node to join (default 300)
+#   RAY_HEAD_ATTEMPTS times to start the Ray head before giving up (default 3)
 #   CONTAINER_IMAGE   run every step in this container image (pyxis `--container-image`)
 #   CONTAINER_MOUNTS  pyxis mounts (default: the submit directory)
 #   LOG_DIR           this job's log folder (default: logs/<job name>-<job id>)
@@ -34,6 +38,7 @@ GPUS_PER_NODE=${GPUS_PER_NODE:-${SLURM_GPUS_ON_NODE:-0}}
 CPUS_PER_NODE=${CPUS_PER_NODE:-${SLURM_CPUS_ON_NODE:-$(nproc)}}
 RAY_PORT=${RAY_PORT:-6379}
 RAY_JOIN_TIMEOUT=${RAY_JOIN_TIMEOUT:-300}
+RAY_HEAD_ATTEMPTS=${RAY_HEAD_ATTEMPTS:-3}
 read -r -a RAY_EXTRA <<< "${RAY_START_ARGS:-}"
 LOG_DIR=${LOG_DIR:-logs/${SLURM_JOB_NAME:-job}-$SLURM_JOB_ID}
 RESTART=${SLURM_RESTART_COUNT:-0}
@@ -89,28 +94,36 @@ trap stop_ray EXIT
 
 # A signal for the batch step reaches this shell and its srun children, which forward it to
 # their tasks: the Ray steps ignore SIGUSR1 (inherited by every Ray process), the driver acts on it.
-start_node() {  # start_node NODE [ray start args...]
-  local node=$1; shift
-  "${SRUN[@]}" -w "$node" --output="$LOG_DIR/ray-$node-r$RESTART.log" bash -c 'trap "" USR1; exec "$@"' ray-node \
+start_node() {  # start_node NODE LOG [ray start args...]
+  local node=$1 out=$2; shift 2
+  "${SRUN[@]}" -w "$node" --output="$out" bash -c 'trap "" USR1; exec "$@"' ray-node \
     "$PYTHON" -m ray.scripts.scripts start --block --node-name="$node" --num-cpus="$CPUS_PER_NODE" \
     --num-gpus="$GPUS_PER_NODE" --disable-usage-stats "${RAY_EXTRA[@]}" "$@" &
   RAY_PIDS+=($!)
 }
 
-start_node "$HEAD" --head --node-ip-address="$HEAD_IP" --port="$RAY_PORT" --include-dashboard=false
 up=0
-for _ in $(seq 1 "$RAY_JOIN_TIMEOUT"); do
-  if ! kill -0 "${RAY_PIDS[0]}" 2>/dev/null; then break; fi
-  if (exec 3<>"/dev/tcp/$HEAD_IP/$RAY_PORT") 2>/dev/null; then up=1; break; fi
-  sleep 1
+for attempt in $(seq 1 "$RAY_HEAD_ATTEMPTS"); do
+  HEAD_LOG="$LOG_DIR/ray-$HEAD-r$RESTART.log"
+  [ "$attempt" -gt 1 ] && HEAD_LOG="$LOG_DIR/ray-$HEAD-r$RESTART-a$attempt.log"
+  start_node "$HEAD" "$HEAD_LOG" --head --node-ip-address="$HEAD_IP" --port="$RAY_PORT" --include-dashboard=false
+  for _ in $(seq 1 "$RAY_JOIN_TIMEOUT"); do
+    if grep -q "Ray runtime started" "$HEAD_LOG" 2>/dev/null; then up=1; break; fi
+    if ! kill -0 "${RAY_PIDS[-1]}" 2>/dev/null; then break; fi
+    sleep 1
+  done
+  [ "$up" -eq 1 ] && break
+  log "warning: the Ray head on $HEAD did not start (attempt $attempt of $RAY_HEAD_ATTEMPTS, RAY_HEAD_ATTEMPTS);" \
+      "end of $HEAD_LOG:"
+  tail -n 5 "$HEAD_LOG" 2>/dev/null
+  stop_ray  # this attempt's step (its srun step ends with every process it started)
 done
 if [ "$up" -ne 1 ]; then
-  log "error: the Ray head on $HEAD did not open $RAY_ADDRESS; see $LOG_DIR/ray-$HEAD-r$RESTART.log:"
-  tail -n 20 "$LOG_DIR/ray-$HEAD-r$RESTART.log" 2>/dev/null
+  log "error: the Ray head on $HEAD did not start at $RAY_ADDRESS in $RAY_HEAD_ATTEMPTS attempt(s); see $LOG_DIR/ray-$HEAD-r$RESTART*.log"
   exit 1
 fi
 for node in "${NODES[@]:1}"; do
-  start_node "$node" --address="$RAY_ADDRESS"
+  start_node "$node" "$LOG_DIR/ray-$node-r$RESTART.log" --address="$RAY_ADDRESS"
 done
 NODE_LIST=$(IFS=,; echo "${NODES[*]}")
 if ! "${SRUN[@]}" -w "$HEAD" "$PYTHON" -m megatron_brrm.workers.ray_nodes --address "$RAY_ADDRESS" \

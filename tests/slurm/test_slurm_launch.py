@@ -96,11 +96,11 @@ def slurm(tmp_path):
         assert not left, f"processes of the SLURM job still running after teardown: {left}"
 
 
-def _submit(slurm, tmp_path, tiny_inputs, overrides):
+def _submit(slurm, tmp_path, tiny_inputs, overrides, python=sys.executable):
     model, data = tiny_inputs
     run, logs = tmp_path / "run", tmp_path / "logs"
     logs.mkdir()
-    env = dict(slurm.env, PYTHON=sys.executable, BRRM_MODEL=str(model), BRRM_DATA=str(data), RUN=str(run),
+    env = dict(slurm.env, PYTHON=str(python), BRRM_MODEL=str(model), BRRM_DATA=str(data), RUN=str(run),
                LOG_ROOT=str(logs), BRRM_SLURM_TEST=slurm.marker, RAY_PORT=str(free_port()),
                RAY_START_ARGS=f"--object-store-memory=300000000 --ray-client-server-port={free_port()} "
                               f"--dashboard-agent-listen-port={free_port()}",
@@ -130,11 +130,24 @@ def test_tiny_job_completes_through_the_ray_bootstrap(slurm, tmp_path, tiny_inpu
                         cwd=REPO_ROOT)
         assert res.returncode == 0 and "to start at" in res.stderr, (gpu_sub, res.stderr)
 
-    job, run, out = _submit(slurm, tmp_path, tiny_inputs, ["grpo.max_num_steps=2", *SHORT_RUN])
+    # The job's interpreter fails the first `ray start --head` (as Ray's own "timed out during
+    # startup" does on an overloaded node): the bootstrap must start the head again.
+    wrapper = tmp_path / "python-first-head-fails"
+    wrapper.write_text(f'''#!/usr/bin/env bash
+if [[ " $* " == *" start "* && " $* " == *" --head "* ]] && mkdir "{tmp_path / 'head-failed-once'}" 2>/dev/null; then
+  echo "injected: The current node timed out during startup." >&2
+  exit 1
+fi
+exec "{sys.executable}" "$@"
+''')
+    wrapper.chmod(0o755)
+    job, run, out = _submit(slurm, tmp_path, tiny_inputs, ["grpo.max_num_steps=2", *SHORT_RUN], python=wrapper)
     info = slurm.wait_job(job, {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY"},
                           timeout_s=240)
     log = _read(out)
     assert info["JobState"] == "COMPLETED" and info["ExitCode"] == "0:0", f"{info}\n{log[-4000:]}"
+    assert "did not start (attempt 1 of 3" in log and "injected: The current node timed out" in log, log[-4000:]
+    assert (tmp_path / "logs" / f"brrm-tiny-{job}" / "ray-{}-r0-a2.log".format(slurm.host)).is_file()
     # Ray came up through the bootstrap and the driver joined it (not a private local Ray)
     assert "ray_nodes: all 1 node(s) joined" in log and "Ray is up on 1 node(s)" in log, log[-4000:]
     assert "Connecting to existing Ray cluster" in log and "Started a local Ray instance" not in log, log[-4000:]

@@ -24,19 +24,22 @@ across nodes). With ``--nodes 2`` (PP=2, TP=1) it also measures the **transport 
 Ray actors, one per node, exchange exactly the bytes that cross nodes in a refit (each node gets
 the other stage's tensors) as two concurrent gloo broadcasts into preallocated buffers, best of
 ``--repeats``. No refit that moves those bytes through gloo can be faster, so
-``baseline / floor`` is the highest ratio this machine allows for the cross-node path. A benchmark, not a test: run it with nothing else running; it needs ~6x the
-model size in RAM.
+``baseline / floor`` is the highest ratio this machine allows for the cross-node path.
+
+A benchmark, not a test: run it with nothing else running; it needs ~6x the model size in RAM.
 """
 from __future__ import annotations
 
 import argparse
 import os
+import socket
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT))
@@ -63,31 +66,28 @@ def transport_floor(node_ids, nbytes, repeats: int) -> float:
     """Seconds for two concurrent gloo broadcasts between one actor on each of ``node_ids`` (two
     Ray node ids): ``nbytes[k]`` bytes from the actor on node ``k`` to the other, into
     preallocated buffers; best of ``repeats``."""
-    import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+    import ray  # lazy: keeps bench/refit.py --help fast
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy  # lazy: as above
 
     @ray.remote(num_cpus=0)
     class GlooPeer:
         def address(self):
-            import socket
             with socket.socket() as s:
                 s.bind(("", 0))
                 return ray.util.get_node_ip_address(), s.getsockname()[1]
 
         def run(self, rank, addr, port, nbytes, repeats):
-            import time as _time
-            import torch.distributed as dist
             dist.init_process_group("gloo", init_method=f"tcp://{addr}:{port}", rank=rank, world_size=2)
             groups = [dist.new_group([0, 1]) for _ in range(2)]  # one per direction: they run concurrently
             bufs = [torch.ones(n // 4) for n in nbytes]  # fp32
             best = float("inf")
             for _ in range(repeats):
                 dist.barrier()
-                t0 = _time.perf_counter()
+                t0 = time.perf_counter()
                 works = [dist.broadcast(bufs[k], k, group=groups[k], async_op=True) for k in range(2)]
                 for w in works:
                     w.wait()
-                best = min(best, _time.perf_counter() - t0)
+                best = min(best, time.perf_counter() - t0)
             dist.destroy_process_group()
             return best
 
