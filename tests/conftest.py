@@ -128,7 +128,7 @@ SLOW_FIRST = ("tests/e2e/test_learning_check.py", "tests/slurm/test_slurm_launch
 def pytest_collection_modifyitems(config, items):
     """Slow files first (``SLOW_FIRST``; the order within a file is kept). Tests marked ``vllm`` need
     the real vLLM engine. Without it they are skipped with the install command, unless
-    ``BRRM_REQUIRE_VLLM=1`` (CI's vLLM phase), where a missing vLLM is an error."""
+    ``BRRM_REQUIRE_VLLM=1`` (CI), where a missing vLLM is an error."""
     rank = {path: i for i, path in enumerate(SLOW_FIRST)}
     items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(SLOW_FIRST)))
     marked = [item for item in items if item.get_closest_marker("vllm")]
