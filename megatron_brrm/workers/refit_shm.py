@@ -392,7 +392,7 @@ def write_routed_shards(local_params: Mapping[str, torch.Tensor], mapping, route
     written, comm_s, write_s = 0, 0.0, 0.0
     device = next(iter(local_params.values())).device if local_params else torch.device("cpu")
     names = list(dict.fromkeys(mapping.megatron_name_for_hf(n)[0] for n in hf_names))
-    local, sends, recvs = [], [], []  # (name, shard index, tensor); receives: (name, shard index, group)
+    local, comm = [], []  # (name, shard index, tensor); (name, shard index, stage, group), in the global order
     for name in names:
         stage = global_to_local_layer(name, route.pp_size, mapping.num_layers, vp_size)[0]
         for t in shard_ranks_needed(mapping, name, route.tp_size):
@@ -400,43 +400,37 @@ def write_routed_shards(local_params: Mapping[str, torch.Tensor], mapping, route
                 local.append((name, t, local_params[name].detach()))
             group = route.group_for((stage, t))
             if group is not None and rank in group.ranks:
-                if rank == group.source:
-                    sends.append((name, t, group))
-                else:
-                    recvs.append((name, t, group))
+                comm.append((name, t, stage, group))
 
-    def write(name: str, t: int, shard: torch.Tensor) -> None:
+    def write(name: str, t: int, shard: torch.Tensor, into: Sequence[Mapping[str, torch.Tensor]]) -> None:
         nonlocal written, write_s
         t0 = time.perf_counter()
-        for views in targets:
+        for views in into:
             for hf_name, count in write_shard_into_hf(mapping, name, shard.cpu() if shard.is_cuda else shard, t,
                                                       route.tp_size, views).items():
                 written += count * views[hf_name].element_size()
         write_s += time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    # a shard that fills one HF tensor (or a block of one) exactly lands in the first target
-    # directly; the others land in scratch and are copied out
+    # a received shard that fills one HF tensor (or a block of one) exactly lands in the first
+    # target directly; the others land in scratch and are copied out
     received: Dict[Tuple[str, int], torch.Tensor] = {}
-    direct = set()
-    for name, t, _ in recvs:
+    scratch = []
+    for name, t, _, group in comm:
+        if rank == group.source:
+            continue
+        dtype = getattr(torch, dtypes[name].split(".")[-1])
         dest = None
         if targets and device.type == "cpu":
-            dest = shard_destination(mapping, name, t, route.tp_size, targets[0],
-                                     getattr(torch, dtypes[name].split(".")[-1]))
+            dest = shard_destination(mapping, name, t, route.tp_size, targets[0], dtype)
         if dest is not None:
             received[(name, t)] = dest
-            direct.add((name, t))
-    scratch = [(name, t) for name, t, _ in recvs if (name, t) not in direct]
-    buffers = receive_buffers([(mapping.shard_shape(name, route.tp_size), getattr(torch, dtypes[name].split(".")[-1]))
-                               for name, _ in scratch], device)
-    received.update(zip(scratch, buffers))
+        else:
+            scratch.append(((name, t), (mapping.shard_shape(name, route.tp_size), dtype)))
+    direct = set(received)
+    received.update(zip((key for key, _ in scratch), receive_buffers([spec for _, spec in scratch], device)))
     in_flight, keep = [], []
-    # issue in the one global order every rank follows (the order of ``names``)
-    order = {key: i for i, key in enumerate((name, t) for name in names
-                                            for t in shard_ranks_needed(mapping, name, route.tp_size))}
-    for name, t, group in sorted(sends + recvs, key=lambda x: order[(x[0], x[1])]):
-        stage = global_to_local_layer(name, route.pp_size, mapping.num_layers, vp_size)[0]
+    for name, t, stage, group in comm:
         if rank == group.source:
             tensor = local_params[name].detach().contiguous()
             keep.append(tensor)  # alive until its broadcast completes
@@ -448,7 +442,7 @@ def write_routed_shards(local_params: Mapping[str, torch.Tensor], mapping, route
             in_flight.append((work, (name, t)))
     comm_s += time.perf_counter() - t0
     for name, t, shard in local:  # while the broadcasts travel
-        write(name, t, shard)
+        write(name, t, shard, targets)
     for work, key in in_flight:
         t0 = time.perf_counter()
         work.wait()
@@ -457,12 +451,7 @@ def write_routed_shards(local_params: Mapping[str, torch.Tensor], mapping, route
             continue
         if key in direct:  # already in place in the first target: count it, copy to the others
             written += received[key].numel() * received[key].element_size()
-            t0 = time.perf_counter()
-            for views in targets[1:]:
-                for hf_name, count in write_shard_into_hf(mapping, key[0], received[key], key[1], route.tp_size,
-                                                          views).items():
-                    written += count * views[hf_name].element_size()
-            write_s += time.perf_counter() - t0
+            write(key[0], key[1], received[key], targets[1:])
         else:
-            write(key[0], key[1], received[key])
+            write(key[0], key[1], received[key], targets)
     return {"bytes": written, "comm_s": comm_s, "write_s": write_s}

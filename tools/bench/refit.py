@@ -45,19 +45,19 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT))
 
 from megatron_brrm.config import load_config  # noqa: E402
+from megatron_brrm.model.build import load_hf_config  # noqa: E402
+from megatron_brrm.model.mapping import get_mapping, global_to_local_layer  # noqa: E402
 from megatron_brrm.model.tiny import build_tiny_hf_model  # noqa: E402
 from megatron_brrm.rollout.hf_engine import HFEngine  # noqa: E402
 
 
-def stage_bytes(params, num_layers: int, pp: int):
-    """Bytes of HF tensors owned by each of ``pp`` pipeline stages (Megatron's even layer split;
-    the embedding on stage 0, the final norm and output layer on the last). ``params``: name -> tensor."""
+def stage_bytes(params, hf_dir, pp: int):
+    """Bytes of the HF tensors ``params`` (name -> tensor) owned by each of ``pp`` pipeline stages,
+    by the trainer's own rule (``mapping.global_to_local_layer``, the one the refit route uses)."""
+    mapping = get_mapping(load_hf_config(hf_dir))
     per_stage = [0] * pp
     for name, p in params.items():
-        if ".layers." in name:
-            stage = int(name.split(".layers.")[1].split(".")[0]) // (num_layers // pp)
-        else:
-            stage = 0 if "embed_tokens" in name else pp - 1
+        stage = global_to_local_layer(mapping.megatron_name_for_hf(name)[0], pp, mapping.num_layers)[0]
         per_stage[stage] += p.numel() * p.element_size()
     return per_stage
 
@@ -185,7 +185,7 @@ def main() -> int:
                       + (f"; refit phases (s): {phases}" if phases else ""), flush=True)
             floor_s, crossing = None, None
             if args.nodes == 2 and tp == 1:  # the floor of the PP=2 layout: stage k's bytes go to the other node
-                crossing = stage_bytes(params, args.layers, pp)
+                crossing = stage_bytes(params, hf, pp)
                 cluster.shutdown()  # the policy's memory back before the floor's buffers
                 floor_s = transport_floor(sorted({r.node_id for r in policy.layout}), crossing, args.repeats)
         finally:
