@@ -19,7 +19,7 @@ DRIVERS = {"train", "sft", "train_bt", "train_policy", "demo", "api"}
 
 ALLOWED: Dict[str, Set[str]] = {
     "config": set(), "judge": set(), "data": set(), "metrics": set(), "hub": set(), "parallel": set(),
-    "preemption": set(), "figures": set(), "run_summary": {"figures"},
+    "preemption": set(), "figures": set(), "megatron_import_hook": set(), "run_summary": {"figures"},
     "model": {"parallel"},
     "rl": {"model", "parallel"},
     "rollout": {"judge", "model", "config", "checkpoint"},

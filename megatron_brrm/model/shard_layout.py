@@ -1,9 +1,10 @@
-"""Write one TP rank's Megatron shard straight into its place in the HF tensors (no gather).
+"""Where one TP rank's Megatron shard goes in the HF tensors, and writing it there (no gather).
 
 The same-node refit (``megatron_brrm.workers.refit_shm``) lets every policy rank write its
 own tensor-parallel shard into HF-layout buffers in shared memory, instead of gathering the
-full tensor over the TP group first. This module knows where each shard's elements go in
-the HF tensors, per kind of :mod:`megatron_brrm.model.mapping` (the layout is the one of
+full tensor over the TP group first; the cross-node refit receives shards straight into
+their HF place. This module knows where each shard's elements go in the HF tensors, per
+kind of :mod:`megatron_brrm.model.mapping` (the layout is the one of
 :meth:`ArchMapping.to_megatron` / :meth:`ArchMapping.shard`, i.e. Megatron-Core's):
 
 ========== ====================================================================
@@ -20,13 +21,19 @@ gated      ``[gate_r; up_r]``: rows ``[r*F/T, (r+1)*F/T)`` of ``gate_proj`` and 
 replicated the whole tensor; only TP rank 0 writes (the ranks hold equal copies)
 ========== ====================================================================
 
+Every kind but ``row`` at TP > 1 moves whole rows: the shard is a list of
+:class:`ShardPiece` (:func:`shard_pieces`), each a block of consecutive rows of the shard
+that is a block of consecutive rows of one HF tensor. Both blocks are contiguous, so a piece
+can be sent from the shard and received into the HF tensor with no copy on either side.
+
 Writing every rank's shard of a tensor reproduces ``mapping.to_hf(name, gather(shards))``
 bit for bit (pure element copies, any dtype); ``tests/model/test_shard_layout.py`` proves
 it against the registry's own ``to_megatron`` / ``shard`` round trip.
 """
 from __future__ import annotations
 
-from typing import Dict, Mapping, Optional
+from dataclasses import dataclass
+from typing import Dict, List, Mapping, Optional, Tuple
 
 import torch
 
@@ -35,44 +42,79 @@ from megatron_brrm.model.mapping import ArchMapping, MappingError
 Tensor = torch.Tensor
 
 
+@dataclass(frozen=True)
+class ShardPiece:
+    """Rows ``src = (lo, hi)`` (dim 0) of a TP shard are, element for element, rows ``dst = (lo, hi)``
+    of the HF tensor ``hf_name`` (for a 1-D tensor: elements)."""
+
+    hf_name: str
+    src: Tuple[int, int]
+    dst: Tuple[int, int]
+
+    @property
+    def rows(self) -> int:
+        return self.src[1] - self.src[0]
+
+    def of_shard(self, shard: Tensor) -> Tensor:
+        """The piece's rows of ``shard`` (a contiguous view when ``shard`` is contiguous)."""
+        return shard[self.src[0]:self.src[1]]
+
+    def of_hf(self, hf_tensor: Tensor) -> Tensor:
+        """The piece's rows of the HF tensor (a contiguous view when it is contiguous)."""
+        return hf_tensor[self.dst[0]:self.dst[1]]
+
+
 def _check_shape(what: str, tensor: Tensor, expected) -> None:
     if tuple(tensor.shape) != tuple(expected):
         raise MappingError(f"{what}: shape {tuple(tensor.shape)} does not match the expected {tuple(expected)}")
 
 
-def shard_destination(mapping: ArchMapping, megatron_name: str, tp_rank: int, tp_size: int,
-                      hf_views: Mapping[str, Tensor], dtype: torch.dtype) -> Optional[Tensor]:
-    """The part of ``hf_views`` that TP rank ``tp_rank``'s shard of ``megatron_name`` fills
-    exactly, element for element, as one contiguous tensor of the shard's shape and ``dtype``;
-    else None. A receiver can then land the shard there directly (no copy afterwards), and
-    :func:`write_shard_into_hf` of that tensor into the same views is an identity.
+def shard_pieces(mapping: ArchMapping, megatron_name: str, tp_rank: int, tp_size: int) -> Optional[List[ShardPiece]]:
+    """TP rank ``tp_rank``'s shard of ``megatron_name`` as blocks of whole rows of the HF tensors.
 
-    Direct: ``replicated`` (TP rank 0), ``row`` at TP=1, and a ``vocab`` shard without padding
-    rows (a block of whole rows). Never: ``qkv`` and ``gated`` (split over several HF tensors or
-    interleaved), a tied output layer, a name missing from ``hf_views``, another dtype.
+    Depends only on the mapping and the TP layout, so a sender and its receivers agree on it.
+
+    Returns:
+        The pieces, in shard-row order; ``[]`` when the shard writes nothing (a tied output
+        layer, a replicated tensor on TP rank > 0, a vocab shard of padding rows only); None for
+        a ``row`` tensor at TP > 1 (its shard is a column slice of the HF tensor).
+
+    Raises:
+        MappingError: unknown name, ``tp_rank`` outside ``0..tp_size-1``, or query groups not
+            divisible by ``tp_size``.
     """
+    if not 0 <= tp_rank < tp_size:
+        raise MappingError(f"tp_rank={tp_rank} outside 0..{tp_size - 1}")
     kind = mapping.kind(megatron_name)
     if megatron_name.endswith("output_layer.weight") and mapping.tied:
-        return None
+        return []
     names = mapping.hf_names_for(megatron_name)
-    if len(names) != 1 or names[0] not in hf_views:
-        return None
-    view = hf_views[names[0]]
-    shape = tuple(mapping.shard_shape(megatron_name, tp_size))
-    if view.dtype != dtype:
-        return None
-    if kind == "replicated" and tp_rank == 0:
-        out = view
-    elif kind == "row" and tp_size == 1:
-        out = view
-    elif kind == "vocab":
-        lo, hi = tp_rank * shape[0], (tp_rank + 1) * shape[0]
-        if hi > mapping.vocab_size:
-            return None
-        out = view[lo:hi]
-    else:
-        return None
-    return out if tuple(out.shape) == shape and out.is_contiguous() else None
+    rows = mapping.shard_shape(megatron_name, tp_size)[0]
+    if kind == "replicated":
+        return [ShardPiece(names[0], (0, rows), (0, rows))] if tp_rank == 0 else []
+    if kind == "row":
+        return [ShardPiece(names[0], (0, rows), (0, rows))] if tp_size == 1 else None
+    if kind == "vocab":
+        lo, hi = tp_rank * rows, min((tp_rank + 1) * rows, mapping.vocab_size)
+        return [ShardPiece(names[0], (0, hi - lo), (lo, hi))] if lo < hi else []
+    if kind == "gated":
+        per = rows // 2
+        return [ShardPiece(name, (half * per, (half + 1) * per), (tp_rank * per, (tp_rank + 1) * per))
+                for half, name in enumerate(names)]  # [gate_r; up_r]
+    if kind == "qkv":
+        g, d = mapping.num_query_groups, mapping.head_dim
+        if g % tp_size:
+            raise MappingError(f"{megatron_name}: {g} query groups cannot be split over TP={tp_size}")
+        per, local = mapping.num_heads // g, g // tp_size
+        q_name, k_name, v_name = names
+        pieces = []
+        for j in range(local):  # local group j is global group tp_rank * local + j: [q (per heads); k; v]
+            base, group = j * (per + 2) * d, tp_rank * local + j
+            pieces += [ShardPiece(q_name, (base, base + per * d), (group * per * d, (group + 1) * per * d)),
+                       ShardPiece(k_name, (base + per * d, base + (per + 1) * d), (group * d, (group + 1) * d)),
+                       ShardPiece(v_name, (base + (per + 1) * d, base + (per + 2) * d), (group * d, (group + 1) * d))]
+        return pieces
+    raise MappingError(f"{megatron_name}: unsupported kind {kind!r}")  # pragma: no cover - KINDS is closed
 
 
 @torch.no_grad()
@@ -100,61 +142,22 @@ def write_shard_into_hf(mapping: ArchMapping, megatron_name: str, shard: Tensor,
         MappingError: unknown name, wrong shard / view shape, ``tp_rank`` outside
             ``0..tp_size-1``, or a dimension not divisible by ``tp_size``.
     """
-    if not 0 <= tp_rank < tp_size:
-        raise MappingError(f"tp_rank={tp_rank} outside 0..{tp_size - 1}")
-    kind = mapping.kind(megatron_name)
+    pieces = shard_pieces(mapping, megatron_name, tp_rank, tp_size)
     _check_shape(f"{megatron_name} (TP rank {tp_rank} of {tp_size})", shard,
                  mapping.shard_shape(megatron_name, tp_size))
-    if megatron_name.endswith("output_layer.weight") and mapping.tied:
-        return {}
-    names = mapping.hf_names_for(megatron_name)
-    targets = {n: hf_views[n] for n in names if n in hf_views}
+    targets = {n: hf_views[n] for n in mapping.hf_names_for(megatron_name) if n in hf_views}
     for n, t in targets.items():
         _check_shape(n, t, mapping.hf_shape(n))
     written: Dict[str, int] = {}
-    if not targets:
-        return written
-    if kind == "replicated":
-        if tp_rank == 0:
-            (name,) = names
-            targets[name].copy_(shard)
+    if pieces is None:  # a row-parallel shard: columns [r*C/T, (r+1)*C/T) of the HF tensor
+        for name, target in targets.items():
+            cols = shard.shape[1]
+            target[:, tp_rank * cols:(tp_rank + 1) * cols].copy_(shard)
             written[name] = shard.numel()
         return written
-    if kind == "vocab":
-        rows = shard.shape[0]
-        lo, hi = tp_rank * rows, min((tp_rank + 1) * rows, mapping.vocab_size)
-        if lo < hi:
-            (name,) = names
-            targets[name][lo:hi].copy_(shard[: hi - lo])
-            written[name] = (hi - lo) * shard.shape[1]
-        return written
-    if kind == "row":
-        (name,) = names
-        cols = shard.shape[1]
-        targets[name][:, tp_rank * cols:(tp_rank + 1) * cols].copy_(shard)
-        written[name] = shard.numel()
-        return written
-    if kind == "gated":
-        per = shard.shape[0] // 2
-        for half, name in enumerate(names):  # [gate_r; up_r]
-            if name in targets:
-                targets[name][tp_rank * per:(tp_rank + 1) * per].copy_(shard[half * per:(half + 1) * per])
-                written[name] = per * shard.shape[1]
-        return written
-    if kind == "qkv":
-        g, d, hidden = mapping.num_query_groups, mapping.head_dim, mapping.hidden_size
-        if g % tp_size:
-            raise MappingError(f"{megatron_name}: {g} query groups cannot be split over TP={tp_size}")
-        per, local = mapping.num_heads // g, g // tp_size
-        g0, g1 = tp_rank * local, (tp_rank + 1) * local
-        grouped = shard.reshape(local, per + 2, d, hidden)
-        q_name, k_name, v_name = names
-        if q_name in targets:
-            targets[q_name].view(g, per, d, hidden)[g0:g1].copy_(grouped[:, :per])
-            written[q_name] = local * per * d * hidden
-        for name, j in ((k_name, per), (v_name, per + 1)):
-            if name in targets:
-                targets[name].view(g, d, hidden)[g0:g1].copy_(grouped[:, j])
-                written[name] = local * d * hidden
-        return written
-    raise MappingError(f"{megatron_name}: unsupported kind {kind!r}")  # pragma: no cover - KINDS is closed
+    for piece in pieces:
+        if piece.hf_name in targets:
+            src = piece.of_shard(shard)
+            piece.of_hf(targets[piece.hf_name]).copy_(src)
+            written[piece.hf_name] = written.get(piece.hf_name, 0) + src.numel()
+    return written

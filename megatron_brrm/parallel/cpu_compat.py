@@ -27,6 +27,12 @@ rng_tracker           Megatron's named RNG streams kept as CPU generator states
 rng_state_functions   ``_get_cuda_rng_state`` / ``_set_cuda_rng_state`` use the CPU generator
 ===================== ===================================================================
 
+One more CPU measure lives outside this module because it must act while Megatron is being
+imported: :mod:`megatron_brrm.megatron_import_hook` (``jit_fuser_off``, installed by the
+package's ``__init__``) makes Megatron's ``jit_fuser`` its own no-op decorator on a CPU-only
+torch, so ``import megatron.core`` does not load ``torch._dynamo`` / ``torch._inductor`` for
+fused kernels that never run on CPU.
+
 ``torch.cuda.empty_cache`` needs no stand-in: on a CPU build of torch it is already a
 no-op (measured, torch 2.13), so it is not patched.
 

@@ -42,7 +42,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 
 from megatron_brrm.model.mapping import global_to_local_layer
-from megatron_brrm.model.shard_layout import shard_destination, write_shard_into_hf
+from megatron_brrm.model.shard_layout import shard_pieces, write_shard_into_hf
 from megatron_brrm.rollout.refit import fused_module_key
 from megatron_brrm.rollout.shm import (BucketEntry, align_up, bucket_views, create_file, dtype_name, file_name,
                                        layout_entries, mmap_file, remove_file, remove_stale_files, shm_free_bytes)
@@ -365,12 +365,17 @@ def write_routed_shards(local_params: Mapping[str, torch.Tensor], mapping, route
     step (the broadcasts are collectives; each rank issues its part in the same global order, so
     they cannot deadlock).
 
+    A shard travels as its :func:`~megatron_brrm.model.shard_layout.shard_pieces` (blocks of whole
+    rows of one HF tensor each: q/k/v per query group, gate and up, the vocab rows without
+    padding), one broadcast per piece, so that on CPU each piece is sent from the parameter
+    itself and received straight into its place in the first target: no copy on either side. A
+    piece whose place is missing there (or has another dtype), and a row-parallel shard at TP > 1
+    (a column slice), land in scratch and are copied out.
+
     Schedule: every broadcast of the call is issued at once (``async_op``), so shards travel in
     both directions together (one group per stage and TP shard: PP stage 0's go to node 1 while
-    stage 1's come back) and while this rank writes its local shards; each received shard is
-    written out as soon as its broadcast completes, in issue order. A shard that fills one HF
-    tensor (or a block of whole rows of one) exactly (:func:`shard_destination`) is received
-    straight into the first target, on CPU: no copy after it lands.
+    stage 1's come back) and while this rank writes its local shards; each received piece is
+    written out as soon as its broadcast completes, in issue order.
 
     Args:
         local_params: ``{global Megatron name: parameter}`` of this rank.
@@ -392,7 +397,8 @@ def write_routed_shards(local_params: Mapping[str, torch.Tensor], mapping, route
     written, comm_s, write_s = 0, 0.0, 0.0
     device = next(iter(local_params.values())).device if local_params else torch.device("cpu")
     names = list(dict.fromkeys(mapping.megatron_name_for_hf(n)[0] for n in hf_names))
-    local, comm = [], []  # (name, shard index, tensor); (name, shard index, stage, group), in the global order
+    # (name, shard index, tensor); (name, shard index, stage, group, piece or None = the whole shard), in global order
+    local, comm = [], []
     for name in names:
         stage = global_to_local_layer(name, route.pp_size, mapping.num_layers, vp_size)[0]
         for t in shard_ranks_needed(mapping, name, route.tp_size):
@@ -400,7 +406,15 @@ def write_routed_shards(local_params: Mapping[str, torch.Tensor], mapping, route
                 local.append((name, t, local_params[name].detach()))
             group = route.group_for((stage, t))
             if group is not None and rank in group.ranks:
-                comm.append((name, t, stage, group))
+                pieces = shard_pieces(mapping, name, t, route.tp_size)
+                comm += [(name, t, stage, group, piece) for piece in (pieces if pieces is not None else [None])]
+
+    def timed_copy(dst: torch.Tensor, src: torch.Tensor) -> None:
+        nonlocal written, write_s
+        t0 = time.perf_counter()
+        dst.copy_(src.cpu() if src.is_cuda else src)
+        written += dst.numel() * dst.element_size()
+        write_s += time.perf_counter() - t0
 
     def write(name: str, t: int, shard: torch.Tensor, into: Sequence[Mapping[str, torch.Tensor]]) -> None:
         nonlocal written, write_s
@@ -412,46 +426,49 @@ def write_routed_shards(local_params: Mapping[str, torch.Tensor], mapping, route
         write_s += time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    # a received shard that fills one HF tensor (or a block of one) exactly lands in the first
-    # target directly; the others land in scratch and are copied out
-    received: Dict[Tuple[str, int], torch.Tensor] = {}
+    # where each received piece lands: its place in the first target when it has one (direct), else scratch
+    dest: Dict[int, torch.Tensor] = {}
     scratch = []
-    for name, t, _, group in comm:
+    for i, (name, t, _, group, piece) in enumerate(comm):
         if rank == group.source:
             continue
         dtype = getattr(torch, dtypes[name].split(".")[-1])
-        dest = None
-        if targets and device.type == "cpu":
-            dest = shard_destination(mapping, name, t, route.tp_size, targets[0], dtype)
-        if dest is not None:
-            received[(name, t)] = dest
-        else:
-            scratch.append(((name, t), (mapping.shard_shape(name, route.tp_size), dtype)))
-    direct = set(received)
-    received.update(zip((key for key, _ in scratch), receive_buffers([spec for _, spec in scratch], device)))
+        if piece is not None and targets and device.type == "cpu" and piece.hf_name in targets[0]:
+            view = piece.of_hf(targets[0][piece.hf_name])
+            if view.dtype == dtype and view.is_contiguous():
+                dest[i] = view
+                continue
+        shape = tuple(mapping.shard_shape(name, route.tp_size))
+        scratch.append((i, ((piece.rows, *shape[1:]) if piece is not None else shape, dtype)))
+    direct = set(dest)
+    dest.update(zip((i for i, _ in scratch), receive_buffers([spec for _, spec in scratch], device)))
     in_flight, keep = [], []
-    for name, t, stage, group in comm:
+    for i, (name, t, stage, group, piece) in enumerate(comm):
         if rank == group.source:
-            tensor = local_params[name].detach().contiguous()
+            tensor = local_params[name].detach()
+            tensor = (piece.of_shard(tensor) if piece is not None else tensor).contiguous()
             keep.append(tensor)  # alive until its broadcast completes
-            work = torch.distributed.broadcast(tensor, src=rank, group=groups[(stage, t)], async_op=True)
-            in_flight.append((work, None))
+            in_flight.append((torch.distributed.broadcast(tensor, src=rank, group=groups[(stage, t)], async_op=True),
+                              None))
         else:
-            work = torch.distributed.broadcast(received[(name, t)], src=group.source, group=groups[(stage, t)],
-                                               async_op=True)
-            in_flight.append((work, (name, t)))
+            in_flight.append((torch.distributed.broadcast(dest[i], src=group.source, group=groups[(stage, t)],
+                                                          async_op=True), i))
     comm_s += time.perf_counter() - t0
     for name, t, shard in local:  # while the broadcasts travel
         write(name, t, shard, targets)
-    for work, key in in_flight:
+    for work, i in in_flight:
         t0 = time.perf_counter()
         work.wait()
         comm_s += time.perf_counter() - t0
-        if key is None:
+        if i is None:
             continue
-        if key in direct:  # already in place in the first target: count it, copy to the others
-            written += received[key].numel() * received[key].element_size()
-            write(key[0], key[1], received[key], targets[1:])
-        else:
-            write(key[0], key[1], received[key], targets)
+        name, t, _, _, piece = comm[i]
+        if piece is None:
+            write(name, t, dest[i], targets)
+            continue
+        if i in direct:  # already in place in the first target
+            written += dest[i].numel() * dest[i].element_size()
+        for views in (targets[1:] if i in direct else targets):
+            if piece.hf_name in views:
+                timed_copy(piece.of_hf(views[piece.hf_name]), dest[i])
     return {"bytes": written, "comm_s": comm_s, "write_s": write_s}

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from megatron_brrm.model.mapping import MappingError, get_mapping
-from megatron_brrm.model.shard_layout import shard_destination, write_shard_into_hf
+from megatron_brrm.model.shard_layout import shard_pieces, write_shard_into_hf
 
 
 def _config(arch: str, vocab: int, tied: bool = False) -> dict:
@@ -85,38 +85,40 @@ def test_bad_shapes_and_ranks_raise():
         write_shard_into_hf(mapping, name, torch.zeros(mapping.shard_shape(name, 2)), 2, 2, {hf_name: view})
 
 
-@pytest.mark.parametrize("tp", [1, 2])
-@pytest.mark.parametrize("vocab,divisible_by", [(1000, 128), (1024, 128)], ids=["padded", "unpadded"])
-def test_shard_destination_is_exactly_where_the_shard_is_written(tp, vocab, divisible_by):
-    """Where shard_destination names a view, writing the shard (write_shard_into_hf) into zeroed
-    HF tensors changes exactly that view's elements, to the shard's values: a receiver may land
-    the shard there directly. Expected direct kinds: replicated (TP rank 0), row at TP=1, vocab
-    shards without padding rows; never qkv or gated, another dtype, or a tied output layer."""
+@pytest.mark.parametrize("tp", [1, 2, 4])
+@pytest.mark.parametrize("vocab,divisible_by", [(1000, 128), (100, 64)], ids=["pad-last-rank", "pad-whole-ranks"])
+def test_shard_pieces_are_row_blocks_of_the_reference(tp, vocab, divisible_by):
+    """Each piece of a shard (shard_pieces) is, element for element, a block of rows of one HF
+    tensor, checked against the registry's own to_megatron / shard (not against write_shard_into_hf),
+    and the pieces of all ranks cover every HF row exactly once. Expected: every kind but ``row``
+    at TP > 1 (None: a column slice), q/k/v one piece each per query group, gate and up one each,
+    a replicated tensor only on rank 0, no padding rows, nothing for a tied output layer."""
     mapping = get_mapping(_config("qwen3", vocab), make_vocab_size_divisible_by=divisible_by, tp_size=tp)
     g = torch.Generator().manual_seed(5)
     original = {n: torch.randn(mapping.hf_shape(n), generator=g) for n in mapping.hf_param_names()}
-    direct_kinds = set()
+    covered = {n: torch.zeros(t.shape[0], dtype=torch.int64) for n, t in original.items()}
     for name in mapping.megatron_param_names():
+        kind = mapping.kind(name)
         full = mapping.to_megatron(name, original)
         for r in range(tp):
             shard = mapping.shard(name, full, r, tp)
-            views = {n: torch.zeros_like(t) for n, t in original.items()}
-            dest = shard_destination(mapping, name, r, tp, views, torch.float32)
-            assert shard_destination(mapping, name, r, tp, views, torch.bfloat16) is None
-            kind = mapping.kind(name)
-            if dest is None:
-                assert kind in ("qkv", "gated") or (kind == "row" and tp > 1) or (kind == "replicated" and r > 0) \
-                    or (kind == "vocab" and (r + 1) * shard.shape[0] > vocab), (name, r)
+            pieces = shard_pieces(mapping, name, r, tp)
+            if kind == "row" and tp > 1:
+                assert pieces is None, name
                 continue
-            direct_kinds.add(kind)
-            write_shard_into_hf(mapping, name, shard, r, tp, views)
-            assert torch.equal(dest, shard), (name, r)
-            assert sum(int(v.count_nonzero()) for v in views.values()) == shard.numel(), (name, r)  # nothing else
-    rows = mapping.padded_vocab_size // tp
-    expected = {"replicated"} | ({"row"} if tp == 1 else set()) | \
-        ({"vocab"} if any((r + 1) * rows <= vocab for r in range(tp)) else set())
-    assert ("vocab" in expected) == (vocab == 1024 or tp > 1)  # the cases this test means to cover
-    assert direct_kinds == expected
+            expected = {"qkv": 3 * mapping.num_query_groups // tp, "gated": 2, "replicated": int(r == 0)}.get(kind, 1)
+            if kind == "vocab" and r * shard.shape[0] >= vocab:
+                expected = 0  # a rank holding padding rows only
+            assert len(pieces) == expected, (name, r)
+            for piece in pieces:
+                src, dst = piece.of_shard(shard), piece.of_hf(original[piece.hf_name])
+                assert src.is_contiguous() and dst.is_contiguous()
+                assert torch.equal(src, dst), (name, r, piece)
+                covered[piece.hf_name][piece.dst[0]:piece.dst[1]] += 1
+    for n in original:
+        column_split = tp > 1 and mapping.kind(mapping.megatron_name_for_hf(n)[0]) == "row"
+        assert bool((covered[n] == (0 if column_split else 1)).all()), n
     tied = get_mapping(_config("qwen3", 1024, tied=True), tp_size=1)
-    views = {n: torch.zeros(tied.hf_shape(n)) for n in tied.hf_param_names()}
-    assert shard_destination(tied, "output_layer.weight", 0, 1, views, torch.float32) is None
+    assert shard_pieces(tied, "output_layer.weight", 0, 1) == []
+    with pytest.raises(MappingError, match="tp_rank=2"):
+        shard_pieces(mapping, "decoder.final_layernorm.weight", 2, 2)

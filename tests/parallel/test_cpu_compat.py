@@ -87,3 +87,25 @@ def test_unchecked_megatron_version_is_refused(monkeypatch):
         cpu_compat.check_megatron_version()
     with pytest.raises(RuntimeError, match="0.17.0"):
         cpu_compat.use_in_process_save_queue()
+
+
+def test_megatron_imports_without_torch_compile_on_cpu():
+    """``megatron_brrm/megatron_import_hook.py`` (``jit_fuser_off``): importing the package first makes
+    Megatron's ``jit_fuser`` its own no-op decorator on a CPU-only torch, so ``import megatron.core``
+    never loads ``torch._dynamo`` (the fused kernels it would compile never run on CPU). The control:
+    without the hook (plain ``import megatron.core``), and with CUDA reported available, Megatron
+    decorates with ``torch.compile`` and ``torch._dynamo`` is loaded."""
+    import subprocess
+    import sys
+
+    probe = ("import sys, torch; {pre}import megatron.core, megatron.core.jit as j; "
+             "print(j.jit_fuser is j.noop_decorator, 'torch._dynamo' in sys.modules)")
+    runs = {"hook": "import megatron_brrm; ", "no hook": "",
+            "hook, cuda": "torch.cuda.is_available = lambda: True; import megatron_brrm; "}
+    got = {}
+    for name, pre in runs.items():
+        out = subprocess.run([sys.executable, "-W", "ignore", "-c", probe.format(pre=pre)], capture_output=True,
+                             text=True, timeout=120)
+        assert out.returncode == 0, (name, out.stderr[-2000:])
+        got[name] = out.stdout.split()
+    assert got == {"hook": ["True", "False"], "no hook": ["False", "True"], "hook, cuda": ["False", "True"]}
