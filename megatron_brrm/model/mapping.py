@@ -189,9 +189,15 @@ class ArchMapping:
         self.head = head
         self._mg = [(_pattern_regex(r.megatron), r) for r in self.rules]
         self._hf = [(_pattern_regex(h), r, j) for r in self.rules for j, h in enumerate(r.hf)]
+        # name -> match, filled on use: a refit asks about every tensor on every call
+        self._mg_cache: Dict[str, Tuple[ParamRule, Optional[int]]] = {}
+        self._hf_cache: Dict[str, Tuple[str, int]] = {}
 
     # ---------------------------------------------------------------- names
     def _match(self, megatron_name: str) -> Tuple[ParamRule, Optional[int]]:
+        hit = self._mg_cache.get(megatron_name)
+        if hit is not None:
+            return hit
         name = to_unfused_name(_strip_module_prefix(megatron_name))
         for regex, rule in self._mg:
             m = regex.match(name)
@@ -200,6 +206,7 @@ class ArchMapping:
                 if layer is not None and not 0 <= layer < self.num_layers:
                     raise MappingError(f"{megatron_name}: layer {layer} is outside 0..{self.num_layers - 1} "
                                        "(is this a per-rank local name? use local_to_global_layer first)")
+                self._mg_cache[megatron_name] = (rule, layer)
                 return rule, layer
         raise MappingError(f"{megatron_name}: not a {self.arch.model_type} Megatron parameter name "
                            f"(expected one of: {', '.join(r.megatron for r in self.rules)})")
@@ -252,12 +259,16 @@ class ArchMapping:
         Raises:
             MappingError: the name is not part of this architecture.
         """
+        hit = self._hf_cache.get(hf_name)
+        if hit is not None:
+            return hit
         for regex, rule, j in self._hf:
             m = regex.match(hf_name)
             if m:
                 name = rule.megatron.format(i=int(m.group(1))) if m.groups() else rule.megatron
                 if self.fused_norms:
                     name = to_fused_name(name)
+                self._hf_cache[hf_name] = (name, j)
                 return name, j
         raise MappingError(f"{hf_name}: not a {self.arch.model_type} HF tensor name")
 

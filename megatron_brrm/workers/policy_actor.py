@@ -178,7 +178,7 @@ class PolicyActor:
             raise RuntimeError("write_refit_targets before setup_refit_route")
         rank = torch.distributed.get_rank()
         t0 = time.perf_counter()
-        targets = [dict(bucket_views(map_buffer(path, nbytes, persistent=persistent), entries))
+        targets = [self._target_views(path, nbytes, entries, persistent)
                    for path, nbytes, entries in targets_by_node.get(self._route.node_of[rank], [])]
         map_s = time.perf_counter() - t0
         from megatron.core import parallel_state as mpu  # lazy: runs in a spawned/Ray worker process
@@ -188,6 +188,19 @@ class PolicyActor:
                                   targets, hf_names, vp_size=self.worker.vp_size)
         out["map_s"] = map_s
         return out
+
+    def _target_views(self, path: str, nbytes: int, entries, persistent: bool) -> Dict[str, torch.Tensor]:
+        """``{hf_name: view}`` of the mapped file ``path``; an engine's weights (``persistent``) keep
+        theirs between refits (same file, same layout), so a refit does not rebuild hundreds of views."""
+        buffer = map_buffer(path, nbytes, persistent=persistent)
+        if not persistent:
+            return dict(bucket_views(buffer, entries))
+        cache = self.__dict__.setdefault("_persistent_views", {})
+        key = (path, nbytes, buffer.data_ptr())
+        hit = cache.get(key)
+        if hit is None or hit[0] != entries:
+            cache[key] = hit = (list(entries), dict(bucket_views(buffer, entries)))
+        return hit[1]
 
     def create_refit_buffers(self, nbytes: int, count: int = 2) -> List[str]:
         """Create ``count`` shared-memory files of ``nbytes`` bytes on this rank's node (it is the
@@ -206,6 +219,9 @@ class PolicyActor:
     def release_refit_buffers(self, keep: Sequence[str] = ()) -> int:
         """Unmap the refit buffers this rank holds, except the paths in ``keep`` (call when a refit
         ends); returns how many were unmapped."""
+        views = self.__dict__.get("_persistent_views", {})
+        for key in [k for k in views if k[0] not in keep]:
+            del views[key]  # the views hold the mapping open
         return unmap_buffers(keep)
 
     def hf_state_dict(self) -> Optional[Dict[str, torch.Tensor]]:
