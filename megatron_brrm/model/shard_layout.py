@@ -63,6 +63,15 @@ class ShardPiece:
         """The piece's rows of the HF tensor (a contiguous view when it is contiguous)."""
         return hf_tensor[self.dst[0]:self.dst[1]]
 
+    def write(self, rows: Tensor, hf_views: Mapping[str, Tensor]) -> Dict[str, int]:
+        """Copy ``rows`` (this piece's rows of a shard, e.g. :meth:`of_shard` or a received
+        buffer) into their place in ``hf_views[hf_name]`` (``copy_`` converts the dtype);
+        returns ``{hf_name: elements written}``, empty when ``hf_views`` lacks the name."""
+        if self.hf_name not in hf_views:
+            return {}
+        self.of_hf(hf_views[self.hf_name]).copy_(rows)
+        return {self.hf_name: rows.numel()}
+
 
 def _check_shape(what: str, tensor: Tensor, expected) -> None:
     if tuple(tensor.shape) != tuple(expected):
@@ -156,8 +165,6 @@ def write_shard_into_hf(mapping: ArchMapping, megatron_name: str, shard: Tensor,
             written[name] = shard.numel()
         return written
     for piece in pieces:
-        if piece.hf_name in targets:
-            src = piece.of_shard(shard)
-            piece.of_hf(targets[piece.hf_name]).copy_(src)
-            written[piece.hf_name] = written.get(piece.hf_name, 0) + src.numel()
+        for name, count in piece.write(piece.of_shard(shard), targets).items():
+            written[name] = written.get(name, 0) + count
     return written

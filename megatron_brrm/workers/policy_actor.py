@@ -55,6 +55,8 @@ class PolicyActor:
 
         self.cfg = cfg
         self.worker = PolicyWorker(cfg, hf_path=hf_path, optimizer=optimizer, total_steps=total_steps)
+        # (path, nbytes, address) -> (entries, {hf_name: view}) of engines' weight files (refit)
+        self._persistent_views: Dict[tuple, tuple] = {}
 
     # ------------------------------------------------------------------ info
     def info(self) -> Dict[str, int]:
@@ -195,11 +197,10 @@ class PolicyActor:
         buffer = map_buffer(path, nbytes, persistent=persistent)
         if not persistent:
             return dict(bucket_views(buffer, entries))
-        cache = self.__dict__.setdefault("_persistent_views", {})
         key = (path, nbytes, buffer.data_ptr())
-        hit = cache.get(key)
+        hit = self._persistent_views.get(key)
         if hit is None or hit[0] != entries:
-            cache[key] = hit = (list(entries), dict(bucket_views(buffer, entries)))
+            self._persistent_views[key] = hit = (list(entries), dict(bucket_views(buffer, entries)))
         return hit[1]
 
     def create_refit_buffers(self, nbytes: int, count: int = 2) -> List[str]:
@@ -219,9 +220,8 @@ class PolicyActor:
     def release_refit_buffers(self, keep: Sequence[str] = ()) -> int:
         """Unmap the refit buffers this rank holds, except the paths in ``keep`` (call when a refit
         ends); returns how many were unmapped."""
-        views = self.__dict__.get("_persistent_views", {})
-        for key in [k for k in views if k[0] not in keep]:
-            del views[key]  # the views hold the mapping open
+        for key in [k for k in self._persistent_views if k[0] not in keep]:
+            del self._persistent_views[key]  # the views hold the mapping open
         return unmap_buffers(keep)
 
     def hf_state_dict(self) -> Optional[Dict[str, torch.Tensor]]:

@@ -409,19 +409,16 @@ def write_routed_shards(local_params: Mapping[str, torch.Tensor], mapping, route
                 pieces = shard_pieces(mapping, name, t, route.tp_size)
                 comm += [(name, t, stage, group, piece) for piece in (pieces if pieces is not None else [None])]
 
-    def timed_copy(dst: torch.Tensor, src: torch.Tensor) -> None:
+    def write(name: str, t: int, data: torch.Tensor, into: Sequence[Mapping[str, torch.Tensor]],
+              piece=None) -> None:
+        """Write ``data`` (TP shard ``t`` of ``name``, or only ``piece``'s rows of it) into every target of ``into``."""
         nonlocal written, write_s
         t0 = time.perf_counter()
-        dst.copy_(src.cpu() if src.is_cuda else src)
-        written += dst.numel() * dst.element_size()
-        write_s += time.perf_counter() - t0
-
-    def write(name: str, t: int, shard: torch.Tensor, into: Sequence[Mapping[str, torch.Tensor]]) -> None:
-        nonlocal written, write_s
-        t0 = time.perf_counter()
+        data = data.cpu() if data.is_cuda else data
         for views in into:
-            for hf_name, count in write_shard_into_hf(mapping, name, shard.cpu() if shard.is_cuda else shard, t,
-                                                      route.tp_size, views).items():
+            counts = (write_shard_into_hf(mapping, name, data, t, route.tp_size, views) if piece is None
+                      else piece.write(data, views))
+            for hf_name, count in counts.items():
                 written += count * views[hf_name].element_size()
         write_s += time.perf_counter() - t0
 
@@ -463,12 +460,9 @@ def write_routed_shards(local_params: Mapping[str, torch.Tensor], mapping, route
         if i is None:
             continue
         name, t, _, _, piece = comm[i]
-        if piece is None:
-            write(name, t, dest[i], targets)
-            continue
-        if i in direct:  # already in place in the first target
+        if i in direct:  # already in place in the first target: count it, copy it to the others
             written += dest[i].numel() * dest[i].element_size()
-        for views in (targets[1:] if i in direct else targets):
-            if piece.hf_name in views:
-                timed_copy(piece.of_hf(views[piece.hf_name]), dest[i])
+            write(name, t, dest[i], targets[1:], piece)
+        else:
+            write(name, t, dest[i], targets, piece)
     return {"bytes": written, "comm_s": comm_s, "write_s": write_s}
