@@ -33,7 +33,7 @@ from megatron_brrm.parallel import destroy_parallel
 from megatron_brrm.rollout.refit import fused_module_key, iter_buckets
 from megatron_brrm.rollout.shm import SharedBuffers, bucket_views, map_buffer, unmap_buffers
 from megatron_brrm.workers.batching import Batch
-from megatron_brrm.workers.refit_shm import write_routed_shards
+from megatron_brrm.workers.refit_shm import shared_layout, write_routed_shards
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +171,7 @@ class PolicyActor:
             persistent: the files are engines' weights, kept mapped between refits.
 
         Returns:
-            ``{"bytes", "map_s", "comm_s", "write_s"}`` of this rank.
+            ``{"bytes", "map_s", "comm_s", "write_s", "relay"}`` of this rank.
 
         Raises:
             RuntimeError: no route installed (:meth:`setup_refit_route`).
@@ -180,28 +180,30 @@ class PolicyActor:
             raise RuntimeError("write_refit_targets before setup_refit_route")
         rank = torch.distributed.get_rank()
         t0 = time.perf_counter()
-        targets = [self._target_views(path, nbytes, entries, persistent)
-                   for path, nbytes, entries in targets_by_node.get(self._route.node_of[rank], [])]
+        mapped = [self._target_views(path, nbytes, entries, persistent)
+                  for path, nbytes, entries in targets_by_node.get(self._route.node_of[rank], [])]
         map_s = time.perf_counter() - t0
         from megatron.core import parallel_state as mpu  # lazy: runs in a spawned/Ray worker process
 
         out = write_routed_shards(self._refit_local_params(), self.worker.mapping, self._route, rank,
                                   mpu.get_tensor_model_parallel_rank(), self._route_groups, self._route_dtypes,
-                                  targets, hf_names, vp_size=self.worker.vp_size)
+                                  [views for _, views in mapped], hf_names, vp_size=self.worker.vp_size,
+                                  buffers=[buffer for buffer, _ in mapped],
+                                  layout=shared_layout(targets_by_node, self._route.nodes))
         out["map_s"] = map_s
         return out
 
-    def _target_views(self, path: str, nbytes: int, entries, persistent: bool) -> Dict[str, torch.Tensor]:
-        """``{hf_name: view}`` of the mapped file ``path``; an engine's weights (``persistent``) keep
-        theirs between refits (same file, same layout), so a refit does not rebuild hundreds of views."""
+    def _target_views(self, path: str, nbytes: int, entries, persistent: bool):
+        """``(buffer, {hf_name: view})`` of the mapped file ``path``; an engine's weights (``persistent``)
+        keep their views between refits (same file, same layout), so a refit does not rebuild hundreds."""
         buffer = map_buffer(path, nbytes, persistent=persistent)
         if not persistent:
-            return dict(bucket_views(buffer, entries))
+            return buffer, dict(bucket_views(buffer, entries))
         key = (path, nbytes, buffer.data_ptr())
         hit = self._persistent_views.get(key)
         if hit is None or hit[0] != entries:
             self._persistent_views[key] = hit = (list(entries), dict(bucket_views(buffer, entries)))
-        return hit[1]
+        return buffer, hit[1]
 
     def create_refit_buffers(self, nbytes: int, count: int = 2) -> List[str]:
         """Create ``count`` shared-memory files of ``nbytes`` bytes on this rank's node (it is the

@@ -207,9 +207,11 @@ def _add(phases: Dict[str, float], key: str, seconds: float) -> None:
 
 
 def _add_rank_times(phases: Dict[str, float], results: Sequence[Dict[str, float]]) -> None:
-    """Add the slowest rank's mapping, broadcast and writing seconds of one write call."""
+    """Add the slowest rank's mapping, broadcast and writing seconds of one write call, and the
+    ranges relayed whole (``rank_relay``: the most any rank sent or received; 0 = per piece)."""
     for key in ("map_s", "comm_s", "write_s"):
         _add(phases, f"rank_{key[:-2]}", max(r.get(key, 0.0) for r in results))
+    _add(phases, "rank_relay", max(r.get("relay", 0) for r in results))
 
 
 def _share(engine, names: List[str], mapped: set) -> Optional[dict]:

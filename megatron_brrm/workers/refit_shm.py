@@ -352,30 +352,104 @@ def receive_buffers(specs: Sequence[Tuple[Sequence[int], torch.dtype]], device: 
     return out
 
 
+def shared_layout(targets_by_node: Mapping[str, Sequence], nodes: Sequence[str]) -> Optional[List[BucketEntry]]:
+    """The layout that every target file of every node in ``nodes`` has, or None.
+
+    Args:
+        targets_by_node: ``{node id: [(path, nbytes, entries), ...]}`` of one refit call.
+        nodes: the route's engine nodes.
+
+    Returns:
+        The common ``entries`` list, or None when a node has no file in this call or two files are
+        laid out differently (the same for every caller: it reads only its arguments).
+    """
+    layouts = []
+    for node in nodes:
+        files = targets_by_node.get(node) or []
+        if not files:
+            return None
+        layouts += [list(entries) for _, _, entries in files]
+    first = layouts[0] if layouts else None
+    return first if first is not None and all(lay == first for lay in layouts[1:]) else None
+
+
+def relay_ranges(mapping, route, layout: Optional[Sequence[BucketEntry]], hf_names: Sequence[str],
+                 vp_size: Optional[int] = None) -> Optional[Dict[Tuple[int, int], Tuple[int, int]]]:
+    """Byte ranges ``[lo, hi)`` of the target layout that a *relay* refit sends whole, per broadcast group.
+
+    A relay applies when the stage a group carries is written completely on its source's node
+    before anything crosses: TP = 1 (one shard per tensor), the group's source is that node's
+    writer of the stage, the source's node has targets, every node's files share ``layout``, and
+    the stage's tensors of this call fill one contiguous range of ``layout`` (HF order keeps a
+    pipeline stage's layers together; virtual pipeline stages do not). The source then writes its
+    stage into its own node's file as usual and broadcasts those bytes as **one** message into the
+    same range of every receiver's file: no per-piece messages (gloo over TCP spends markedly more
+    CPU per byte on many mid-sized messages than on one large one: ``tools/bench/refit.py``).
+
+    Every rank gets the same answer (it depends only on the arguments, equal on every rank), so
+    the ranks agree on which collectives to issue.
+
+    Args:
+        mapping: the model's ``ArchMapping``; ``route``: the :class:`~.refit_route.RefitRoute`.
+        layout: :func:`shared_layout` of this call (None: no relay).
+        hf_names: the HF tensors of this call.
+        vp_size: virtual pipeline size.
+
+    Returns:
+        ``{group key: (lo, hi)}`` (groups with no tensor in this call are absent), or None when
+        any group cannot be relayed (the caller then sends per shard piece).
+    """
+    if layout is None or route.tp_size != 1 or not route.groups:
+        return None
+    by_name = {e.hf_name: e for e in layout}
+    if any(n not in by_name for n in hf_names):
+        return None
+    stage_of = {n: global_to_local_layer(mapping.megatron_name_for_hf(n)[0], route.pp_size, mapping.num_layers,
+                                         vp_size)[0] for n in hf_names}
+    ranges = {}
+    for g in route.groups:
+        stage, node = g.key[0], route.node_of[g.source]
+        if node not in route.nodes or route.writers.get((node, stage, 0)) != g.source:
+            return None
+        mine = [by_name[n] for n in hf_names if stage_of[n] == stage]
+        if not mine:
+            continue
+        lo, hi = min(e.offset for e in mine), max(e.end for e in mine)
+        if any(e.offset < hi and e.end > lo and stage_of.get(e.hf_name) != stage for e in layout):
+            return None
+        ranges[g.key] = (lo, hi)
+    return ranges
+
+
 @torch.no_grad()
 def write_routed_shards(local_params: Mapping[str, torch.Tensor], mapping, route, rank: int, tp_rank: int,
                         groups: Mapping, dtypes: Mapping[str, str], targets: Sequence[Mapping[str, torch.Tensor]],
-                        hf_names: Sequence[str], vp_size: Optional[int] = None) -> Dict[str, float]:
+                        hf_names: Sequence[str], vp_size: Optional[int] = None,
+                        buffers: Sequence[torch.Tensor] = (), layout: Optional[Sequence[BucketEntry]] = None
+                        ) -> Dict[str, float]:
     """This rank's part of a node-aware refit of the tensors ``hf_names`` (see :mod:`.refit_route`).
 
     For each Megatron tensor behind ``hf_names`` (in order) and each TP shard it needs: the rank
-    that ``route`` makes the shard's local writer on this node writes it into every target; for a
-    shard some node lacks, its source broadcasts it over the shard's group and each receiver
-    writes what it received. Every rank of the policy calls this with the same ``hf_names``, in
-    step (the broadcasts are collectives; each rank issues its part in the same global order, so
-    they cannot deadlock).
+    that ``route`` makes the shard's local writer on this node writes it into every target; a
+    shard some node lacks crosses over the shard's broadcast group. Every rank of the policy calls
+    this with the same arguments but its own ``targets`` / ``buffers``, in step (the broadcasts are
+    collectives; each rank issues its part in the same global order, so they cannot deadlock).
 
-    A shard travels as its :func:`~megatron_brrm.model.shard_layout.shard_pieces` (blocks of whole
-    rows of one HF tensor each: q/k/v per query group, gate and up, the vocab rows without
-    padding), one broadcast per piece, so that on CPU each piece is sent from the parameter
-    itself and received straight into its place in the first target: no copy on either side. A
-    piece whose place is missing there (or has another dtype), and a row-parallel shard at TP > 1
-    (a column slice), land in scratch and are copied out.
+    What crosses, two ways:
 
-    Schedule: every broadcast of the call is issued at once (``async_op``), so shards travel in
-    both directions together (one group per stage and TP shard: PP stage 0's go to node 1 while
-    stage 1's come back) and while this rank writes its local shards; each received piece is
-    written out as soon as its broadcast completes, in issue order.
+    * **relay** (:func:`relay_ranges` applies: TP = 1, identical file layouts everywhere): each
+      source writes its stage into its own node's first target, then broadcasts that byte range
+      as one message straight into the same range of each receiver's first target; receivers
+      copy the range into their other targets. The receive is posted before the local writes,
+      the send right after them, so both directions travel together.
+    * **per piece** (any layout): a shard travels as its
+      :func:`~megatron_brrm.model.shard_layout.shard_pieces` (blocks of whole rows of one HF
+      tensor each: q/k/v per query group, gate and up, the vocab rows without padding), one
+      broadcast per piece, sent from the parameter itself and received straight into its place in
+      the first target: no copy on either side. A piece whose place is missing there (or has
+      another dtype), and a row-parallel shard at TP > 1 (a column slice), land in scratch and are
+      copied out. Every broadcast is issued at once (``async_op``), before this rank's local
+      writes; each received piece is written out as soon as its broadcast completes, in issue order.
 
     Args:
         local_params: ``{global Megatron name: parameter}`` of this rank.
@@ -388,40 +462,86 @@ def write_routed_shards(local_params: Mapping[str, torch.Tensor], mapping, route
             shared weights); a target without a name skips it.
         hf_names: the HF tensors of this call (a bucket, or the whole model).
         vp_size: virtual pipeline size.
+        buffers: the flat uint8 buffers behind ``targets`` (same order), for the relay.
+        layout: :func:`shared_layout` of this call (None: no relay).
 
     Returns:
         ``{"bytes": bytes written here, "comm_s": seconds issuing and waiting for broadcasts,
-        "write_s": seconds copying}``.
+        "write_s": seconds copying, "relay": number of ranges this rank relayed (sent or received)}``.
     """
     node = route.node_of[rank]
-    written, comm_s, write_s = 0, 0.0, 0.0
-    device = next(iter(local_params.values())).device if local_params else torch.device("cpu")
+    out = {"bytes": 0, "comm_s": 0.0, "write_s": 0.0, "relay": 0}
     names = list(dict.fromkeys(mapping.megatron_name_for_hf(n)[0] for n in hf_names))
-    # (name, shard index, tensor); (name, shard index, stage, group, piece or None = the whole shard), in global order
-    local, comm = [], []
+    local = []  # (name, shard index, tensor) this rank writes on its node
     for name in names:
         stage = global_to_local_layer(name, route.pp_size, mapping.num_layers, vp_size)[0]
         for t in shard_ranks_needed(mapping, name, route.tp_size):
             if route.writers.get((node, stage, t)) == rank:
                 local.append((name, t, local_params[name].detach()))
-            group = route.group_for((stage, t))
-            if group is not None and rank in group.ranks:
-                pieces = shard_pieces(mapping, name, t, route.tp_size)
-                comm += [(name, t, stage, group, piece) for piece in (pieces if pieces is not None else [None])]
 
     def write(name: str, t: int, data: torch.Tensor, into: Sequence[Mapping[str, torch.Tensor]],
               piece=None) -> None:
         """Write ``data`` (TP shard ``t`` of ``name``, or only ``piece``'s rows of it) into every target of ``into``."""
-        nonlocal written, write_s
         t0 = time.perf_counter()
         data = data.cpu() if data.is_cuda else data
         for views in into:
             counts = (write_shard_into_hf(mapping, name, data, t, route.tp_size, views) if piece is None
                       else piece.write(data, views))
             for hf_name, count in counts.items():
-                written += count * views[hf_name].element_size()
-        write_s += time.perf_counter() - t0
+                out["bytes"] += count * views[hf_name].element_size()
+        out["write_s"] += time.perf_counter() - t0
 
+    ranges = relay_ranges(mapping, route, layout, hf_names, vp_size)
+    if ranges is not None:
+        _relay(rank, route, groups, ranges, layout, targets, buffers, local, write, out)
+    else:
+        _send_pieces(local_params, mapping, route, rank, groups, dtypes, targets, names, vp_size, local, write, out)
+    return out
+
+
+def _relay(rank: int, route, groups: Mapping, ranges: Mapping, layout: Sequence[BucketEntry],
+           targets: Sequence[Mapping[str, torch.Tensor]], buffers: Sequence[torch.Tensor], local: Sequence, write,
+           out: Dict) -> None:
+    """The relay of :func:`write_routed_shards`: post receives, write locally, send the written ranges."""
+    def issue(g, lo: int, hi: int):
+        t0 = time.perf_counter()
+        work = torch.distributed.broadcast(buffers[0][lo:hi], src=g.source, group=groups[g.key], async_op=True)
+        out["comm_s"] += time.perf_counter() - t0
+        out["relay"] += 1
+        return work
+
+    mine = [(g, *ranges[g.key]) for g in route.groups if g.key in ranges and rank in g.ranks]
+    received = [(issue(g, lo, hi), lo, hi) for g, lo, hi in mine if rank != g.source]
+    for name, t, shard in local:
+        write(name, t, shard, targets)
+    sent = [issue(g, lo, hi) for g, lo, hi in mine if rank == g.source]  # after the local writes filled them
+    t0 = time.perf_counter()
+    for work in sent:
+        work.wait()
+    for work, lo, hi in received:
+        work.wait()
+    out["comm_s"] += time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for work, lo, hi in received:
+        for buffer in buffers[1:]:
+            buffer[lo:hi].copy_(buffers[0][lo:hi])
+        out["bytes"] += len(buffers) * sum(e.nbytes for e in layout if lo <= e.offset < hi)
+    out["write_s"] += time.perf_counter() - t0
+
+
+def _send_pieces(local_params: Mapping[str, torch.Tensor], mapping, route, rank: int, groups: Mapping,
+                 dtypes: Mapping[str, str], targets: Sequence[Mapping[str, torch.Tensor]], names: Sequence[str],
+                 vp_size: Optional[int], local: Sequence, write, out: Dict) -> None:
+    """The per-piece path of :func:`write_routed_shards`."""
+    device = next(iter(local_params.values())).device if local_params else torch.device("cpu")
+    comm = []  # (name, shard index, stage, group, piece or None = the whole shard), in global order
+    for name in names:
+        stage = global_to_local_layer(name, route.pp_size, mapping.num_layers, vp_size)[0]
+        for t in shard_ranks_needed(mapping, name, route.tp_size):
+            group = route.group_for((stage, t))
+            if group is not None and rank in group.ranks:
+                pieces = shard_pieces(mapping, name, t, route.tp_size)
+                comm += [(name, t, stage, group, piece) for piece in (pieces if pieces is not None else [None])]
     t0 = time.perf_counter()
     # where each received piece lands: its place in the first target when it has one (direct), else scratch
     dest: Dict[int, torch.Tensor] = {}
@@ -450,19 +570,18 @@ def write_routed_shards(local_params: Mapping[str, torch.Tensor], mapping, route
         else:
             in_flight.append((torch.distributed.broadcast(dest[i], src=group.source, group=groups[(stage, t)],
                                                           async_op=True), i))
-    comm_s += time.perf_counter() - t0
+    out["comm_s"] += time.perf_counter() - t0
     for name, t, shard in local:  # while the broadcasts travel
         write(name, t, shard, targets)
     for work, i in in_flight:
         t0 = time.perf_counter()
         work.wait()
-        comm_s += time.perf_counter() - t0
+        out["comm_s"] += time.perf_counter() - t0
         if i is None:
             continue
         name, t, _, _, piece = comm[i]
         if i in direct:  # already in place in the first target: count it, copy it to the others
-            written += dest[i].numel() * dest[i].element_size()
+            out["bytes"] += dest[i].numel() * dest[i].element_size()
             write(name, t, dest[i], targets[1:], piece)
         else:
             write(name, t, dest[i], targets, piece)
-    return {"bytes": written, "comm_s": comm_s, "write_s": write_s}

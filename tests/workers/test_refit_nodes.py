@@ -2,8 +2,8 @@
 per node, then that node's shared memory), never the single-node ``shm`` path.
 
 Layouts: PP=2 with one pipeline stage per node (each node writes its own stage's shards and
-receives the other stage's), and TP=2 with one TP rank per node (each node receives the other
-rank's shards of every tensor). One HF engine actor per node (a colocated fleet). After a training
+receives the other stage's, relayed as whole byte ranges of the shared layout), and TP=2 with one TP rank per node (each node receives the other
+rank's shards of every tensor, piece by piece). One HF engine actor per node (a colocated fleet). After a training
 step (so every tensor differs from the initial HF folder), both engines must hold weights
 bit-equal to the trainer's own export (``hf_state_dict``: TP all-gather + ``mapping.to_hf``);
 pure copies, tolerance zero.
@@ -52,6 +52,8 @@ def test_refit_across_two_nodes(layout, two_ray_nodes, tiny_qwen3_dir):
     for mode, (stats, engines) in runs.items():
         assert "transport_collective" in stats.phases and "transport_shm" not in stats.phases, mode
         assert stats.phases["rank_comm"] > 0, mode  # shards did cross between the nodes
+        # PP=2 at TP=1: each stage crosses as whole byte ranges (relay); TP=2: per shard piece
+        assert (stats.phases["rank_relay"] > 0) == (layout["tp"] == 1), (mode, stats.phases["rank_relay"])
         assert stats.num_tensors == len(expected), mode
         for k, state in enumerate(engines):
             for name, tensor in expected.items():
@@ -118,6 +120,7 @@ def test_refit_across_two_nodes_into_vllm(two_ray_nodes, tiny_qwen3_dir, vllm_ti
     assert [t.token_ids for t in by_fleet] == [t.token_ids for t in by_one]
     assert tokens["engine0/generated_tokens"] > 0 and tokens["engine1/generated_tokens"] > 0
     assert len(nodes) == 2 and "transport_collective" in stats.phases and stats.num_buckets > 1
+    assert stats.phases["rank_relay"] > 0  # each bucket's stage ranges crossed whole
     for k in range(2):
         assert max_diff(after[k], trained) <= 1e-4, (k, max_diff(after[k], trained))
         assert max_diff(before[k], trained) > 1e-2, k

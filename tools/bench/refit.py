@@ -16,15 +16,21 @@ moved there), hence 5 repeats.
   moved into shared memory on the first refit; ``--shm-buckets``: double-buffered buckets).
 * ``--nodes 2``: two Ray nodes on this machine (``ray.cluster_utils.Cluster``), PP = 2 with one
   stage per node (``--pp 2 --tp 1`` by default here), one HF engine actor per node (a fleet);
-  ``auto`` is the ``collective`` path: each node writes its own stage's shards locally and
-  receives the other stage's through gloo broadcasts to one rank per node.
+  ``auto`` is the ``collective`` path: each node writes its own stage's shards into its engine's
+  shared weights, then relays that byte range as one gloo broadcast into the other node's engine
+  (``--tp 2`` at PP = 1 sends per shard piece instead).
 
 Prints the refit and baseline throughputs and their ratio (targets: >= 0.8 on one node, >= 0.5
 across nodes). With ``--nodes 2`` (PP=2, TP=1) it also measures the **transport floor**: two bare
 Ray actors, one per node, exchange exactly the bytes that cross nodes in a refit (each node gets
 the other stage's tensors) as two concurrent gloo broadcasts into preallocated buffers, best of
 ``--repeats``. No refit that moves those bytes through gloo can be faster, so
-``baseline / floor`` is the highest ratio this machine allows for the cross-node path.
+``baseline / floor`` is the highest ratio this machine allows for the cross-node path. When the
+floor keeps every core busy (2 cores: gloo's send and receive copies), the nodes' local writes
+of their own stages (half the baseline's bytes) cannot overlap it either, so ``baseline / 2 +
+floor`` estimates the fastest refit possible here (printed as the CPU-bound estimate). Each
+refit line also gives the machine's busy / total core-seconds during it: equal means the refit
+was CPU-bound (on 2 cores the broadcasts' kernel copies and the local writes compete).
 
 A benchmark, not a test: run it with nothing else running; it needs ~6x the model size in RAM.
 """
@@ -60,6 +66,19 @@ def stage_bytes(params, hf_dir, pp: int):
         stage = global_to_local_layer(mapping.megatron_name_for_hf(name)[0], pp, mapping.num_layers)[0]
         per_stage[stage] += p.numel() * p.element_size()
     return per_stage
+
+
+def machine_cpu():
+    """``(busy, idle)`` CPU seconds of the whole machine since boot (``/proc/stat``; zeros elsewhere):
+    the difference over a refit tells whether it kept every core busy (CPU-bound) or waited."""
+    try:
+        with open("/proc/stat") as f:
+            ticks = [int(x) for x in f.readline().split()[1:]]
+    except OSError:
+        return 0.0, 0.0
+    hz = os.sysconf("SC_CLK_TCK")
+    idle = ticks[3] + ticks[4]  # idle + iowait
+    return (sum(ticks[:8]) - idle) / hz, idle / hz
 
 
 def transport_floor(node_ids, nbytes, repeats: int) -> float:
@@ -168,8 +187,10 @@ def main() -> int:
                   f"transport {args.transport}", flush=True)
             refit_s = copy_s = float("inf")
             for _ in range(args.repeats):  # interleaved, so both see the same machine load
+                cpu0 = machine_cpu()
                 stats = refit(policy, targets, args.bucket_mb * 2**20, transport=args.transport,
                               shm_max_bucket_bytes=args.shm_max_bucket_mb * 2**20, direct=not args.shm_buckets)
+                busy = [b - a for a, b in zip(cpu0, machine_cpu())]
                 copy = 0.0
                 for _ in range(engines):  # the same bytes: the model once per engine
                     sources = {n: p.detach().clone() for n, p in params.items()}  # freed before the next refit
@@ -181,7 +202,8 @@ def main() -> int:
                     del sources
                 refit_s, copy_s = min(refit_s, stats.seconds), min(copy_s, copy)
                 phases = ", ".join(f"{k} {v:.3f}" for k, v in stats.phases.items())
-                print(f"refit {stats.seconds:.3f} s ({stats.num_buckets} buckets), plain copy {copy:.3f} s"
+                print(f"refit {stats.seconds:.3f} s ({stats.num_buckets} buckets; machine busy {busy[0]:.2f} of "
+                      f"{busy[0] + busy[1]:.2f} core-s), plain copy {copy:.3f} s"
                       + (f"; refit phases (s): {phases}" if phases else ""), flush=True)
             floor_s, crossing = None, None
             if args.nodes == 2 and tp == 1:  # the floor of the PP=2 layout: stage k's bytes go to the other node
@@ -201,8 +223,11 @@ def main() -> int:
     if floor_s is not None:
         print(f"floor:    {floor_s:8.3f} s  (gloo alone: {crossing[0] / 2**30:.2f} + {crossing[1] / 2**30:.2f} GiB "
               f"crossing the nodes, two concurrent broadcasts into preallocated buffers)")
+        bound = copy_s / 2 + floor_s  # each node's own stage (half the baseline's bytes), then the crossing
         print(f"highest ratio this transport allows (baseline / floor): {copy_s / floor_s:.3f}; "
               f"refit / floor time: {refit_s / floor_s:.2f}x")
+        print(f"CPU-bound estimate: {bound:.3f} s (local writes ~ baseline / 2, then the floor, on the same cores): "
+              f"ratio <= {copy_s / bound:.3f} here; refit / estimate: {refit_s / bound:.2f}x")
     return 0
 
 
