@@ -155,6 +155,9 @@ class PolicyActor:
         tensor. Returns the number of groups."""
         self._route, self._route_dtypes = route, dict(dtypes)
         self._route_groups = {g.key: torch.distributed.new_group(list(g.ranks)) for g in route.groups}
+        # a relay at TP > 1 syncs each stage's writers before the stage leaves their node
+        stages = sorted({g.key[0] for g in route.groups}) if route.tp_size > 1 else []
+        self._writer_groups = {s: torch.distributed.new_group(list(route.stage_sources(s))) for s in stages}
         return len(self._route_groups)
 
     @torch.no_grad()
@@ -189,7 +192,8 @@ class PolicyActor:
                                   mpu.get_tensor_model_parallel_rank(), self._route_groups, self._route_dtypes,
                                   [views for _, views in mapped], hf_names, vp_size=self.worker.vp_size,
                                   buffers=[buffer for buffer, _ in mapped],
-                                  layout=shared_layout(targets_by_node, self._route.nodes))
+                                  layout=shared_layout(targets_by_node, self._route.nodes),
+                                  writer_groups=self._writer_groups)
         out["map_s"] = map_s
         return out
 

@@ -78,6 +78,11 @@ class RefitRoute:
                 return g
         return None
 
+    def stage_sources(self, stage: int) -> Tuple[int, ...]:
+        """Sorted sources of pipeline stage ``stage``'s broadcast groups (one per TP shard a node
+        misses; empty when no node misses the stage)."""
+        return tuple(sorted({g.source for g in self.groups if g.key[0] == stage}))
+
     def describe(self) -> str:
         """One line per node: which shards it writes itself and which it receives (for logs/errors)."""
         lines = []

@@ -375,16 +375,18 @@ def shared_layout(targets_by_node: Mapping[str, Sequence], nodes: Sequence[str])
 
 def relay_ranges(mapping, route, layout: Optional[Sequence[BucketEntry]], hf_names: Sequence[str],
                  vp_size: Optional[int] = None) -> Optional[Dict[Tuple[int, int], Tuple[int, int]]]:
-    """Byte ranges ``[lo, hi)`` of the target layout that a *relay* refit sends whole, per broadcast group.
+    """Byte ranges ``[lo, hi)`` of the target layout that a *relay* refit sends whole, per pipeline stage.
 
-    A relay applies when the stage a group carries is written completely on its source's node
-    before anything crosses: TP = 1 (one shard per tensor), the group's source is that node's
-    writer of the stage, the source's node has targets, every node's files share ``layout``, and
-    the stage's tensors of this call fill one contiguous range of ``layout`` (HF order keeps a
-    pipeline stage's layers together; virtual pipeline stages do not). The source then writes its
-    stage into its own node's file as usual and broadcasts those bytes as **one** message into the
-    same range of every receiver's file: no per-piece messages (gloo over TCP spends markedly more
-    CPU per byte on many mid-sized messages than on one large one: ``tools/bench/refit.py``).
+    A relay applies when each stage that crosses is written completely on one node before it
+    crosses: the sources of all its TP shards' groups (:meth:`~.refit_route.RefitRoute.stage_sources`)
+    are that node's writers of those shards, the node hosts engines, every shard goes to the same
+    receivers, every node's files share ``layout``, and the stage's tensors of this call fill one
+    contiguous range of ``layout`` (HF order keeps a pipeline stage's layers together; virtual
+    pipeline stages do not). The stage's writers then write it into their node's file as usual,
+    sync (a barrier over them at TP > 1), and the TP-0 source broadcasts those bytes as **one**
+    message over the ``(stage, 0)`` group into the same range of every receiver's file: no
+    per-piece messages (gloo over TCP spends markedly more CPU per byte on many mid-sized messages
+    than on one large one: ``tools/bench/refit.py``).
 
     Every rank gets the same answer (it depends only on the arguments, equal on every rank), so
     the ranks agree on which collectives to issue.
@@ -396,10 +398,10 @@ def relay_ranges(mapping, route, layout: Optional[Sequence[BucketEntry]], hf_nam
         vp_size: virtual pipeline size.
 
     Returns:
-        ``{group key: (lo, hi)}`` (groups with no tensor in this call are absent), or None when
-        any group cannot be relayed (the caller then sends per shard piece).
+        ``{(stage, 0): (lo, hi)}`` (stages with no tensor in this call are absent), or None when
+        any stage cannot be relayed (the caller then sends per shard piece).
     """
-    if layout is None or route.tp_size != 1 or not route.groups:
+    if layout is None or not route.groups:
         return None
     by_name = {e.hf_name: e for e in layout}
     if any(n not in by_name for n in hf_names):
@@ -407,9 +409,14 @@ def relay_ranges(mapping, route, layout: Optional[Sequence[BucketEntry]], hf_nam
     stage_of = {n: global_to_local_layer(mapping.megatron_name_for_hf(n)[0], route.pp_size, mapping.num_layers,
                                          vp_size)[0] for n in hf_names}
     ranges = {}
-    for g in route.groups:
-        stage, node = g.key[0], route.node_of[g.source]
-        if node not in route.nodes or route.writers.get((node, stage, 0)) != g.source:
+    for stage in sorted({g.key[0] for g in route.groups}):
+        groups = [route.group_for((stage, t)) for t in range(route.tp_size)]
+        if any(g is None for g in groups):
+            return None
+        node = route.node_of[groups[0].source]
+        if node not in route.nodes or any(route.node_of[g.source] != node or g.receivers != groups[0].receivers
+                                          or route.writers.get((node, stage, t)) != g.source
+                                          for t, g in enumerate(groups)):
             return None
         mine = [by_name[n] for n in hf_names if stage_of[n] == stage]
         if not mine:
@@ -417,7 +424,7 @@ def relay_ranges(mapping, route, layout: Optional[Sequence[BucketEntry]], hf_nam
         lo, hi = min(e.offset for e in mine), max(e.end for e in mine)
         if any(e.offset < hi and e.end > lo and stage_of.get(e.hf_name) != stage for e in layout):
             return None
-        ranges[g.key] = (lo, hi)
+        ranges[(stage, 0)] = (lo, hi)
     return ranges
 
 
@@ -425,8 +432,8 @@ def relay_ranges(mapping, route, layout: Optional[Sequence[BucketEntry]], hf_nam
 def write_routed_shards(local_params: Mapping[str, torch.Tensor], mapping, route, rank: int, tp_rank: int,
                         groups: Mapping, dtypes: Mapping[str, str], targets: Sequence[Mapping[str, torch.Tensor]],
                         hf_names: Sequence[str], vp_size: Optional[int] = None,
-                        buffers: Sequence[torch.Tensor] = (), layout: Optional[Sequence[BucketEntry]] = None
-                        ) -> Dict[str, float]:
+                        buffers: Sequence[torch.Tensor] = (), layout: Optional[Sequence[BucketEntry]] = None,
+                        writer_groups: Optional[Mapping[int, object]] = None) -> Dict[str, float]:
     """This rank's part of a node-aware refit of the tensors ``hf_names`` (see :mod:`.refit_route`).
 
     For each Megatron tensor behind ``hf_names`` (in order) and each TP shard it needs: the rank
@@ -437,11 +444,13 @@ def write_routed_shards(local_params: Mapping[str, torch.Tensor], mapping, route
 
     What crosses, two ways:
 
-    * **relay** (:func:`relay_ranges` applies: TP = 1, identical file layouts everywhere): each
-      source writes its stage into its own node's first target, then broadcasts that byte range
-      as one message straight into the same range of each receiver's first target; receivers
-      copy the range into their other targets. The receive is posted before the local writes,
-      the send right after them, so both directions travel together.
+    * **relay** (:func:`relay_ranges` applies: each crossing stage written whole on one node,
+      identical file layouts everywhere): the stage's writers write it into their node's first
+      target (then meet at a barrier over ``writer_groups[stage]`` when there are several, TP > 1),
+      and its TP-0 source broadcasts that byte range as one message straight into the same range
+      of each receiver's first target; receivers copy the range into their other targets. The
+      receive is posted before the local writes, the send right after them, so both directions
+      travel together.
     * **per piece** (any layout): a shard travels as its
       :func:`~megatron_brrm.model.shard_layout.shard_pieces` (blocks of whole rows of one HF
       tensor each: q/k/v per query group, gate and up, the vocab rows without padding), one
@@ -464,6 +473,8 @@ def write_routed_shards(local_params: Mapping[str, torch.Tensor], mapping, route
         vp_size: virtual pipeline size.
         buffers: the flat uint8 buffers behind ``targets`` (same order), for the relay.
         layout: :func:`shared_layout` of this call (None: no relay).
+        writer_groups: ``{stage: process group of route.stage_sources(stage)}`` for the stages
+            with several sources (TP > 1), built on every rank; needed for a relay at TP > 1.
 
     Returns:
         ``{"bytes": bytes written here, "comm_s": seconds issuing and waiting for broadcasts,
@@ -493,16 +504,17 @@ def write_routed_shards(local_params: Mapping[str, torch.Tensor], mapping, route
 
     ranges = relay_ranges(mapping, route, layout, hf_names, vp_size)
     if ranges is not None:
-        _relay(rank, route, groups, ranges, layout, targets, buffers, local, write, out)
+        _relay(rank, route, groups, writer_groups or {}, ranges, layout, targets, buffers, local, write, out)
     else:
         _send_pieces(local_params, mapping, route, rank, groups, dtypes, targets, names, vp_size, local, write, out)
     return out
 
 
-def _relay(rank: int, route, groups: Mapping, ranges: Mapping, layout: Sequence[BucketEntry],
+def _relay(rank: int, route, groups: Mapping, writer_groups: Mapping, ranges: Mapping, layout: Sequence[BucketEntry],
            targets: Sequence[Mapping[str, torch.Tensor]], buffers: Sequence[torch.Tensor], local: Sequence, write,
            out: Dict) -> None:
-    """The relay of :func:`write_routed_shards`: post receives, write locally, send the written ranges."""
+    """The relay of :func:`write_routed_shards`: post receives, write locally, sync the stage's
+    writers, send the written ranges."""
     def issue(g, lo: int, hi: int):
         t0 = time.perf_counter()
         work = torch.distributed.broadcast(buffers[0][lo:hi], src=g.source, group=groups[g.key], async_op=True)
@@ -510,10 +522,17 @@ def _relay(rank: int, route, groups: Mapping, ranges: Mapping, layout: Sequence[
         out["relay"] += 1
         return work
 
-    mine = [(g, *ranges[g.key]) for g in route.groups if g.key in ranges and rank in g.ranks]
+    relays = [(route.group_for(key), *ranges[key]) for key in sorted(ranges)]
+    mine = [(g, lo, hi) for g, lo, hi in relays if rank in g.ranks]
     received = [(issue(g, lo, hi), lo, hi) for g, lo, hi in mine if rank != g.source]
     for name, t, shard in local:
         write(name, t, shard, targets)
+    for g, _, _ in relays:  # the stage's other TP shards are written on this node too before it leaves
+        writers = route.stage_sources(g.key[0])
+        if len(writers) > 1 and rank in writers:
+            t0 = time.perf_counter()
+            torch.distributed.barrier(group=writer_groups[g.key[0]])
+            out["comm_s"] += time.perf_counter() - t0
     sent = [issue(g, lo, hi) for g, lo, hi in mine if rank == g.source]  # after the local writes filled them
     t0 = time.perf_counter()
     for work in sent:

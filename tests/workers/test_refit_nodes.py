@@ -2,11 +2,12 @@
 per node, then that node's shared memory), never the single-node ``shm`` path.
 
 Layouts: PP=2 with one pipeline stage per node (each node writes its own stage's shards and
-receives the other stage's, relayed as whole byte ranges of the shared layout), and TP=2 with one TP rank per node (each node receives the other
-rank's shards of every tensor, piece by piece). One HF engine actor per node (a colocated fleet). After a training
-step (so every tensor differs from the initial HF folder), both engines must hold weights
-bit-equal to the trainer's own export (``hf_state_dict``: TP all-gather + ``mapping.to_hf``);
-pure copies, tolerance zero.
+receives the other stage's, relayed as whole byte ranges of the shared layout; also at TP=2,
+where a stage's two writers sync before it leaves), and TP=2 with one TP rank per node (each
+node receives the other rank's shards of every tensor, piece by piece). HF engine actors on both
+nodes (a colocated fleet). After a training step (so every tensor differs from the initial HF
+folder), every engine must hold weights bit-equal to the trainer's own export
+(``hf_state_dict``: TP all-gather + ``mapping.to_hf``); pure copies, tolerance zero.
 """
 import pytest
 import torch
@@ -14,7 +15,8 @@ import torch
 pytestmark = [pytest.mark.multiprocess, pytest.mark.timeout(420)]
 
 
-@pytest.mark.parametrize("layout", [{"tp": 1, "pp": 2}, {"tp": 2, "pp": 1}], ids=["pp2", "tp2"])
+@pytest.mark.parametrize("layout", [{"tp": 1, "pp": 2}, {"tp": 2, "pp": 1}, {"tp": 2, "pp": 2}],
+                         ids=["pp2", "tp2", "tp2pp2"])
 def test_refit_across_two_nodes(layout, two_ray_nodes, tiny_qwen3_dir):
     from megatron_brrm.config import load_config
     from megatron_brrm.workers.batching import sequences_to_batch
@@ -31,7 +33,8 @@ def test_refit_across_two_nodes(layout, two_ray_nodes, tiny_qwen3_dir):
     g = torch.Generator().manual_seed(0)
     seqs = [torch.randint(3, 2000, (n,), generator=g).tolist() for n in (24, 17)]
     batch = sequences_to_batch(seqs, [[0] * 4 + [1] * (len(s) - 4) for s in seqs], pad_id=0)
-    cluster = Cluster.from_config(cfg, address=two_ray_nodes)
+    world = layout["tp"] * layout["pp"]
+    cluster = Cluster.from_config(cfg, address=two_ray_nodes, cpus_per_bundle=2 / world)  # 1 CPU per node
     try:
         policy = Policy(cluster, cfg, call_timeout_s=300)
         fleet = GenerationFleet(cluster, engine_factory_for(cfg.rollout, tiny_qwen3_dir), timeout_s=300)
@@ -48,12 +51,15 @@ def test_refit_across_two_nodes(layout, two_ray_nodes, tiny_qwen3_dir):
             runs[mode] = (stats, [e.get(e.handle.state_dict_cpu.remote()) for e in fleet.engines])
     finally:
         cluster.shutdown()
-    assert len(set(rank_nodes)) == 2 and sorted(engine_nodes) == sorted(rank_nodes)  # one rank + one engine per node
+    assert len(set(rank_nodes)) == 2 and sorted(set(engine_nodes)) == sorted(set(rank_nodes))  # an engine per node
+    half = world // 2  # one stage (or TP rank) per node: ranks [0, half) on one node, the rest on the other
+    assert rank_nodes == [rank_nodes[0]] * half + [rank_nodes[-1]] * half
     for mode, (stats, engines) in runs.items():
         assert "transport_collective" in stats.phases and "transport_shm" not in stats.phases, mode
         assert stats.phases["rank_comm"] > 0, mode  # shards did cross between the nodes
-        # PP=2 at TP=1: each stage crosses as whole byte ranges (relay); TP=2: per shard piece
-        assert (stats.phases["rank_relay"] > 0) == (layout["tp"] == 1), (mode, stats.phases["rank_relay"])
+        # a stage per node (PP=2, any TP): each stage crosses as whole byte ranges (relay); TP=2 with
+        # one TP rank per node: per shard piece
+        assert (stats.phases["rank_relay"] > 0) == (layout["pp"] == 2), (mode, stats.phases["rank_relay"])
         assert stats.num_tensors == len(expected), mode
         for k, state in enumerate(engines):
             for name, tensor in expected.items():

@@ -64,12 +64,28 @@ def test_relay_ranges_cover_each_stage_exactly():
     assert list(part) == [(1, 0)] and part[(1, 0)][0] == 0
 
 
+def test_relay_at_tp2_pp2_sends_each_stage_from_its_tp0_rank():
+    """TP=2 x PP=2, one stage per node: both TP shards of a stage are written on its node, so the
+    stage still crosses as one range, over the (stage, 0) group, after its two writers sync."""
+    mapping = _mapping()
+    route = plan_route(_ranks(2, 2, ["n0", "n1"]), ["n0", "n1"])
+    assert route.stage_sources(0) == (0, 1) and route.stage_sources(1) == (2, 3)
+    layout = _layout(mapping)
+    ranges = relay_ranges(mapping, route, layout, mapping.hf_param_names())
+    assert sorted(ranges) == [(0, 0), (1, 0)]
+    for stage in (0, 1):
+        entries = [e for e in layout if _stage(e.hf_name) == stage]
+        assert ranges[(stage, 0)] == (entries[0].offset, entries[-1].end)
+        assert route.group_for((stage, 0)).source == 2 * stage  # the stage's TP-0 rank sends
+
+
 def test_relay_refused_where_a_range_would_be_wrong():
     mapping = _mapping()
     names = mapping.hf_param_names()
     pp2 = plan_route(_ranks(1, 2, ["n0", "n1"]), ["n0", "n1"])
     assert relay_ranges(mapping, pp2, None, names) is None  # no common layout
-    # TP=2 across the nodes: a TP shard is rows spread over many tensors, not one range
+    # TP=2 with one TP rank per node: no node holds a whole stage, and a TP shard is rows spread
+    # over many tensors, not one range
     tp2 = plan_route(_ranks(2, 1, ["n0", "n1"]), ["n0", "n1"])
     assert relay_ranges(mapping, tp2, _layout(mapping), names) is None
     # a stage-1 tensor laid out among stage 0's: the stage is not one run of bytes

@@ -18,7 +18,8 @@ moved there), hence 5 repeats.
   stage per node (``--pp 2 --tp 1`` by default here), one HF engine actor per node (a fleet);
   ``auto`` is the ``collective`` path: each node writes its own stage's shards into its engine's
   shared weights, then relays that byte range as one gloo broadcast into the other node's engine
-  (``--tp 2`` at PP = 1 sends per shard piece instead).
+  (``--tp 2 --pp 2``: the stage's two TP ranks write it, then relay it; ``--tp 2 --pp 1`` has no
+  whole stage on a node and sends per shard piece instead).
 
 Prints the refit and baseline throughputs and their ratio (targets: >= 0.8 on one node, >= 0.5
 across nodes). With ``--nodes 2`` (PP=2, TP=1) it also measures the **transport floor**: two bare
