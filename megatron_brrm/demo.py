@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
-from megatron_brrm.config import load_config
+from megatron_brrm.config import ConfigError, load_config
 from megatron_brrm.run_summary import before_after_table, changes, read_metrics, save_curves_png
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -75,13 +75,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     # demo knows. Ray's worker processes inherit this from the driver.
     os.environ.setdefault("PYTHONWARNINGS", "ignore::UserWarning,ignore::FutureWarning")
 
+    try:  # before anything is written: a bad key or value is one line, not a traceback
+        cfg = load_config(args.config, args.overrides)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     # torch, transformers, Ray and Megatron load after argument parsing (here and below): --help stays instant
     from megatron_brrm.model.tiny import build_tiny_hf_model  # lazy: keeps demo --help fast
 
     out = Path(args.output_dir).absolute()
     out.mkdir(parents=True, exist_ok=True)
     start = time.time()
-    cfg = load_config(args.config, args.overrides)
     py = sys.executable
 
     data_dir = out / "data"
