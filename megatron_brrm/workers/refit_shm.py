@@ -482,13 +482,12 @@ def write_routed_shards(local_params: Mapping[str, torch.Tensor], mapping, route
     """
     node = route.node_of[rank]
     out = {"bytes": 0, "comm_s": 0.0, "write_s": 0.0, "relay": 0}
-    names = list(dict.fromkeys(mapping.megatron_name_for_hf(n)[0] for n in hf_names))
-    local = []  # (name, shard index, tensor) this rank writes on its node
-    for name in names:
+    shards = []  # (name, shard index, stage) of every TP shard of this call, in global order
+    for name in dict.fromkeys(mapping.megatron_name_for_hf(n)[0] for n in hf_names):
         stage = global_to_local_layer(name, route.pp_size, mapping.num_layers, vp_size)[0]
-        for t in shard_ranks_needed(mapping, name, route.tp_size):
-            if route.writers.get((node, stage, t)) == rank:
-                local.append((name, t, local_params[name].detach()))
+        shards += [(name, t, stage) for t in shard_ranks_needed(mapping, name, route.tp_size)]
+    local = [(name, t, local_params[name].detach())  # the shards this rank writes on its node
+             for name, t, stage in shards if route.writers.get((node, stage, t)) == rank]
 
     def write(name: str, t: int, data: torch.Tensor, into: Sequence[Mapping[str, torch.Tensor]],
               piece=None) -> None:
@@ -506,7 +505,7 @@ def write_routed_shards(local_params: Mapping[str, torch.Tensor], mapping, route
     if ranges is not None:
         _relay(rank, route, groups, writer_groups or {}, ranges, layout, targets, buffers, local, write, out)
     else:
-        _send_pieces(local_params, mapping, route, rank, groups, dtypes, targets, names, vp_size, local, write, out)
+        _send_pieces(local_params, mapping, route, rank, groups, dtypes, targets, shards, local, write, out)
     return out
 
 
@@ -549,18 +548,16 @@ def _relay(rank: int, route, groups: Mapping, writer_groups: Mapping, ranges: Ma
 
 
 def _send_pieces(local_params: Mapping[str, torch.Tensor], mapping, route, rank: int, groups: Mapping,
-                 dtypes: Mapping[str, str], targets: Sequence[Mapping[str, torch.Tensor]], names: Sequence[str],
-                 vp_size: Optional[int], local: Sequence, write, out: Dict) -> None:
-    """The per-piece path of :func:`write_routed_shards`."""
+                 dtypes: Mapping[str, str], targets: Sequence[Mapping[str, torch.Tensor]], shards: Sequence,
+                 local: Sequence, write, out: Dict) -> None:
+    """The per-piece path of :func:`write_routed_shards` (``shards``: its ``(name, shard index, stage)`` list)."""
     device = next(iter(local_params.values())).device if local_params else torch.device("cpu")
     comm = []  # (name, shard index, stage, group, piece or None = the whole shard), in global order
-    for name in names:
-        stage = global_to_local_layer(name, route.pp_size, mapping.num_layers, vp_size)[0]
-        for t in shard_ranks_needed(mapping, name, route.tp_size):
-            group = route.group_for((stage, t))
-            if group is not None and rank in group.ranks:
-                pieces = shard_pieces(mapping, name, t, route.tp_size)
-                comm += [(name, t, stage, group, piece) for piece in (pieces if pieces is not None else [None])]
+    for name, t, stage in shards:
+        group = route.group_for((stage, t))
+        if group is not None and rank in group.ranks:
+            pieces = shard_pieces(mapping, name, t, route.tp_size)
+            comm += [(name, t, stage, group, piece) for piece in (pieces if pieces is not None else [None])]
     t0 = time.perf_counter()
     # where each received piece lands: its place in the first target when it has one (direct), else scratch
     dest: Dict[int, torch.Tensor] = {}
